@@ -1,0 +1,34 @@
+# Blindspot: every target sets up what it needs first (idempotent, fast the second time).
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+BIN   := $(VENV)/bin
+
+.PHONY: setup run test test-unit lint bench kafka-up kafka-down clean
+
+setup: $(VENV)/.setup-done
+$(VENV)/.setup-done: scripts/setup.sh pyproject.toml
+	bash scripts/setup.sh
+	touch $@
+
+## run: the embedded pipeline (agent -> in-process -> chDB) with a live view. Ctrl-C stops and flushes.
+run: setup
+	$(BIN)/blindspot run $(ARGS)
+
+## test: the whole suite, as root, against the real kernel, a real Kafka broker and the real engine.
+test: setup
+	bash scripts/test.sh
+
+test-unit: setup
+	$(BIN)/pytest -q -m "not root and not kafka" tests
+
+lint: setup
+	$(BIN)/ruff check agent ingest blindspot tests bench
+	$(BIN)/mypy
+
+## bench: performance scripts; each prints ratios against a baseline measured in the same run.
+bench: setup
+	bash scripts/bench.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

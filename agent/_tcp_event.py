@@ -1,0 +1,69 @@
+"""ctypes mirror of ``struct tcp_event`` (bpf/tcp_event.h) and its constants.
+
+Kept by hand beside the header; tests/test_bpf_layout.py compiles the header and checks every field
+offset and the total size against this class, so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import re
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
+HEADER = BPF_DIR / "tcp_event.h"
+
+
+class TcpEvent(C.Structure):
+    _fields_ = [  # noqa: RUF012 (ctypes API)
+        ("sk", C.c_uint64),
+        ("start_ns", C.c_uint64),
+        ("established_ns", C.c_uint64),
+        ("end_ns", C.c_uint64),
+        ("bytes_acked", C.c_uint64),
+        ("bytes_received", C.c_uint64),
+        ("app_bytes_sent", C.c_uint64),
+        ("app_bytes_received", C.c_uint64),
+        ("saddr", C.c_uint8 * 16),
+        ("daddr", C.c_uint8 * 16),
+        ("pid", C.c_uint32),
+        ("srtt_us", C.c_uint32),
+        ("retransmits", C.c_uint32),
+        ("flags", C.c_uint32),
+        ("sk_err", C.c_int32),
+        ("sport", C.c_uint16),
+        ("dport", C.c_uint16),
+        ("family", C.c_uint16),
+        ("role", C.c_uint8),
+        ("old_state", C.c_uint8),
+        ("kind", C.c_uint8),
+        ("_pad", C.c_uint8 * 3),
+        ("comm", C.c_char * 16),
+    ]
+
+
+def _header_defines(path: Path = HEADER) -> dict[str, int]:
+    """``#define BS_NAME value`` lines of the header, so constants have one source."""
+    out: dict[str, int] = {}
+    for m in re.finditer(r"^#define\s+(BS_\w+)\s+\(?(\d+)u?(?:\s*<<\s*(\d+)\))?", path.read_text(), re.M):
+        value = int(m.group(2))
+        out[m.group(1)] = value << int(m.group(3)) if m.group(3) else value
+    return out
+
+
+_D = _header_defines()
+TCP_EVENT_SIZE = 144  # pinned by _Static_assert in the header
+assert C.sizeof(TcpEvent) == TCP_EVENT_SIZE
+
+KIND_CLOSED = _D["BS_TCP_CLOSED"]
+ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = _D["BS_ROLE_UNKNOWN"], _D["BS_ROLE_CLIENT"], _D["BS_ROLE_SERVER"]
+F_RST_RECEIVED = _D["BS_F_RST_RECEIVED"]
+F_RST_SENT = _D["BS_F_RST_SENT"]
+F_PREEXISTING = _D["BS_F_PREEXISTING"]
+F_ESTABLISHED = _D["BS_F_ESTABLISHED"]
+F_OWNER_EXACT = _D["BS_F_OWNER_EXACT"]
+F_OWNER_LISTENER = _D["BS_F_OWNER_LISTENER"]
+STAT_EMITTED = _D["BS_STAT_EMITTED"]
+STAT_LOST_RINGBUF = _D["BS_STAT_LOST_RINGBUF"]
+STAT_LOST_MAP_FULL = _D["BS_STAT_LOST_MAP_FULL"]
+STAT_N = _D["BS_STAT_N"]
