@@ -1,0 +1,399 @@
+"""The ingest worker: Kafka -> validate -> ClickHouse, each record stored once, none lost.
+
+How a batch goes (one topic-partition at a time, so a batch is a contiguous offset range):
+
+1. Cut the range [first, last] at ``batch_max_rows`` / ``batch_max_bytes`` / ``batch_max_age_s``.
+2. Record the intent: commit offset ``first`` (unchanged position) with metadata ``bs1:pending:<last>``.
+3. Decode and validate; bad messages go to the dead-letter topic with their reason.
+4. Insert the good rows with ``insert_deduplication_token = topic:partition:first-last`` (and the
+   worker's own per-host per-minute counters with that token + ``:c``).
+5. Wait until the broker has every dead letter, then commit ``last + 1``.
+
+A crash (or a lost partition) anywhere leaves the committed offset at ``first`` with the intent beside
+it. Whoever owns the partition next reads the intent and cuts exactly the same range again, so the
+repeated insert carries the same token and ClickHouse drops it, also in rollups behind materialized
+views (``deduplicate_blocks_in_dependent_materialized_views``). Only dead letters can repeat (at least
+once, with ``bs-src`` to tell). Transient errors are retried with capped exponential backoff; the
+worker never commits past a batch ClickHouse has not accepted.
+
+Public API: ``Worker``, ``WorkerStats``, ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections import Counter as _Tally
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import confluent_kafka
+import pyarrow as pa
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from blindspot import wire
+from blindspot.records import KINDS, PIPELINE_COUNTER, RecordKind
+from ingest._errors import PermanentError, SchemaError, TransientError
+from ingest.clickhouse_sink.service import ClickHouseService
+from ingest.kafka_source import DeadLetters, KafkaSourceConfig, ensure_topics
+from ingest.validate import build_batch
+
+__all__ = ["Worker", "WorkerStats", "main"]
+
+log = logging.getLogger(__name__)
+INTENT = "bs1:pending:"
+DATABASE = "blindspot"
+T = TypeVar("T")
+
+
+class _Stopping(Exception):
+    """Raised inside a retry loop when the worker is asked to stop: leave without committing."""
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        kw: dict[str, Any] = {"registry": registry} if registry is not None else {}
+        self.consumed = Counter("blindspot_ingest_records_consumed", "Messages read from Kafka",
+                                ["topic"], **kw)
+        self.written = Counter("blindspot_ingest_records_written", "Rows accepted by ClickHouse",
+                               ["table"], **kw)
+        self.dead = Counter("blindspot_ingest_records_dead_lettered", "Messages sent to the dead-letter topic",
+                            ["reason"], **kw)
+        self.retries = Counter("blindspot_ingest_retries", "Retried operations after a transient error",
+                               ["operation"], **kw)
+        self.replayed = Counter("blindspot_ingest_batches_replayed",
+                                "Batches cut again from a recorded intent after a crash or rebalance", **kw)
+        self.lag = Gauge("blindspot_ingest_consumer_lag_messages", "High watermark minus position",
+                         ["topic", "partition"], **kw)
+        self.batch_rows = Histogram("blindspot_ingest_batch_rows", "Messages per batch",
+                                    buckets=(1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000), **kw)
+        self.batch_seconds = Histogram("blindspot_ingest_batch_duration_seconds",
+                                       "Decode, insert and commit time of one batch", **kw)
+
+
+@dataclass
+class WorkerStats:
+    consumed: int = 0
+    written: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    replayed: int = 0
+    retries: int = 0
+    by_reason: _Tally[str] = field(default_factory=_Tally)
+
+
+@dataclass
+class _Batch:
+    msgs: list[Any] = field(default_factory=list)
+    nbytes: int = 0
+    started: float = 0.0
+    replay_end: int | None = None  # set when an intent from a previous owner dictates the range
+
+
+class Worker:
+    """One consumer in the group. ``run(stop)`` until ``stop`` is set; then flush and commit."""
+
+    def __init__(self, config: KafkaSourceConfig, service: ClickHouseService, *,
+                 registry: CollectorRegistry | None = None, worker_host: str = "ingest") -> None:
+        self.config = config
+        self.service = service
+        self.stats = WorkerStats()
+        self.worker_host = worker_host
+        self._m = _Metrics(registry)
+        self._topic_kind: dict[str, RecordKind] = {k.topic: k for k in KINDS.values()}
+        self._batches: dict[tuple[str, int], _Batch] = {}
+        self._stop = threading.Event()
+        self._consumer: confluent_kafka.Consumer | None = None
+        self._dlq: DeadLetters | None = None
+        self._last_lag = 0.0
+
+    # -- rebalance -----------------------------------------------------------------------------
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        # Read the intents a previous owner may have left: those ranges are cut again identically.
+        committed = self._retry("read_offsets", lambda: consumer.committed(partitions, timeout=10))
+        for tp in committed:
+            b = _Batch()
+            md = tp.metadata or ""
+            if md.startswith(INTENT):
+                b.replay_end = int(md[len(INTENT):])
+                log.info("partition %s[%d]: replaying the range up to %d", tp.topic, tp.partition, b.replay_end)
+            self._batches[(tp.topic, tp.partition)] = b
+        log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # Commit what we hold before someone else owns it (they would replay it anyway: the intent).
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            try:
+                if self._batches.get(key) and self._batches[key].msgs:
+                    self._flush(key)
+            except (_Stopping, confluent_kafka.KafkaException) as e:
+                log.warning("partition %s[%d] revoked before its batch was committed: %s", *key, e)
+            self._batches.pop(key, None)
+        log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        for tp in partitions:
+            self._batches.pop((tp.topic, tp.partition), None)
+        log.warning("lost %s (no commit)", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    # -- main loop -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        if stop is not None:
+            self._stop = stop
+        cfg = self.config
+        ensure_topics(cfg)
+        self._dlq = DeadLetters(cfg)
+        consumer = self._consumer = confluent_kafka.Consumer(cfg.consumer_conf())
+        consumer.subscribe(cfg.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(num_messages=10_000, timeout=0.2)
+                for m in msgs:
+                    if m.error():
+                        if m.error().code() != confluent_kafka.KafkaError._PARTITION_EOF:
+                            log.warning("kafka: %s", m.error())
+                        continue
+                    self._add(m)
+                now = time.monotonic()
+                for key, b in list(self._batches.items()):
+                    if b.msgs and b.replay_end is None and now - b.started >= cfg.batch_max_age_s:
+                        self._flush(key)
+                if now - self._last_lag > 5:
+                    self._update_lag()
+            # SIGTERM: what we hold goes in and is committed before we leave the group.
+            for key, b in list(self._batches.items()):
+                if b.msgs:
+                    self._flush(key)
+        except _Stopping:
+            log.warning("stopped while retrying: uncommitted batches will be replayed by the next owner")
+        finally:
+            consumer.close()  # leaves the group (revoke callback runs; nothing left to flush)
+            self._dlq.close()
+
+    def _add(self, m: Any) -> None:
+        key = (m.topic(), m.partition())
+        b = self._batches.get(key)
+        if b is None:  # assignment callbacks always run first; be safe anyway
+            b = self._batches[key] = _Batch()
+        off = m.offset()
+        if b.replay_end is not None and off > b.replay_end and b.msgs:
+            self._flush(key)  # a gap (compaction, transaction marker) ended the replay range early
+            b = self._batches[key]
+        if not b.msgs:
+            b.started = time.monotonic()
+        b.msgs.append(m)
+        b.nbytes += len(m.value() or b"")
+        self.stats.consumed += 1
+        if b.replay_end is not None:
+            if off >= b.replay_end:
+                self._flush(key)
+        elif len(b.msgs) >= self.config.batch_max_rows or b.nbytes >= self.config.batch_max_bytes:
+            self._flush(key)
+
+    # -- one batch -----------------------------------------------------------------------------
+    def _flush(self, key: tuple[str, int]) -> None:
+        b = self._batches[key]
+        msgs = b.msgs
+        topic, partition = key
+        first, last = msgs[0].offset(), msgs[-1].offset()
+        token = f"{topic}:{partition}:{first}-{last}"
+        t0 = time.perf_counter()
+        consumer = self._consumer
+        assert consumer is not None and self._dlq is not None
+        replay = b.replay_end is not None
+        if replay:
+            self.stats.replayed += 1
+            self._m.replayed.inc()
+        else:
+            intent = confluent_kafka.TopicPartition(topic, partition, first, metadata=f"{INTENT}{last}")
+            self._retry("commit", lambda: consumer.commit(offsets=[intent], asynchronous=False))
+
+        kind = self._topic_kind.get(topic)
+        dead = _Tally[tuple[int, str]]()  # (minute, host) -> dead letters, for pipeline_counters
+        rows: list[dict[str, Any]] = []
+        row_msgs: list[Any] = []
+        for m in msgs:
+            try:
+                if kind is None:
+                    raise wire.WireError("unknown_kind", f"no record kind reads topic {topic}")
+                wire.message_kind(m.headers(), kind)
+                rows.append(wire.decode(m.value()))
+                row_msgs.append(m)
+            except wire.WireError as e:
+                self._dead_letter(m, e.reason, e.detail, dead)
+        if kind is not None and rows:
+            table, rejected = build_batch(kind, rows)
+            if rejected:
+                for r in rejected:
+                    self._dead_letter(row_msgs[r.index], r.reason, r.detail, dead)
+                bad = {r.index for r in rejected}
+                row_msgs = [m for i, m in enumerate(row_msgs) if i not in bad]
+            self._insert(kind, table, row_msgs, token, dead)
+            self._m.written.labels(kind.table).inc(table.num_rows)
+        self._insert_counters(kind, row_msgs, dead, token)
+        if not self._dlq.flush():
+            raise TransientError("dead letters not delivered; batch will be read again")
+        done = confluent_kafka.TopicPartition(topic, partition, last + 1, metadata="")
+        self._retry("commit", lambda: consumer.commit(offsets=[done], asynchronous=False))
+        self._batches[key] = _Batch()
+        self.stats.batches += 1
+        self._m.consumed.labels(topic).inc(len(msgs))
+        self._m.batch_rows.observe(len(msgs))
+        self._m.batch_seconds.observe(time.perf_counter() - t0)
+
+    def _insert(self, kind: RecordKind, table: pa.Table, msgs: list[Any], token: str,
+                dead: _Tally[tuple[int, str]]) -> None:
+        """Insert; a batch the engine refuses is split until the refused rows are found (each half has
+        its own deterministic token, so a replay splits and deduplicates the same way)."""
+        if table.num_rows == 0:
+            return
+        try:
+            self._retry("insert", lambda: self.service.insert_arrow(DATABASE, kind.table, table,
+                                                                    dedup_token=token))
+            self.stats.written += table.num_rows
+        except SchemaError:
+            raise  # the tables are wrong: no record can go in; stop and let an operator look
+        except PermanentError as e:
+            if table.num_rows == 1:
+                self._dead_letter(msgs[0], "rejected_by_clickhouse", str(e)[:300], dead)
+                return
+            half = table.num_rows // 2
+            self._insert(kind, table.slice(0, half), msgs[:half], token + "/a", dead)
+            self._insert(kind, table.slice(half), msgs[half:], token + "/b", dead)
+
+    def _insert_counters(self, kind: RecordKind | None, msgs: list[Any], dead: _Tally[tuple[int, str]],
+                         token: str) -> None:
+        """Per-host per-minute ``ingested`` / ``dead_lettered`` rows, minute and host taken from the
+        messages themselves (Kafka timestamp, key) so a replayed batch makes identical rows."""
+        if kind is PIPELINE_COUNTER:
+            return
+        tally = _Tally[tuple[int, str, str]]()
+        for m in msgs:
+            tally[(_minute_ns(m), _host(m), "ingested")] += 1
+        for (minute, host), n in dead.items():
+            tally[(minute, host, "dead_lettered")] += n
+        if not tally:
+            return
+        keys = sorted(tally)
+        rows = [{"time": t, "host": h, "component": "ingest", "counter": c, "value": tally[(t, h, c)]}
+                for t, h, c in keys]
+        table = PIPELINE_COUNTER.to_arrow(rows)
+        self._retry("insert", lambda: self.service.insert_arrow(DATABASE, PIPELINE_COUNTER.table, table,
+                                                                dedup_token=token + ":c"))
+
+    def _dead_letter(self, m: Any, reason: str, detail: str, dead: _Tally[tuple[int, str]]) -> None:
+        assert self._dlq is not None
+        self._dlq.send(m, reason, detail)
+        dead[(_minute_ns(m), _host(m))] += 1
+        self.stats.dead_lettered += 1
+        self.stats.by_reason[reason] += 1
+        self._m.dead.labels(reason).inc()
+
+    # -- retries, lag --------------------------------------------------------------------------
+    def _retry(self, operation: str, fn: Callable[[], T]) -> T:
+        delay = self.config.retry_initial_s
+        while True:
+            try:
+                return fn()
+            except (TransientError, confluent_kafka.KafkaException) as e:
+                if isinstance(e, confluent_kafka.KafkaException) and not _retriable(e):
+                    raise
+                self.stats.retries += 1
+                self._m.retries.labels(operation).inc()
+                log.warning("%s failed (%s); retrying in %.1fs", operation, e, delay)
+                if self._stop.wait(delay):
+                    raise _Stopping() from e
+                delay = min(delay * 2, self.config.retry_max_s)
+
+    def _update_lag(self) -> None:
+        self._last_lag = time.monotonic()
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            for tp in consumer.position(consumer.assignment()):
+                _lo, hi = consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                if tp.offset >= 0 and hi >= 0:
+                    self._m.lag.labels(tp.topic, str(tp.partition)).set(max(0, hi - tp.offset))
+        except confluent_kafka.KafkaException as e:
+            log.debug("lag: %s", e)
+
+
+def _retriable(e: confluent_kafka.KafkaException) -> bool:
+    err = e.args[0] if e.args else None
+    if err is None or not hasattr(err, "retriable"):
+        return False
+    # A lost membership is not retried: the partition is someone else's now (its intent is kept).
+    return bool(err.retriable()) or err.code() in (
+        confluent_kafka.KafkaError._TRANSPORT, confluent_kafka.KafkaError._TIMED_OUT,
+        confluent_kafka.KafkaError.REQUEST_TIMED_OUT, confluent_kafka.KafkaError.COORDINATOR_NOT_AVAILABLE,
+        confluent_kafka.KafkaError.NOT_COORDINATOR, confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+
+
+def _minute_ns(m: Any) -> int:
+    _kind, ts_ms = m.timestamp()
+    return (max(ts_ms, 0) // 60_000) * 60_000 * 1_000_000
+
+
+def _host(m: Any) -> str:
+    k = m.key()
+    return k.decode("utf-8", "replace")[:256] if k else ""
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kafka", required=True, metavar="BOOTSTRAP", help="Kafka bootstrap servers")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--clickhouse", metavar="URL", help="ClickHouse server (password from $CLICKHOUSE_PASSWORD)")
+    where.add_argument("--data-dir", metavar="DIR", help="embedded engine (chDB) folder owned by this process")
+    p.add_argument("--kafka-config", metavar="FILE", help="librdkafka properties (TLS/SASL); or BLINDSPOT_KAFKA_*")
+    p.add_argument("--group", default="blindspot-ingest", help="consumer group id")
+    p.add_argument("--batch-rows", type=int, default=50_000)
+    p.add_argument("--batch-bytes", type=int, default=32 * 1024 * 1024)
+    p.add_argument("--batch-age", type=float, default=1.0, help="seconds")
+    p.add_argument("--retention-days", type=int, default=30)
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics (0: off)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from agent.kafka_sink.config import client_settings
+    from ingest.clickhouse_sink.service import open_service
+    from ingest.schema import migrate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = KafkaSourceConfig(args.kafka, group_id=args.group, batch_max_rows=args.batch_rows,
+                            batch_max_bytes=args.batch_bytes, batch_max_age_s=args.batch_age,
+                            extra=client_settings(args.kafka_config))
+    service = open_service(data_dir=args.data_dir, url=args.clickhouse)
+    migrate(service, retention_days=args.retention_days)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr="127.0.0.1")
+    worker = Worker(cfg, service)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        worker.run(stop)
+    finally:
+        service.close()
+    s = worker.stats
+    log.info("ingest stopped: consumed %d, written %d, dead-lettered %d, batches %d (replayed %d), retries %d",
+             s.consumed, s.written, s.dead_lettered, s.batches, s.replayed, s.retries)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="blindspot ingest")
+    add_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))
