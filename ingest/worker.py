@@ -36,7 +36,7 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from blindspot import wire
-from blindspot.records import KINDS, PIPELINE_COUNTER, RecordKind
+from blindspot.records import PIPELINE_COUNTER, RecordKind
 from ingest._errors import PermanentError, SchemaError, TransientError
 from ingest.clickhouse_sink.service import ClickHouseService
 from ingest.kafka_source import DeadLetters, KafkaSourceConfig, ensure_topics
@@ -104,7 +104,7 @@ class Worker:
         self.stats = WorkerStats()
         self.worker_host = worker_host
         self._m = _Metrics(registry)
-        self._topic_kind: dict[str, RecordKind] = {k.topic: k for k in KINDS.values()}
+        self._topic_kind: dict[str, RecordKind] = config.topic_kinds()
         self._batches: dict[tuple[str, int], _Batch] = {}
         self._stop = threading.Event()
         self._consumer: confluent_kafka.Consumer | None = None
@@ -357,6 +357,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--data-dir", metavar="DIR", help="embedded engine (chDB) folder owned by this process")
     p.add_argument("--kafka-config", metavar="FILE", help="librdkafka properties (TLS/SASL); or BLINDSPOT_KAFKA_*")
     p.add_argument("--group", default="blindspot-ingest", help="consumer group id")
+    p.add_argument("--topic-prefix", default="", help="prefix of every topic name (as given to the agents)")
     p.add_argument("--batch-rows", type=int, default=50_000)
     p.add_argument("--batch-bytes", type=int, default=32 * 1024 * 1024)
     p.add_argument("--batch-age", type=float, default=1.0, help="seconds")
@@ -372,7 +373,7 @@ def main(args: argparse.Namespace) -> int:
     from ingest.schema import migrate
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = KafkaSourceConfig(args.kafka, group_id=args.group, batch_max_rows=args.batch_rows,
+    cfg = KafkaSourceConfig(args.kafka, group_id=args.group, topic_prefix=args.topic_prefix, batch_max_rows=args.batch_rows,
                             batch_max_bytes=args.batch_bytes, batch_max_age_s=args.batch_age,
                             extra=client_settings(args.kafka_config))
     service = open_service(data_dir=args.data_dir, url=args.clickhouse)

@@ -22,6 +22,7 @@ _SECRET_WORDS = ("password", "secret", "key", "token", "jaas")
 class KafkaSinkConfig:
     bootstrap_servers: str
     client_id: str = "blindspot-agent"
+    topic_prefix: str = ""  # as for ingest (KafkaSourceConfig.topic_prefix)
     # Compression applies to whole record batches; zstd shrinks a tcp_connection record ~6x
     # (docs/wire-format.md).
     compression: str = "zstd"

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from agent.kafka_sink.config import KafkaSinkConfig
 from agent.kafka_sink.service import ProducerService
 from blindspot import wire
-from blindspot.records import KINDS
+from blindspot.records import KINDS, RecordKind
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class KafkaSink:
         self._tally: _Tally[str] = _Tally()  # delivered / dropped:<reason>, also for pipeline_counters
         self._reported: _Tally[str] = _Tally()
         self._service = ProducerService(config.librdkafka())
+        self._topics = {name: config.topic_prefix + k.topic for name, k in KINDS.items()}
         self._published = {name: self._m.published.labels(name) for name in KINDS}
         # One delivery callback per kind, made once: no header parsing per acknowledged message.
         self._callbacks = {name: self._delivery_cb(name) for name in KINDS}
@@ -67,11 +68,16 @@ class KafkaSink:
         host = row.get("host")
         key = host.encode() if isinstance(host, str) else self._host_key
         try:
-            self._service.produce(kind.topic, value, key, wire.headers_for(kind), self._callbacks[kind_name])
+            self._service.produce(self._topics[kind_name], value, key, wire.headers_for(kind), self._callbacks[kind_name])
         except BufferError:
             self._drop("queue_full")
             return
         self._published[kind_name].inc()
+
+    def write(self, kind: RecordKind, rows: list[dict[str, Any]]) -> None:
+        """The agent pipeline's sink interface (agent/pipeline.py): a batch of one kind."""
+        for row in rows:
+            self.emit(kind.name, row)
 
     def _delivery_cb(self, kind_name: str) -> Any:
         delivered = self._m.delivered.labels(kind_name)

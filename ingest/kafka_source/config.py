@@ -9,21 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from blindspot.records import KINDS
+from blindspot.records import KINDS, RecordKind
 
 DLQ_TOPIC = "blindspot.dlq.v1"
 
 
-def default_topics() -> list[str]:
-    return sorted({k.topic for k in KINDS.values()})
+def default_topics(prefix: str = "") -> list[str]:
+    return sorted({prefix + k.topic for k in KINDS.values()})
 
 
 @dataclass
 class KafkaSourceConfig:
     bootstrap_servers: str
     group_id: str = "blindspot-ingest"
-    topics: list[str] = field(default_factory=default_topics)
-    dlq_topic: str = DLQ_TOPIC
+    # Prepended to every topic name (record topics and the dead-letter topic), e.g. "staging.": several
+    # deployments can share one cluster. Must match the agents' --topic-prefix.
+    topic_prefix: str = ""
     # A batch is one topic-partition's contiguous offset range, cut at whichever bound comes first.
     batch_max_rows: int = 50_000
     batch_max_bytes: int = 32 * 1024 * 1024
@@ -35,6 +36,17 @@ class KafkaSourceConfig:
     # ClickHouse may be away for a while; retries happen inside one poll interval, so allow a long one.
     max_poll_interval_ms: int = 900_000
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic_prefix + DLQ_TOPIC
+
+    @property
+    def topics(self) -> list[str]:
+        return default_topics(self.topic_prefix)
+
+    def topic_kinds(self) -> dict[str, RecordKind]:
+        return {self.topic_prefix + k.topic: k for k in KINDS.values()}
 
     def consumer_conf(self) -> dict[str, Any]:
         conf: dict[str, Any] = {
