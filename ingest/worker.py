@@ -54,6 +54,17 @@ class _Stopping(Exception):
     """Raised inside a retry loop when the worker is asked to stop: leave without committing."""
 
 
+class _PartitionGone(Exception):
+    """A commit was refused because the group moved on (rebalance): the partition is someone else's.
+    Whatever was inserted is covered by the intent: the next owner cuts the same range again."""
+
+
+# Commit errors that mean "not yours any more", not "try again".
+_GONE = {confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS, confluent_kafka.KafkaError.ILLEGAL_GENERATION,
+         confluent_kafka.KafkaError.UNKNOWN_MEMBER_ID, confluent_kafka.KafkaError.FENCED_INSTANCE_ID,
+         confluent_kafka.KafkaError._ASSIGNMENT_LOST, confluent_kafka.KafkaError._STATE}
+
+
 class _Metrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         kw: dict[str, Any] = {"registry": registry} if registry is not None else {}
@@ -131,7 +142,7 @@ class Worker:
             try:
                 if self._batches.get(key) and self._batches[key].msgs:
                     self._flush(key)
-            except (_Stopping, confluent_kafka.KafkaException) as e:
+            except (_Stopping, _PartitionGone, confluent_kafka.KafkaException) as e:
                 log.warning("partition %s[%d] revoked before its batch was committed: %s", *key, e)
             self._batches.pop(key, None)
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
@@ -166,13 +177,13 @@ class Worker:
                 now = time.monotonic()
                 for key, b in list(self._batches.items()):
                     if b.msgs and b.replay_end is None and now - b.started >= cfg.batch_max_age_s:
-                        self._flush(key)
+                        self._flush_or_forget(key)
                 if now - self._last_lag > 5:
                     self._update_lag()
             # SIGTERM: what we hold goes in and is committed before we leave the group.
             for key, b in list(self._batches.items()):
                 if b.msgs:
-                    self._flush(key)
+                    self._flush_or_forget(key)
         except _Stopping:
             log.warning("stopped while retrying: uncommitted batches will be replayed by the next owner")
         finally:
@@ -186,8 +197,8 @@ class Worker:
             b = self._batches[key] = _Batch()
         off = m.offset()
         if b.replay_end is not None and off > b.replay_end and b.msgs:
-            self._flush(key)  # a gap (compaction, transaction marker) ended the replay range early
-            b = self._batches[key]
+            self._flush_or_forget(key)  # a gap (compaction, transaction marker) ended the replay range early
+            b = self._batches.setdefault(key, _Batch())
         if not b.msgs:
             b.started = time.monotonic()
         b.msgs.append(m)
@@ -195,9 +206,16 @@ class Worker:
         self.stats.consumed += 1
         if b.replay_end is not None:
             if off >= b.replay_end:
-                self._flush(key)
+                self._flush_or_forget(key)
         elif len(b.msgs) >= self.config.batch_max_rows or b.nbytes >= self.config.batch_max_bytes:
+            self._flush_or_forget(key)
+
+    def _flush_or_forget(self, key: tuple[str, int]) -> None:
+        try:
             self._flush(key)
+        except _PartitionGone as e:
+            log.warning("partition %s[%d] moved on before its commit (%s); its next owner replays it", *key, e)
+            self._batches.pop(key, None)
 
     # -- one batch -----------------------------------------------------------------------------
     def _flush(self, key: tuple[str, int]) -> None:
@@ -215,7 +233,7 @@ class Worker:
             self._m.replayed.inc()
         else:
             intent = confluent_kafka.TopicPartition(topic, partition, first, metadata=f"{INTENT}{last}")
-            self._retry("commit", lambda: consumer.commit(offsets=[intent], asynchronous=False))
+            self._commit(intent)
 
         kind = self._topic_kind.get(topic)
         dead = _Tally[tuple[int, str]]()  # (minute, host) -> dead letters, for pipeline_counters
@@ -242,8 +260,7 @@ class Worker:
         self._insert_counters(kind, row_msgs, dead, token)
         if not self._dlq.flush():
             raise TransientError("dead letters not delivered; batch will be read again")
-        done = confluent_kafka.TopicPartition(topic, partition, last + 1, metadata="")
-        self._retry("commit", lambda: consumer.commit(offsets=[done], asynchronous=False))
+        self._commit(confluent_kafka.TopicPartition(topic, partition, last + 1, metadata=""))
         self._batches[key] = _Batch()
         self.stats.batches += 1
         self._m.consumed.labels(topic).inc(len(msgs))
@@ -298,6 +315,16 @@ class Worker:
         self.stats.by_reason[reason] += 1
         self._m.dead.labels(reason).inc()
 
+    def _commit(self, tp: Any) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            self._retry("commit", lambda: consumer.commit(offsets=[tp], asynchronous=False))
+        except confluent_kafka.KafkaException as e:
+            if e.args and getattr(e.args[0], "code", lambda: None)() in _GONE:
+                raise _PartitionGone(str(e)) from e
+            raise
+
     # -- retries, lag --------------------------------------------------------------------------
     def _retry(self, operation: str, fn: Callable[[], T]) -> T:
         delay = self.config.retry_initial_s
@@ -305,7 +332,8 @@ class Worker:
             try:
                 return fn()
             except (TransientError, confluent_kafka.KafkaException) as e:
-                if isinstance(e, confluent_kafka.KafkaException) and not _retriable(e):
+                if isinstance(e, confluent_kafka.KafkaException) and (
+                        not _retriable(e) or e.args[0].code() in _GONE):
                     raise
                 self.stats.retries += 1
                 self._m.retries.labels(operation).inc()

@@ -57,7 +57,10 @@ class KafkaSourceConfig:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
+            # Eager rebalancing: partitions are revoked before the member rejoins, while its generation
+            # is still valid, so the commit in the revoke callback is accepted (with cooperative
+            # rebalancing it can race the next generation and be refused).
+            "partition.assignment.strategy": "roundrobin",
             "max.poll.interval.ms": self.max_poll_interval_ms,
             "session.timeout.ms": 30_000,
             "fetch.max.bytes": 64 * 1024 * 1024,
