@@ -15,7 +15,7 @@ HEADER = BPF_DIR / "tcp_event.h"
 
 
 class TcpEvent(C.Structure):
-    _fields_ = [  # noqa: RUF012 (ctypes API)
+    _fields_ = [
         ("sk", C.c_uint64),
         ("start_ns", C.c_uint64),
         ("established_ns", C.c_uint64),

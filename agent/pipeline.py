@@ -40,7 +40,9 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    def write(self, kind: RecordKind, rows: list[dict[str, Any]]) -> None: ...
+    """Takes one batch of one kind; returns once it is accepted (raises ingest errors otherwise)."""
+
+    def write(self, kind: RecordKind, rows: list[dict[str, Any]]) -> object: ...
 
 
 @dataclass
@@ -180,7 +182,7 @@ class Pipeline:
         for s in self.sources:
             try:
                 s.poll(0)
-            except Exception:  # noqa: BLE001 (a source that failed to open has nothing to drain)
+            except Exception:
                 log.debug("drain of %s failed", s.name, exc_info=True)
         if self._writer.is_alive():
             self.report_counters()

@@ -109,9 +109,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     try:
         out = query_via_socket(socket_path(data_dir), sql, fmt, params)
     except FileNotFoundError:
-        out = _query_directly(data_dir, sql, fmt, params)
-        if out is None:
+        direct = _query_directly(data_dir, sql, fmt, params)
+        if direct is None:
             return 1
+        out = direct
     except QueryError as e:
         print(f"blindspot query: {e}", file=sys.stderr)
         return 1

@@ -49,7 +49,7 @@ class _Handler(socketserver.StreamRequestHandler):
             if fmt not in FORMATS.values():
                 raise ValueError(f"unsupported format {fmt!r}")
             body = self.server.service.query_text(sql, fmt, params)
-        except Exception as e:  # noqa: BLE001 (every failure goes back to the client, as text)
+        except Exception as e:
             self.wfile.write(json.dumps({"ok": False, "error": str(e)}).encode() + b"\n")
             return
         self.wfile.write(b'{"ok": true}\n')
