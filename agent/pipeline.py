@@ -75,6 +75,7 @@ class Pipeline:
         self.open_connections = 0
         self.started = time.monotonic()
         self._reported: dict[str, int] = {}
+        self._exported: dict[str, int] = {}  # what the Prometheus counters have been told so far
         self._writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
 
     # --- source side ---------------------------------------------------------------------
@@ -131,6 +132,7 @@ class Pipeline:
         deadline = None if duration_s is None else time.monotonic() + duration_s
         next_snapshot = time.monotonic() + self.config.snapshot_interval_s
         next_counters = time.monotonic() + self.config.counters_interval_s
+        next_metrics = time.monotonic()
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 for s in self.sources:
@@ -144,10 +146,26 @@ class Pipeline:
                     next_counters = now + self.config.counters_interval_s
                 for kind_name, rows in self.batcher.due(now):
                     self._hand_off(kind_name, rows)
+                if now >= next_metrics:
+                    self.export_metrics()
+                    next_metrics = now + 1.0
                 if len(self.sources) != 1:
                     time.sleep(self.config.poll_ms / 1000)
         finally:
             self.shutdown()
+
+    def export_metrics(self) -> None:
+        """Move counter deltas into Prometheus (the hot path only bumps plain ints)."""
+        current = {**self.counts, **self.kernel_counters()}
+        for key, value in current.items():
+            delta = int(value) - self._exported.get(key, 0)
+            if delta <= 0:
+                continue
+            self._exported[key] = int(value)
+            if key.startswith("captured:"):
+                metrics.RECORDS.labels(key.split(":", 1)[1]).inc(delta)
+            elif key in ("lost_ringbuf", "lost_map_full"):
+                metrics.KERNEL_LOST.labels(key.removeprefix("lost_")).inc(delta)
 
     def snapshot(self) -> None:
         n = 0

@@ -17,6 +17,7 @@ from rich.table import Table
 from agent.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+ROWS = 12
 
 
 def _fmt_bytes(n: int) -> str:
@@ -70,13 +71,16 @@ def _render(s: dict[str, Any], recent: list[dict[str, Any]]) -> Group:
                       ("REMOTE", "left"), ("TX", "right"), ("RX", "right"), ("MS", "right"),
                       ("HS µs", "right"), ("END", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
-    for r in reversed(recent[-12:]):
+    shown = list(reversed(recent[-ROWS:]))
+    for r in shown:
         t.add_row(
             str(r["pid"]), r["comm"], r["role"], f"{r['local_addr']}:{r['local_port']}",
             f"{r['remote_addr']}:{r['remote_port']}", _fmt_bytes(r["bytes_sent"]),
             _fmt_bytes(r["bytes_received"]), f"{r['duration_ns'] / 1e6:.2f}",
             f"{r['handshake_ns'] / 1e3:.0f}", r["close_reason"],
         )
+    for _ in range(ROWS - len(shown)):  # a fixed height: the frame redraws in place
+        t.add_row(*[""] * 10)
     return Group(head, t)
 
 
