@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ctypes as C
 import re
+import struct
+from collections import namedtuple
 from pathlib import Path
+from typing import Any, TypeAlias
 
 BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
 HEADER = BPF_DIR / "tcp_event.h"
@@ -40,6 +43,31 @@ class TcpEvent(C.Structure):
         ("_pad", C.c_uint8 * 3),
         ("comm", C.c_char * 16),
     ]
+
+
+def _struct_format(cls: type[C.Structure]) -> str:
+    """A ``struct`` format with the same layout as ``cls`` (natural alignment, no hidden padding)."""
+    codes = {C.c_uint64: "Q", C.c_int64: "q", C.c_uint32: "I", C.c_int32: "i", C.c_uint16: "H", C.c_uint8: "B"}
+    out = "<"
+    fields: list[tuple[str, Any]] = cls._fields_  # type: ignore[assignment]
+    for _name, typ in fields:
+        if issubclass(typ, C.Array):
+            out += f"{typ._length_}s"  # byte arrays and char[] come out as bytes
+        else:
+            out += codes[typ]
+    return out
+
+
+# Reading fields off a ctypes object costs far more than unpacking a tuple: the hot path unpacks.
+_Record = namedtuple("TcpRecord", [name for name, _ in TcpEvent._fields_], rename=True)  # type: ignore[misc]
+TcpRecord: TypeAlias = Any  # a namedtuple with TcpEvent's field names (built at import: typed loosely)
+_UNPACK = struct.Struct(_struct_format(TcpEvent))
+assert _UNPACK.size == C.sizeof(TcpEvent)
+
+
+def unpack(buf: bytes | bytearray | memoryview) -> TcpRecord:
+    """A ``TcpRecord`` (namedtuple, same field names) from the raw bytes of a struct tcp_event."""
+    return _Record._make(_UNPACK.unpack_from(buf))
 
 
 def _header_defines(path: Path = HEADER) -> dict[str, int]:

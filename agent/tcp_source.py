@@ -101,11 +101,11 @@ class TcpSource:
         log.info("seeded %d listening sockets' owners from /proc", n)
 
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
-        e = ctypes.cast(data, ctypes.POINTER(ev.TcpEvent)).contents
+        e = ev.unpack(ctypes.string_at(data, ev.TCP_EVENT_SIZE))
         if e.kind == ev.KIND_CLOSED:
             self._emit_closed(e)
 
-    def _emit_closed(self, e: ev.TcpEvent) -> None:
+    def _emit_closed(self, e: ev.TcpRecord) -> None:
         row = decode_closed(
             e,
             clock=self.clock,
@@ -129,7 +129,7 @@ class TcpSource:
         conns = self._bpf["conns"]
         n = 0
         for k, leaf in conns.items():
-            c = ev.TcpEvent.from_buffer_copy(leaf)
+            c = ev.unpack(bytes(leaf))
             if c.flags & ev.F_CLOSED:
                 if c.end_ns < stale_before:
                     try:

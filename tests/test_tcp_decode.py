@@ -46,7 +46,7 @@ def test_conn_id_is_stable_and_distinct() -> None:
     assert 0 <= a < 2**64
 
 
-def _event(**kw: object) -> ev.TcpEvent:
+def _event(**kw: object) -> ev.TcpRecord:
     e = ev.TcpEvent()
     e.sk, e.family, e.sport, e.dport = 0xFFFF8881, socket.AF_INET, 40000, 80
     e.saddr[:4] = [127, 0, 0, 1]
@@ -54,7 +54,7 @@ def _event(**kw: object) -> ev.TcpEvent:
     e.comm = b"curl"
     for k, v in kw.items():
         setattr(e, k, v)
-    return e
+    return ev.unpack(bytes(e))  # the same path as the ring buffer callback
 
 
 def test_decode_closed_uses_app_bytes_and_wall_clock() -> None:
