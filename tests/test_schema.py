@@ -11,7 +11,7 @@ import pytest
 from blindspot.records import KINDS, TCP_CONNECTION
 from ingest import ClickHouseSink, migrate, open_service
 from ingest.clickhouse_sink.service import ChdbService
-from ingest.schema import migrations
+from ingest.schema import apply_retention, migrations, retention_tables
 
 ARROW_TO_CH = {"string": "String", "uint8": "UInt8", "uint16": "UInt16", "uint32": "UInt32", "uint64": "UInt64",
                "timestamp[ns, tz=UTC]": "DateTime64(9, 'UTC')"}
@@ -31,6 +31,24 @@ def test_migrations_apply_once(service: ChdbService) -> None:
     ttl = service.query_text("SELECT create_table_query FROM system.tables WHERE database='blindspot' "
                              "AND name='tcp_connections'", "TSVRaw").decode()
     assert "toIntervalDay(7)" in ttl
+
+
+def test_retention_can_be_changed_later(service: ChdbService) -> None:
+    svc = service  # chDB serves one data folder per process at a time
+    migrate(svc, retention_days=30)
+    assert set(retention_tables()) >= {"tcp_connections", "pipeline_counters"}
+    assert "tcp_connections_open" not in retention_tables()  # a fixed 2-day TTL of its own
+    migrate(svc, retention_days=90)
+
+    def ttl(table: str) -> str:
+        return svc.query_text("SELECT create_table_query FROM system.tables WHERE database='blindspot' "
+                              "AND name={t:String}", "TSVRaw", {"t": table}).decode()
+
+    assert "toIntervalDay(90)" in ttl("tcp_connections") and "toIntervalDay(90)" in ttl("pipeline_counters")
+    assert "toIntervalDay(2)" in ttl("tcp_connections_open")
+    assert apply_retention(svc, 90) == []
+    migrate(svc, retention_days=30)
+    assert "toIntervalDay(30)" in ttl("tcp_connections")
 
 
 @pytest.mark.parametrize("kind_name", sorted(KINDS))
