@@ -42,8 +42,12 @@ def records(n: int) -> list[dict]:
 
 
 def measure(name, enc, dec, rows):
-    t = time.perf_counter(); blobs = [enc(r) for r in rows]; te = time.perf_counter() - t
-    t = time.perf_counter(); back = [dec(b) for b in blobs]; td = time.perf_counter() - t
+    t = time.perf_counter()
+    blobs = [enc(r) for r in rows]
+    te = time.perf_counter() - t
+    t = time.perf_counter()
+    back = [dec(b) for b in blobs]
+    td = time.perf_counter() - t
     assert back[0]["conn_id"] == rows[0]["conn_id"]
     size = sum(map(len, blobs)) / len(rows)
     # Kafka compresses whole record batches; 1000 records a batch, zstd like the producer config.
@@ -77,7 +81,9 @@ def main() -> None:
         {"name": c, "type": types.get(c, "long")} for c in cols]})
 
     def aenc(r):
-        b = io.BytesIO(); fastavro.schemaless_writer(b, schema, r); return b.getvalue()
+        b = io.BytesIO()
+        fastavro.schemaless_writer(b, schema, r)
+        return b.getvalue()
 
     measure("avro (fastavro)", aenc, lambda b: fastavro.schemaless_reader(io.BytesIO(b), schema, schema), rows)
 

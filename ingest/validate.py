@@ -90,9 +90,9 @@ def build_batch(kind: RecordKind, rows: Sequence[dict[str, Any]]) -> tuple[pa.Ta
         if set(map(type, vals)) - {want}:
             for i, v in enumerate(vals):
                 if type(v) is not want and i not in bad:
-                    r = _check_value(col, v)
-                    assert r is not None
-                    bad[i] = Rejected(i, r.reason, r.detail)
+                    found = _check_value(col, v)
+                    assert found is not None
+                    bad[i] = Rejected(i, found.reason, found.detail)
 
     arrays: list[pa.Array] = []
     for col, vals in zip(kind.columns, columns, strict=True):
@@ -102,8 +102,8 @@ def build_batch(kind: RecordKind, rows: Sequence[dict[str, Any]]) -> tuple[pa.Ta
             arr = pa.array(vals, type=col.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             for i, v in enumerate(vals):
-                if i not in bad and (r := _check_value(col, v)) is not None:
-                    bad[i] = Rejected(i, r.reason, r.detail)
+                if i not in bad and (found := _check_value(col, v)) is not None:
+                    bad[i] = Rejected(i, found.reason, found.detail)
             vals = [col.default if i in bad else v for i, v in enumerate(vals)]
             arr = pa.array(vals, type=col.type)
         if col.max_len is not None:

@@ -169,9 +169,10 @@ class Worker:
             while not self._stop.is_set():
                 msgs = consumer.consume(num_messages=10_000, timeout=0.2)
                 for m in msgs:
-                    if m.error():
-                        if m.error().code() != confluent_kafka.KafkaError._PARTITION_EOF:
-                            log.warning("kafka: %s", m.error())
+                    err = m.error()
+                    if err is not None:
+                        if err.code() != confluent_kafka.KafkaError._PARTITION_EOF:
+                            log.warning("kafka: %s", err)
                         continue
                     self._add(m)
                 now = time.monotonic()
@@ -383,31 +384,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--clickhouse", metavar="URL", help="ClickHouse server (password from $CLICKHOUSE_PASSWORD)")
     where.add_argument("--data-dir", metavar="DIR", help="embedded engine (chDB) folder owned by this process")
-    p.add_argument("--kafka-config", metavar="FILE", help="librdkafka properties (TLS/SASL); or BLINDSPOT_KAFKA_*")
+    p.add_argument("--kafka-config", metavar="FILE", help="librdkafka properties (TLS/SASL); or BLINDSPOT_RDKAFKA_*")
     p.add_argument("--group", default="blindspot-ingest", help="consumer group id")
     p.add_argument("--topic-prefix", default="", help="prefix of every topic name (as given to the agents)")
     p.add_argument("--batch-rows", type=int, default=50_000)
     p.add_argument("--batch-bytes", type=int, default=32 * 1024 * 1024)
     p.add_argument("--batch-age", type=float, default=1.0, help="seconds")
     p.add_argument("--retention-days", type=int, default=30)
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics (0: off)")
+    p.add_argument("--metrics-address", default="127.0.0.1:9436", metavar="HOST:PORT",
+                   help="Prometheus /metrics (default 127.0.0.1:9436; 'off' to disable)")
 
 
 def main(args: argparse.Namespace) -> int:
-    from prometheus_client import start_http_server
-
     from agent.kafka_sink.config import client_settings
+    from blindspot import metrics
     from ingest.clickhouse_sink.service import open_service
     from ingest.schema import migrate
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = KafkaSourceConfig(args.kafka, group_id=args.group, topic_prefix=args.topic_prefix, batch_max_rows=args.batch_rows,
-                            batch_max_bytes=args.batch_bytes, batch_max_age_s=args.batch_age,
+    cfg = KafkaSourceConfig(args.kafka, group_id=args.group, topic_prefix=args.topic_prefix,
+                            batch_max_rows=args.batch_rows, batch_max_bytes=args.batch_bytes,
+                            batch_max_age_s=args.batch_age,
                             extra=client_settings(args.kafka_config))
     service = open_service(data_dir=args.data_dir, url=args.clickhouse)
     migrate(service, retention_days=args.retention_days)
-    if args.metrics_port:
-        start_http_server(args.metrics_port, addr="127.0.0.1")
+    metrics.serve(args.metrics_address)
     worker = Worker(cfg, service)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -417,8 +418,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         service.close()
     s = worker.stats
-    log.info("ingest stopped: consumed %d, written %d, dead-lettered %d, batches %d (replayed %d), retries %d",
-             s.consumed, s.written, s.dead_lettered, s.batches, s.replayed, s.retries)
+    log.info("ingest stopped: consumed %d, written %d, dead-lettered %d, batches %d (replayed %d), "
+             "retries %d", s.consumed, s.written, s.dead_lettered, s.batches, s.replayed, s.retries)
     return 0
 
 

@@ -50,7 +50,8 @@ class WorkerProc:
         with log.open("ab") as f:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ingest.worker", "--kafka", bootstrap, "--data-dir", str(data_dir),
-                 "--topic-prefix", prefix, "--group", group, "--batch-rows", "300", "--batch-age", "0.2"],
+                 "--topic-prefix", prefix, "--group", group, "--batch-rows", "300", "--batch-age", "0.2",
+                 "--metrics-address", "off"],
                 stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
 
     def kill9(self) -> None:

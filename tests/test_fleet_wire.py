@@ -88,7 +88,7 @@ def test_security_settings_pass_through_from_file_and_env_and_never_show(tmp_pat
     props = tmp_path / "kafka.properties"
     props.write_text("# TLS + SASL\nsecurity.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
                      "sasl.username=agent\nssl.ca.location=/etc/ca.pem\n")
-    env = {"BLINDSPOT_KAFKA_SASL_PASSWORD": "s3cret", "PATH": "/bin"}
+    env = {"BLINDSPOT_RDKAFKA_SASL_PASSWORD": "s3cret", "PATH": "/bin"}
     extra = client_settings(str(props), environ=env)
     assert extra == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
                      "sasl.username": "agent", "ssl.ca.location": "/etc/ca.pem", "sasl.password": "s3cret"}

@@ -3,7 +3,8 @@
 Security settings (TLS, SASL) pass straight through to librdkafka, from a properties file
 (``--kafka-config FILE``, ``key=value`` lines in librdkafka's own names, e.g. ``security.protocol``,
 ``sasl.mechanism``, ``sasl.username``, ``sasl.password``, ``ssl.ca.location``) or from the environment
-(``BLINDSPOT_KAFKA_SASL_PASSWORD`` -> ``sasl.password``: prefix stripped, ``_`` -> ``.``, lowercased).
+(``BLINDSPOT_RDKAFKA_SASL_PASSWORD`` -> ``sasl.password``: prefix stripped, ``_`` -> ``.``, lowercased;
+the file may also be named by ``$BLINDSPOT_KAFKA_PROPERTIES``).
 Never from command-line values (visible in ``ps``), and never logged: ``redacted()`` hides them.
 """
 
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ENV_PREFIX = "BLINDSPOT_KAFKA_"
+ENV_PREFIX = "BLINDSPOT_RDKAFKA_"
+ENV_FILE = "BLINDSPOT_KAFKA_PROPERTIES"
 _SECRET_WORDS = ("password", "secret", "key", "token", "jaas")
 
 
@@ -74,13 +76,13 @@ def load_properties(path: str | os.PathLike[str]) -> dict[str, str]:
 def from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     env = os.environ if environ is None else environ
     return {k[len(ENV_PREFIX):].lower().replace("_", "."): v for k, v in env.items()
-            if k.startswith(ENV_PREFIX) and k != ENV_PREFIX + "CONFIG"}
+            if k.startswith(ENV_PREFIX)}
 
 
 def client_settings(properties_file: str | None = None, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Pass-through settings: the file (or ``$BLINDSPOT_KAFKA_CONFIG``), then the environment on top."""
+    """Pass-through settings: the file (or ``$BLINDSPOT_KAFKA_PROPERTIES``), then the environment on top."""
     env = os.environ if environ is None else environ
-    path = properties_file or env.get(ENV_PREFIX + "CONFIG")
+    path = properties_file or env.get(ENV_FILE)
     out = load_properties(path) if path else {}
     out.update(from_env(dict(env)))
     return out

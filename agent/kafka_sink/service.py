@@ -44,7 +44,7 @@ class ProducerService:
     def produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
                 on_delivery: DeliveryCallback) -> None:
         """Queue one message; raises BufferError when the bounded queue is full."""
-        self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+        self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)  # type: ignore[arg-type]
 
     def queued(self) -> int:
         """Messages not yet acknowledged by the broker (queued or in flight)."""

@@ -68,7 +68,8 @@ class KafkaSink:
         host = row.get("host")
         key = host.encode() if isinstance(host, str) else self._host_key
         try:
-            self._service.produce(self._topics[kind_name], value, key, wire.headers_for(kind), self._callbacks[kind_name])
+            self._service.produce(self._topics[kind_name], value, key, wire.headers_for(kind),
+                                  self._callbacks[kind_name])
         except BufferError:
             self._drop("queue_full")
             return

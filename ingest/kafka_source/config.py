@@ -1,7 +1,7 @@
 """Configuration of the ingest worker's Kafka side (consumer group, batching, dead-letter topic).
 
 librdkafka security settings pass through exactly as for the agent (agent/kafka_sink/config.py):
-a properties file or ``BLINDSPOT_KAFKA_*`` environment variables, never command-line values.
+a properties file or ``BLINDSPOT_RDKAFKA_*`` environment variables, never command-line values.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ H_SRC = "bs-src"
 
 def ensure_topics(config: KafkaSourceConfig, topics: list[str] | None = None, timeout_s: float = 30) -> None:
     """Create missing topics (the record topics and the dead-letter topic); existing ones are kept."""
-    conf = {"bootstrap.servers": config.bootstrap_servers, **config.extra}
+    conf: dict[str, Any] = {"bootstrap.servers": config.bootstrap_servers, **config.extra}
     admin = AdminClient(conf)
     want = topics if topics is not None else [*config.topics, config.dlq_topic]
     have = set(admin.list_topics(timeout=timeout_s).topics)
