@@ -350,7 +350,9 @@ class Worker:
             return
         try:
             for tp in consumer.position(consumer.assignment()):
-                _lo, hi = consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                # Cached: the high watermark comes with every fetch response; asking the broker per
+                # partition would stall the loop for a round trip each.
+                _lo, hi = consumer.get_watermark_offsets(tp, cached=True)
                 if tp.offset >= 0 and hi >= 0:
                     self._m.lag.labels(tp.topic, str(tp.partition)).set(max(0, hi - tp.offset))
         except confluent_kafka.KafkaException as e:

@@ -1,0 +1,120 @@
+"""Fleet throughput on this machine, as ratios against baselines measured in the same run:
+
+    agent publish   records/s through the agent's KafkaSink (encode, produce, acknowledged)
+    (a) raw consume records/s a bare consumer reads the same topic (no decoding)
+    (b) raw insert  records/s the engine (chDB) inserts the same rows, already columnar, same batch size
+    ingest          records/s Kafka -> ingest worker -> engine, committed (decode, validate, DLQ checks,
+                    dedup token, intent and offset commits included)
+
+Target: ingest > 0.5 x min(a, b). Needs the broker (scripts/kafka.sh start).
+
+    .venv/bin/python bench/bench_ingest.py [--records N] [--kafka 127.0.0.1:19092]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+
+import confluent_kafka
+from prometheus_client import CollectorRegistry
+
+from agent.kafka_sink import KafkaSink, KafkaSinkConfig
+from blindspot.records import TCP_CONNECTION
+from ingest.clickhouse_sink.service import open_service
+from ingest.kafka_source import KafkaSourceConfig, ensure_topics
+from ingest.schema import migrate
+from ingest.worker import Worker
+from tests.kafka_fixture import make_rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=300_000)
+    ap.add_argument("--kafka", default="127.0.0.1:19092")
+    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--batch-rows", type=int, default=50_000)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    n, prefix = args.records, f"bench{uuid.uuid4().hex[:6]}."
+    topic = prefix + TCP_CONNECTION.topic
+    ensure_topics(KafkaSourceConfig(args.kafka, topic_prefix=prefix, partitions=args.partitions))
+    rows = make_rows(n, hosts=tuple(f"host-{i:03d}" for i in range(64)))
+
+    # Agent publish rate.
+    sink = KafkaSink(KafkaSinkConfig(args.kafka, topic_prefix=prefix), registry=CollectorRegistry())
+    t = time.perf_counter()
+    for r in rows:
+        sink.emit("tcp_connection", r)
+    assert sink.close(120) == 0
+    publish = n / (time.perf_counter() - t)
+
+    # (a) raw consume of the same topic.
+    c = confluent_kafka.Consumer({"bootstrap.servers": args.kafka, "group.id": prefix + "raw",
+                                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                                  "fetch.max.bytes": 64 * 1024 * 1024})
+    c.subscribe([topic])
+    got, t0 = 0, None
+    while got < n:
+        msgs = c.consume(10_000, timeout=1.0)
+        if msgs and t0 is None:
+            t0 = time.perf_counter()
+        for m in msgs:
+            if m.error() is None:
+                m.value()
+                got += 1
+    assert t0 is not None
+    raw_consume = n / (time.perf_counter() - t0)
+    c.close()
+
+    data = tempfile.mkdtemp(prefix="bs-bench-")
+    svc = open_service(data_dir=data)
+    try:
+        migrate(svc)
+        # (b) raw engine insert of the same rows, columnar, same batch size, same settings and tokens.
+        svc.execute("CREATE TABLE blindspot.bench_raw AS blindspot.tcp_connections")
+        tables = [TCP_CONNECTION.to_arrow(rows[i:i + args.batch_rows]) for i in range(0, n, args.batch_rows)]
+        t = time.perf_counter()
+        for i, tb in enumerate(tables):
+            svc.insert_arrow("blindspot", "bench_raw", tb, dedup_token=f"bench:{i}")
+        raw_insert = n / (time.perf_counter() - t)
+
+        # The pipeline: one ingest worker, from the first message consumed to the last row committed.
+        cfg = KafkaSourceConfig(args.kafka, group_id=prefix + "ingest", topic_prefix=prefix,
+                                batch_max_rows=args.batch_rows)
+        w = Worker(cfg, svc, registry=CollectorRegistry())
+        stop = threading.Event()
+        th = threading.Thread(target=w.run, args=(stop,), daemon=True)
+        th.start()
+        while w.stats.consumed == 0:
+            time.sleep(0.001)
+        t = time.perf_counter()
+        while w.stats.written < n:
+            time.sleep(0.005)
+        ingest = n / (time.perf_counter() - t)
+        stop.set()
+        th.join(60)
+        stored = svc.query_text("SELECT count() FROM blindspot.tcp_connections", "CSV").strip()
+        assert int(stored) == n, stored
+    finally:
+        svc.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+    slower = min(raw_consume, raw_insert)
+    print(f"records: {n} tcp_connection, {args.partitions} partitions, batches of {args.batch_rows}")
+    print(f"agent publish      {publish:>10,.0f} records/s")
+    print(f"(a) raw consume    {raw_consume:>10,.0f} records/s")
+    print(f"(b) raw insert     {raw_insert:>10,.0f} records/s")
+    print(f"ingest pipeline    {ingest:>10,.0f} records/s")
+    print(f"ratio ingest/(a)   {ingest / raw_consume:.2f}")
+    print(f"ratio ingest/(b)   {ingest / raw_insert:.2f}")
+    print(f"ratio ingest/min   {ingest / slower:.2f}  (target > 0.5)")
+
+
+if __name__ == "__main__":
+    main()
