@@ -7,7 +7,9 @@ out of range for its column, is longer than the column's ``max_len`` (bytes of U
 address where the table stores IPv6 (``*_addr`` columns). Unknown fields are ignored and missing
 fields take the column's default (docs/wire-format.md).
 
-Public API: ``build_batch`` and ``Rejected``.
+Two entry points: ``build_batch`` for decoded single records (msgpack), ``check_table`` for Arrow batches
+(the agents' encoding), whose types are mostly checked by column. Public API: ``build_batch``,
+``check_table``, ``Rejected``, ``BadMessage``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pyarrow.compute as pc
 
 from blindspot.records import Column, RecordKind
 
-__all__ = ["Rejected", "build_batch"]
+__all__ = ["BadMessage", "Rejected", "build_batch", "check_table"]
 
 
 @dataclass(frozen=True)
@@ -106,24 +108,107 @@ def build_batch(kind: RecordKind, rows: Sequence[dict[str, Any]]) -> tuple[pa.Ta
                     bad[i] = Rejected(i, found.reason, found.detail)
             vals = [col.default if i in bad else v for i, v in enumerate(vals)]
             arr = pa.array(vals, type=col.type)
-        if col.max_len is not None:
-            over = pc.greater(pc.binary_length(arr), col.max_len)
-            if pc.any(over).as_py():
-                for i in pc.indices_nonzero(over).to_pylist():
-                    if i not in bad:
-                        n = len(vals[i].encode())
-                        bad[i] = Rejected(i, "oversized_field", f"{col.name}: {n} bytes > {col.max_len}")
-        if col.name.endswith("_addr"):
-            # A regex over the column first; only values it does not vouch for go to ipaddress.
-            looks_ok = pc.or_(pc.match_substring_regex(arr, _V4), pc.match_substring_regex(arr, _V6))
-            if not pc.all(looks_ok).as_py():
-                for i in pc.indices_nonzero(pc.invert(looks_ok)).to_pylist():
-                    if i not in bad and not _is_address(vals[i]):
-                        bad[i] = Rejected(i, "invalid_address", f"{col.name}: {vals[i][:64]!r}")
+        _value_checks(col, arr, bad)
         arrays.append(arr)
+    return _keep_good(kind, arrays, len(rows), bad)
 
+
+def _value_checks(col: Column, arr: pa.Array, bad: dict[int, Rejected]) -> None:
+    """Checks on values of the right type: length bound, address syntax."""
+    if col.max_len is not None:
+        over = pc.greater(pc.binary_length(arr), col.max_len)
+        if pc.any(over).as_py():
+            for i in pc.indices_nonzero(over).to_pylist():
+                if i not in bad:
+                    n = len(arr[i].as_py().encode())
+                    bad[i] = Rejected(i, "oversized_field", f"{col.name}: {n} bytes > {col.max_len}")
+    if col.name.endswith("_addr"):
+        # A regex over the column first; only values it does not vouch for go to ipaddress.
+        looks_ok = pc.or_(pc.match_substring_regex(arr, _V4), pc.match_substring_regex(arr, _V6))
+        if not pc.all(looks_ok).as_py():
+            for i in pc.indices_nonzero(pc.invert(looks_ok)).to_pylist():
+                v = arr[i].as_py()
+                if i not in bad and not _is_address(v):
+                    bad[i] = Rejected(i, "invalid_address", f"{col.name}: {v[:64]!r}")
+
+
+def _keep_good(kind: RecordKind, arrays: list[pa.Array], n: int, bad: dict[int, Rejected]
+               ) -> tuple[pa.Table, list[Rejected]]:
     table = pa.Table.from_arrays(arrays, schema=kind.arrow_schema)
     if bad:
-        keep = pa.array([i not in bad for i in range(len(rows))])
+        keep = pa.array([i not in bad for i in range(n)])
         table = table.filter(keep)
     return table, sorted(bad.values(), key=lambda r: r.index)
+
+
+class BadMessage(ValueError):
+    """A whole batch message is unusable (a column of the wrong type); ``reason`` as for Rejected."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def check_table(kind: RecordKind, table: pa.Table) -> tuple[pa.Table, list[Rejected]]:
+    """An Arrow batch as received -> its good rows in ``kind``'s exact schema, and the rejected rows.
+    Raises BadMessage when a column cannot be read as its type at all. Integer columns of another
+    width are accepted when every value fits; strings must be strings and times timestamps."""
+    n = table.num_rows
+    bad: dict[int, Rejected] = {}
+    arrays: list[pa.Array] = []
+    present = set(table.column_names)
+    for col in kind.columns:
+        if col.name not in present:  # an older agent: the column's default
+            arrays.append(pa.array([col.default] * n, type=col.type))
+            continue
+        arr = table.column(col.name).combine_chunks()
+        if arr.type != col.type:
+            arr = _convert(col, arr, bad)
+        if arr.null_count:
+            for i in pc.indices_nonzero(arr.is_null()).to_pylist():
+                bad.setdefault(i, Rejected(i, "wrong_type", f"{col.name}: null"))
+            arr = pc.fill_null(arr, pa.scalar(col.default, type=col.type))
+        if pa.types.is_string(col.type):
+            try:
+                arr.validate(full=True)
+            except pa.ArrowInvalid:
+                arr = _utf8_rows(col, arr, bad)
+        _value_checks(col, arr, bad)
+        arrays.append(arr)
+    return _keep_good(kind, arrays, n, bad)
+
+
+def _convert(col: Column, arr: pa.Array, bad: dict[int, Rejected]) -> pa.Array:
+    want = col.type
+    if pa.types.is_integer(want) and pa.types.is_integer(arr.type):
+        try:
+            return pc.cast(arr, want, safe=True)
+        except pa.ArrowInvalid:
+            pass
+        # Some values do not fit: find them (rare path, so plain Python), keep the rest.
+        bits = want.bit_width
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if pa.types.is_signed_integer(want) else (0, 2**bits - 1)
+        vals = arr.to_pylist()
+        for i, v in enumerate(vals):
+            if v is not None and not lo <= v <= hi:
+                bad.setdefault(i, Rejected(i, "out_of_range", f"{col.name}: {v} does not fit {want}"))
+                vals[i] = 0
+        return pa.array(vals, type=want)
+    if pa.types.is_string(want) and pa.types.is_large_string(arr.type):
+        return pc.cast(arr, want)
+    if pa.types.is_timestamp(want) and pa.types.is_timestamp(arr.type):
+        return pc.cast(arr, want, safe=True)
+    raise BadMessage("wrong_type", f"{col.name}: {arr.type}, want {want}")
+
+
+def _utf8_rows(col: Column, arr: pa.Array, bad: dict[int, Rejected]) -> pa.Array:
+    raw = arr.cast(pa.binary()).to_pylist()
+    fixed = []
+    for i, v in enumerate(raw):
+        try:
+            fixed.append(v.decode("utf-8") if v is not None else None)
+        except UnicodeDecodeError as e:
+            bad.setdefault(i, Rejected(i, "invalid_utf8", f"{col.name}: {e}"[:200]))
+            fixed.append("")
+    return pa.array(fixed, type=pa.string())

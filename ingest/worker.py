@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from collections import Counter as _Tally
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,7 +40,7 @@ from blindspot.records import PIPELINE_COUNTER, RecordKind
 from ingest._errors import PermanentError, SchemaError, TransientError
 from ingest.clickhouse_sink.service import ClickHouseService
 from ingest.kafka_source import DeadLetters, KafkaSourceConfig, ensure_topics
-from ingest.validate import build_batch
+from ingest.validate import BadMessage, build_batch, check_table
 
 __all__ = ["Worker", "WorkerStats", "main"]
 
@@ -95,6 +95,29 @@ class WorkerStats:
     replayed: int = 0
     retries: int = 0
     by_reason: _Tally[str] = field(default_factory=_Tally)
+
+
+@dataclass
+class _Seg:
+    """Where consecutive rows of an insert came from: a message, and which of its rows."""
+
+    msg: Any
+    rows: Sequence[int]
+    raw: pa.Table | None  # the Arrow batch as received (None: a msgpack record)
+
+
+def _split(segs: list[_Seg], n: int) -> tuple[list[_Seg], list[_Seg]]:
+    """The first ``n`` rows' segments and the rest."""
+    left: list[_Seg] = []
+    for i, seg in enumerate(segs):
+        if n <= 0:
+            return left, segs[i:]
+        if len(seg.rows) <= n:
+            left.append(seg)
+            n -= len(seg.rows)
+            continue
+        return [*left, _Seg(seg.msg, seg.rows[:n], seg.raw)], [_Seg(seg.msg, seg.rows[n:], seg.raw), *segs[i + 1:]]
+    return left, []
 
 
 @dataclass
@@ -238,27 +261,48 @@ class Worker:
 
         kind = self._topic_kind.get(topic)
         dead = _Tally[tuple[int, str]]()  # (minute, host) -> dead letters, for pipeline_counters
-        rows: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []  # msgpack: one record a message
         row_msgs: list[Any] = []
+        parts: list[pa.Table] = []  # arrow: a checked batch a message
+        part_segs: list[_Seg] = []
         for m in msgs:
             try:
                 if kind is None:
                     raise wire.WireError("unknown_kind", f"no record kind reads topic {topic}")
-                wire.message_kind(m.headers(), kind)
-                rows.append(wire.decode(m.value()))
-                row_msgs.append(m)
-            except wire.WireError as e:
+                _kind, enc = wire.message_kind(m.headers(), kind)
+                if enc == wire.ENC_MSGPACK:
+                    rows.append(wire.decode(m.value()))
+                    row_msgs.append(m)
+                    continue
+                raw = wire.decode_batch(m.value())
+                good, rejected = check_table(kind, raw)
+            except (wire.WireError, BadMessage) as e:
                 self._dead_letter(m, e.reason, e.detail, dead)
-        if kind is not None and rows:
-            table, rejected = build_batch(kind, rows)
+                continue
+            keep: Sequence[int] = range(raw.num_rows)
             if rejected:
                 for r in rejected:
-                    self._dead_letter(row_msgs[r.index], r.reason, r.detail, dead)
-                bad = {r.index for r in rejected}
-                row_msgs = [m for i, m in enumerate(row_msgs) if i not in bad]
-            self._insert(kind, table, row_msgs, token, dead)
+                    self._dead_letter(m, r.reason, r.detail, dead, raw=raw, row=r.index)
+                gone = {r.index for r in rejected}
+                keep = [i for i in range(raw.num_rows) if i not in gone]
+            if good.num_rows:
+                parts.append(good)
+                part_segs.append(_Seg(m, keep, raw))
+        segs: list[_Seg] = []
+        if kind is not None and rows:
+            table, rejected = build_batch(kind, rows)
+            gone = {r.index for r in rejected}
+            for r in rejected:
+                self._dead_letter(row_msgs[r.index], r.reason, r.detail, dead)
+            segs = [_Seg(m, range(1), None) for i, m in enumerate(row_msgs) if i not in gone]
+            if table.num_rows:
+                parts.insert(0, table)
+        segs += part_segs
+        if kind is not None and parts:
+            table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+            self._insert(kind, table, segs, token, dead)
             self._m.written.labels(kind.table).inc(table.num_rows)
-        self._insert_counters(kind, row_msgs, dead, token)
+        self._insert_counters(kind, segs, dead, token)
         if not self._dlq.flush():
             raise TransientError("dead letters not delivered; batch will be read again")
         self._commit(confluent_kafka.TopicPartition(topic, partition, last + 1, metadata=""))
@@ -268,7 +312,7 @@ class Worker:
         self._m.batch_rows.observe(len(msgs))
         self._m.batch_seconds.observe(time.perf_counter() - t0)
 
-    def _insert(self, kind: RecordKind, table: pa.Table, msgs: list[Any], token: str,
+    def _insert(self, kind: RecordKind, table: pa.Table, segs: list[_Seg], token: str,
                 dead: _Tally[tuple[int, str]]) -> None:
         """Insert; a batch the engine refuses is split until the refused rows are found (each half has
         its own deterministic token, so a replay splits and deduplicates the same way)."""
@@ -282,21 +326,24 @@ class Worker:
             raise  # the tables are wrong: no record can go in; stop and let an operator look
         except PermanentError as e:
             if table.num_rows == 1:
-                self._dead_letter(msgs[0], "rejected_by_clickhouse", str(e)[:300], dead)
+                seg = segs[0]
+                self._dead_letter(seg.msg, "rejected_by_clickhouse", str(e)[:300], dead, raw=seg.raw,
+                                  row=seg.rows[0] if seg.raw is not None else None)
                 return
             half = table.num_rows // 2
-            self._insert(kind, table.slice(0, half), msgs[:half], token + "/a", dead)
-            self._insert(kind, table.slice(half), msgs[half:], token + "/b", dead)
+            left, right = _split(segs, half)
+            self._insert(kind, table.slice(0, half), left, token + "/a", dead)
+            self._insert(kind, table.slice(half), right, token + "/b", dead)
 
-    def _insert_counters(self, kind: RecordKind | None, msgs: list[Any], dead: _Tally[tuple[int, str]],
+    def _insert_counters(self, kind: RecordKind | None, segs: list[_Seg], dead: _Tally[tuple[int, str]],
                          token: str) -> None:
         """Per-host per-minute ``ingested`` / ``dead_lettered`` rows, minute and host taken from the
         messages themselves (Kafka timestamp, key) so a replayed batch makes identical rows."""
         if kind is PIPELINE_COUNTER:
             return
         tally = _Tally[tuple[int, str, str]]()
-        for m in msgs:
-            tally[(_minute_ns(m), _host(m), "ingested")] += 1
+        for seg in segs:
+            tally[(_minute_ns(seg.msg), _host(seg.msg), "ingested")] += len(seg.rows)
         for (minute, host), n in dead.items():
             tally[(minute, host, "dead_lettered")] += n
         if not tally:
@@ -308,9 +355,15 @@ class Worker:
         self._retry("insert", lambda: self.service.insert_arrow(DATABASE, PIPELINE_COUNTER.table, table,
                                                                 dedup_token=token + ":c"))
 
-    def _dead_letter(self, m: Any, reason: str, detail: str, dead: _Tally[tuple[int, str]]) -> None:
+    def _dead_letter(self, m: Any, reason: str, detail: str, dead: _Tally[tuple[int, str]],
+                     raw: pa.Table | None = None, row: int | None = None) -> None:
+        """One bad record (or a whole unreadable message) to the dead-letter topic. A bad row inside an
+        Arrow batch goes alone, as a one-row batch, with its index in ``bs-src-row``."""
         assert self._dlq is not None
-        self._dlq.send(m, reason, detail)
+        if raw is not None and row is not None:
+            self._dlq.send(m, reason, detail, value=wire.ipc_bytes(raw.slice(row, 1)), row=row)
+        else:
+            self._dlq.send(m, reason, detail)
         dead[(_minute_ns(m), _host(m))] += 1
         self.stats.dead_lettered += 1
         self.stats.by_reason[reason] += 1

@@ -73,10 +73,9 @@ class Publisher(threading.Thread):
         self.sink = KafkaSink(KafkaSinkConfig(bootstrap, topic_prefix=prefix), registry=CollectorRegistry())
 
     def run(self) -> None:
-        for i, r in enumerate(self.rows):
-            self.sink.emit("tcp_connection", r)
-            if i % 500 == 499:
-                time.sleep(self.pause)
+        for i in range(0, len(self.rows), 500):  # the agent pipeline's batches
+            self.sink.write(TCP_CONNECTION, self.rows[i:i + 500])
+            time.sleep(self.pause)
         assert self.sink.close(60) == 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import confluent_kafka
 import msgpack
+import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -20,7 +21,7 @@ from blindspot import wire
 from blindspot.records import TCP_CONNECTION
 from ingest._errors import SinkUnavailable
 from ingest.clickhouse_sink.service import ChdbService, open_service
-from ingest.kafka_source import H_DETAIL, H_REASON, H_SRC, KafkaSourceConfig
+from ingest.kafka_source import H_DETAIL, H_REASON, H_SRC, H_SRC_ROW, KafkaSourceConfig
 from ingest.schema import migrate
 from ingest.worker import Worker
 from tests.kafka_fixture import consume_all, create_topics, kafka_bootstrap, kafka_sh, make_rows, prefix
@@ -74,9 +75,14 @@ def wait_for(cond: Callable[[], bool], timeout_s: float = 60, what: str = "") ->
         time.sleep(0.1)
 
 
-def publish(bootstrap: str, prefix: str, rows: list[dict[str, Any]]) -> dict[str, int]:
+def publish(bootstrap: str, prefix: str, rows: list[dict[str, Any]], single: int = 0) -> dict[str, int]:
+    """As the agent does: pipeline batches of 500 (Arrow messages); the last ``single`` rows one by one
+    (msgpack messages), so both encodings travel."""
     sink = KafkaSink(KafkaSinkConfig(bootstrap, topic_prefix=prefix), registry=CollectorRegistry())
-    for r in rows:
+    batched = rows[:len(rows) - single]
+    for i in range(0, len(batched), 500):
+        sink.write(TCP_CONNECTION, batched[i:i + 500])
+    for r in rows[len(rows) - single:]:
         sink.emit("tcp_connection", r)
     assert sink.close(30) == 0
     return sink.counts()
@@ -102,7 +108,7 @@ SETTINGS output_format_json_quote_64bit_integers = 0
 def test_records_arrive_exactly_as_sent(kafka_bootstrap, prefix, engine) -> None:
     rows = make_rows(3000, hosts=("web-1", "web-2", "db-1"))
     create_topics(kafka_bootstrap, prefix)
-    assert publish(kafka_bootstrap, prefix, rows) == {"delivered": 3000}
+    assert publish(kafka_bootstrap, prefix, rows, single=300) == {"delivered": 3000}
     w = start_worker(kafka_bootstrap, prefix, engine)
     wait_for(lambda: w.worker.stats.written >= 3000, what="3000 rows written")
     w.finish()
@@ -118,6 +124,7 @@ def test_records_arrive_exactly_as_sent(kafka_bootstrap, prefix, engine) -> None
 def _bad_corpus() -> list[tuple[str, bytes | None, list[tuple[str, bytes]] | None]]:
     """(expected reason, value, headers) of messages a broken or hostile producer could send."""
     good_hdrs = wire.headers_for(TCP_CONNECTION)
+    arrow_hdrs = wire.headers_for(TCP_CONNECTION, wire.ENC_ARROW)
     row = make_rows(1, start_id=10**9)[0]
 
     def with_(**kw: Any) -> bytes:
@@ -137,7 +144,22 @@ def _bad_corpus() -> list[tuple[str, bytes | None, list[tuple[str, bytes]] | Non
         ("oversized_field", with_(comm="c" * 1000), good_hdrs),
         ("oversized_field", with_(host="h" * 300), good_hdrs),
         ("invalid_address", with_(remote_addr="999.1.1.1"), good_hdrs),
+        ("undecodable", b"ARROW1 not really", arrow_hdrs),
+        ("wrong_type", wire.ipc_bytes(pa.table({"conn_id": pa.array(["x"]), "host": pa.array(["h1"])})),
+         arrow_hdrs),
     ]
+
+
+def _arrow_with_bad_rows() -> tuple[bytes, list[str], list[int]]:
+    """An Arrow batch of 6 records, 3 of them bad: the good 3 land, the bad go alone to the DLQ."""
+    rows = make_rows(6, start_id=2 * 10**9)
+    rows[1]["remote_addr"] = "nope"
+    rows[3]["comm"] = "x" * 100
+    table = wire.to_table(TCP_CONNECTION, rows)
+    cols = {c: table.column(c) for c in table.column_names}
+    cols["pid"] = pa.array([1, 2, 3, 4, -5, 6], pa.int64())
+    return wire.ipc_bytes(pa.table(cols)), ["invalid_address", "oversized_field", "out_of_range"], [
+        rows[i]["conn_id"] for i in (0, 2, 5)]
 
 
 def test_bad_messages_go_to_the_dead_letter_topic_and_good_ones_flow(kafka_bootstrap, prefix, engine) -> None:
@@ -149,30 +171,35 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_good_ones_flow(kafka_boots
     expected_bad: list[str] = []
     for i, r in enumerate(good):
         p.produce(topic, wire.encode(r), b"h1", headers=wire.headers_for(TCP_CONNECTION))
-        if i % 15 == 0 and i // 15 < len(corpus):
-            reason, value, headers = corpus[i // 15]
+        if i % 12 == 0 and i // 12 < len(corpus):
+            reason, value, headers = corpus[i // 12]
             p.produce(topic, value, b"h1", headers=headers)
             expected_bad.append(reason)
+    value, arrow_bad, arrow_good = _arrow_with_bad_rows()
+    p.produce(topic, value, b"h1", headers=wire.headers_for(TCP_CONNECTION, wire.ENC_ARROW))
+    expected_bad += arrow_bad
     assert p.flush(30) == 0
-    assert len(expected_bad) == len(corpus)
+    assert len(expected_bad) == len(corpus) + 3
 
     w = start_worker(kafka_bootstrap, prefix, engine, batch_max_rows=50)
-    wait_for(lambda: w.worker.stats.consumed >= len(good) + len(corpus), what="all consumed")
+    wait_for(lambda: w.worker.stats.consumed >= len(good) + len(corpus) + 1, what="all consumed")
     wait_for(lambda: not any(b.msgs for b in w.worker._batches.values()), what="last batch flushed")
     w.finish()
 
     ids = [r["conn_id"] for r in stored(engine, "SELECT conn_id FROM blindspot.tcp_connections ORDER BY conn_id")]
-    assert ids == [r["conn_id"] for r in good]
-    dlq = consume_all(kafka_bootstrap, prefix + "blindspot.dlq.v1", len(corpus))
+    assert ids == [r["conn_id"] for r in good] + arrow_good
+    dlq = consume_all(kafka_bootstrap, prefix + "blindspot.dlq.v1", len(expected_bad))
     reasons = [dict(m.headers())[H_REASON].decode() for m in dlq]
     assert sorted(reasons) == sorted(expected_bad)
     for m in dlq:
         h = dict(m.headers())
         assert h[H_SRC].decode().startswith(topic + ":0:")
         assert h[H_DETAIL] is not None
-    assert w.worker.stats.dead_lettered == len(corpus)
+    rows_out = [wire.decode_batch(m.value()) for m in dlq if H_SRC_ROW in dict(m.headers())]
+    assert sorted(t.num_rows for t in rows_out) == [1, 1, 1]  # each bad record alone, as sent
+    assert w.worker.stats.dead_lettered == len(expected_bad)
     dl = stored(engine, "SELECT sum(value) AS n FROM blindspot.pipeline_counters WHERE counter = 'dead_lettered'")
-    assert dl == [{"n": len(corpus)}]
+    assert dl == [{"n": len(expected_bad)}]
 
 
 class FlakyService:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import msgpack
+import pyarrow as pa
 import pytest
 
 from agent.kafka_sink.config import KafkaSinkConfig, client_settings, redacted
 from blindspot import wire
 from blindspot.records import KINDS, TCP_CONNECTION
-from ingest.validate import build_batch
+from ingest.validate import BadMessage, build_batch, check_table
 from tests.kafka_fixture import make_rows
 
 HDRS = wire.headers_for(TCP_CONNECTION)
@@ -17,7 +18,42 @@ HDRS = wire.headers_for(TCP_CONNECTION)
 def test_round_trip_keeps_every_value() -> None:
     for row in make_rows(50):
         assert wire.decode(wire.encode(row)) == row
-    assert wire.message_kind(HDRS, TCP_CONNECTION) is TCP_CONNECTION
+    assert wire.message_kind(HDRS, TCP_CONNECTION) == (TCP_CONNECTION, "msgpack")
+
+
+def test_arrow_batches_round_trip_and_split_under_the_message_limit() -> None:
+    rows = make_rows(9000, hosts=("h1",))
+    msgs = wire.encode_batch(TCP_CONNECTION, rows)
+    assert [n for _, n in msgs] == [4000, 4000, 1000]
+    assert all(len(v) <= wire.MAX_MESSAGE_BYTES for v, _ in msgs)
+    back = [r for v, _ in msgs for r in wire.decode_batch(v).to_pylist()]
+    assert [r["conn_id"] for r in back] == [r["conn_id"] for r in rows]
+    hdrs = wire.headers_for(TCP_CONNECTION, wire.ENC_ARROW)
+    assert wire.message_kind(hdrs, TCP_CONNECTION) == (TCP_CONNECTION, "arrow")
+    table, rejected = check_table(TCP_CONNECTION, wire.decode_batch(msgs[2][0]))
+    assert rejected == [] and table.num_rows == 1000
+    with pytest.raises(wire.WireError) as e:
+        wire.decode_batch(b"garbage that is not arrow")
+    assert e.value.reason == "undecodable"
+
+
+def test_arrow_batch_from_a_newer_or_foreign_producer() -> None:
+    rows = make_rows(5)
+    cols = {c: wire.to_table(TCP_CONNECTION, rows).column(c) for c in TCP_CONNECTION.column_names}
+    cols["local_port"] = pa.array([1, 2, 70000, 4, 5], pa.int64())  # other width: fine where it fits
+    cols["comm"] = pa.array(["a", None, "c", "d", "e"])
+    cols["close_reason"] = pa.array([b"fin", b"fin", b"fin", b"\xff", b"fin"]).cast(pa.string(), safe=False)
+    cols["tls_version"] = pa.array(["1.3"] * 5)  # newer agent: ignored
+    del cols["srtt_us"]  # older agent: default
+    table, rejected = check_table(TCP_CONNECTION, pa.table(cols))
+    assert [(r.index, r.reason) for r in rejected] == [(1, "wrong_type"), (2, "out_of_range"), (3, "invalid_utf8")]
+    assert table.column("conn_id").to_pylist() == [rows[0]["conn_id"], rows[4]["conn_id"]]
+    assert table.column("srtt_us").to_pylist() == [0, 0]
+    assert table.schema == TCP_CONNECTION.arrow_schema
+    cols["pid"] = pa.array(["x"] * 5)
+    with pytest.raises(BadMessage) as e:
+        check_table(TCP_CONNECTION, pa.table(cols))
+    assert e.value.reason == "wrong_type"
 
 
 def test_newer_agent_adds_a_field_older_ingest_ignores_it() -> None:
@@ -81,7 +117,8 @@ def test_every_kind_has_a_topic_and_headers() -> None:
     topics = [k.topic for k in KINDS.values()]
     assert len(set(topics)) == len(topics)
     for k in KINDS.values():
-        assert wire.message_kind(wire.headers_for(k), k) is k
+        for enc in (wire.ENC_ARROW, wire.ENC_MSGPACK):
+            assert wire.message_kind(wire.headers_for(k, enc), k) == (k, enc)
 
 
 def test_security_settings_pass_through_from_file_and_env_and_never_show(tmp_path) -> None:

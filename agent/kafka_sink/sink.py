@@ -1,7 +1,8 @@
-"""The agent's Kafka sink: records in, one Kafka message each out, every outcome counted.
+"""The agent's Kafka sink: records in, Kafka messages out, every record's outcome counted.
 
-``emit(kind_name, row)`` encodes the row (blindspot/wire.py) and queues it for the kind's topic, keyed
-by host so one host's records stay in order within a partition. Each record ends in exactly one of:
+``write(kind, rows)`` (the pipeline's batches) sends Arrow batch messages; ``emit(kind_name, row)`` sends
+one msgpack record. Either way the kind's topic, keyed by host so one host's records stay in order
+within a partition (blindspot/wire.py). Each record ends in exactly one of:
 delivered (acknowledged by all in-sync replicas), or dropped with a reason: ``queue_full`` (the bound
 in KafkaSinkConfig was reached while the broker was away), ``delivery_failed`` (timed out or refused),
 ``shutdown`` (still unacknowledged when the flush on exit gave up), ``encode_error``.
@@ -15,6 +16,7 @@ import threading
 from collections import Counter as _Tally
 from typing import Any
 
+import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent.kafka_sink.config import KafkaSinkConfig
@@ -76,9 +78,44 @@ class KafkaSink:
         self._published[kind_name].inc()
 
     def write(self, kind: RecordKind, rows: list[dict[str, Any]]) -> None:
-        """The agent pipeline's sink interface (agent/pipeline.py): a batch of one kind."""
-        for row in rows:
-            self.emit(kind.name, row)
+        """The agent pipeline's sink interface (agent/pipeline.py): a batch of one kind becomes a few
+        Arrow messages (one host each, at most wire.MAX_BATCH_ROWS rows): columnar from the agent on,
+        so ingest workers do no per-record decoding (docs/wire-format.md)."""
+        by_host: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            h = r.get("host")
+            by_host.setdefault(h if isinstance(h, str) else self.host, []).append(r)
+        topic, headers = self._topics[kind.name], wire.headers_for(kind, wire.ENC_ARROW)
+        for host, host_rows in by_host.items():
+            try:
+                values = wire.encode_batch(kind, host_rows)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
+                log.error("cannot encode %d %s records: %s", len(host_rows), kind.name, e)
+                self._drop("encode_error", len(host_rows))
+                continue
+            key = host.encode()
+            for value, n in values:
+                try:
+                    self._service.produce(topic, value, key, headers, self._batch_cb(kind.name, n))
+                except BufferError:
+                    self._drop("queue_full", n)
+                    continue
+                self._published[kind.name].inc(n)
+
+    def _batch_cb(self, kind_name: str, n: int) -> Any:
+        delivered = self._m.delivered.labels(kind_name)
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is None:
+                delivered.inc(n)
+                with self._lock:
+                    self._tally["delivered"] += n
+            else:
+                if not self._closed:
+                    log.warning("kafka delivery failed (%d records): %s", n, err)
+                self._drop("shutdown" if self._closed else "delivery_failed", n)
+
+        return on_delivery
 
     def _delivery_cb(self, kind_name: str) -> Any:
         delivered = self._m.delivered.labels(kind_name)
@@ -96,11 +133,11 @@ class KafkaSink:
 
         return on_delivery
 
-    def _drop(self, reason: str) -> None:
-        self._m.dropped.labels(reason).inc()
+    def _drop(self, reason: str, n: int = 1) -> None:
+        self._m.dropped.labels(reason).inc(n)
         with self._lock:
-            self._tally["dropped"] += 1
-            self._tally["dropped:" + reason] += 1
+            self._tally["dropped"] += n
+            self._tally["dropped:" + reason] += n
 
     # -- lifecycle -----------------------------------------------------------------------------
     def flush(self, timeout_s: float | None = None) -> int:

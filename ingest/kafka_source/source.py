@@ -5,6 +5,8 @@ A dead letter keeps the original key, value and headers, and adds why and where 
     bs-dlq-reason   short word (undecodable, invalid_utf8, unknown_schema_version, wrong_type, ...)
     bs-dlq-detail   one line of detail (at most 500 bytes)
     bs-src          topic:partition:offset of the original message
+    bs-src-row      for one bad record out of an Arrow batch: its index there (the value is then
+                    that record alone, as a one-row Arrow batch)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 H_REASON = "bs-dlq-reason"
 H_DETAIL = "bs-dlq-detail"
 H_SRC = "bs-src"
+H_SRC_ROW = "bs-src-row"
 
 
 def ensure_topics(config: KafkaSourceConfig, topics: list[str] | None = None, timeout_s: float = 30) -> None:
@@ -57,13 +60,17 @@ class DeadLetters:
             self._failed += 1
             log.error("dead letter not delivered: %s", err)
 
-    def send(self, msg: Any, reason: str, detail: str) -> None:
+    def send(self, msg: Any, reason: str, detail: str, *, value: bytes | None = None, row: int | None = None
+             ) -> None:
         headers = list(msg.headers() or ())
         headers += [(H_REASON, reason.encode()), (H_DETAIL, detail.encode("utf-8", "replace")[:500]),
                     (H_SRC, f"{msg.topic()}:{msg.partition()}:{msg.offset()}".encode())]
+        if row is not None:
+            headers.append((H_SRC_ROW, str(row).encode()))
         while True:
             try:
-                self._producer.produce(self.topic, msg.value(), msg.key(), headers=headers,
+                self._producer.produce(self.topic, msg.value() if value is None else value, msg.key(),
+                                       headers=headers,
                                        on_delivery=self._on_delivery)
                 return
             except BufferError:
