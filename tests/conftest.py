@@ -67,11 +67,12 @@ def _canary_seen(agent: Agent, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_agent(data_dir: Path) -> Iterator[Agent]:
+def running_agent(data_dir: Path, **env_overrides: str) -> Iterator[Agent]:
     """`blindspot run` with 1 s open-connection snapshots and 2 s counter reports, ready once a canary
     connection made after start-up is in the table."""
     log_path = data_dir.parent / f"{data_dir.name}.log"
-    env = {**os.environ, "BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "2", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "0.2"}
+    env = {**os.environ, "BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "2", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "0.2",
+           **env_overrides}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [str(BLINDSPOT), "run", "--data-dir", str(data_dir), "--snapshot-interval", "1", "--no-live",

@@ -207,3 +207,23 @@ def test_connections_and_listeners_older_than_the_agent(tmp_path: Path) -> None:
     assert (_int(by_role["client"], "pid"), _int(by_role["server"], "pid")) == (new_client["pid"], info["pid"])
     assert (_int(by_role["client"], "bytes_sent"), _int(by_role["server"], "bytes_received")) == (20, 20)
     assert all(_int(r, "started_before_agent") == 0 for r in new_rows)
+
+
+def test_ring_buffer_overflow_is_counted_not_silent(tmp_path: Path) -> None:
+    """A one-page ring buffer drained every 2 s cannot hold a burst: records are lost, and the loss
+    shows up in pipeline_counters, covering every missing row."""
+    n = 300
+    tiny = {"BLINDSPOT_TCP_RINGBUF_PAGES": "1", "BLINDSPOT_PIPELINE_POLL_MS": "2000"}
+    with running_agent(tmp_path / "tiny-ring", **tiny) as a:
+        server, info = start_server("--count", str(n))
+        run_client(info["port"], "--sizes", ",".join(["64"] * n))
+        server.wait(timeout=30)
+        time.sleep(5)  # two more polls, and a counters report
+        rows = int(a.rows("SELECT count() AS n FROM blindspot.tcp_connections WHERE local_port = {p:UInt16} "
+                          "OR remote_port = {p:UInt16}", p=info["port"])[0]["n"])
+        lost = a.wait_rows(
+            "SELECT toUInt64(sum(value)) AS v FROM blindspot.pipeline_counters WHERE counter = 'lost_ringbuf'",
+            lambda r: bool(r) and int(r[0]["v"]) >= 2 * n - rows, timeout_s=10)
+    assert rows < 2 * n, "a 4 KiB ring buffer polled every 2 s cannot hold 600 records"
+    assert int(lost[0]["v"]) >= 2 * n - rows > 0
+    assert "kernel-side loss so far" in a.log()
