@@ -1,5 +1,7 @@
 """Wire format candidates, measured on realistic tcp_connection records: bytes per record (alone and
-inside a zstd-compressed Kafka batch) and encode/decode cost per record. The winner is blindspot/wire.py;
+inside a zstd-compressed Kafka batch) and encode/decode cost per record. "decode" is what an ingest
+worker pays to get from message bytes to something it can check and insert: Python dicts for the
+row formats, an Arrow table (zero-copy) for Arrow batches. The winner is blindspot/wire.py;
 docs/wire-format.md records one run.
 
     .venv/bin/python bench/bench_wire.py [N]
@@ -70,6 +72,22 @@ def main() -> None:
     measure("msgpack map", pk.pack, lambda b: msgpack.unpackb(b, raw=False), rows)
     measure("msgpack array", lambda r: pk.pack([r[c] for c in cols]),
             lambda b: dict(zip(cols, msgpack.unpackb(b, raw=False), strict=False)), rows)
+    from blindspot import wire
+
+    for size in (500, 2000):
+        t = time.perf_counter()
+        msgs = []
+        for i in range(0, n, size):
+            msgs += wire.encode_batch(TCP_CONNECTION, rows[i:i + size])
+        te = time.perf_counter() - t
+        t = time.perf_counter()
+        tables = [wire.decode_batch(v) for v, _ in msgs]
+        td = time.perf_counter() - t
+        assert sum(tb.num_rows for tb in tables) == n
+        size_b = sum(len(v) for v, _ in msgs) / n
+        zsize = sum(len(pa.compress(v, codec="zstd", asbytes=True)) for v, _ in msgs) / n
+        print(f"{'arrow batch of ' + str(size):<22} {size_b:7.1f} B  {zsize:6.1f} B zstd  enc {te / n * 1e6:5.2f} us"
+              f"  dec {td / n * 1e6:5.2f} us")
     try:
         import fastavro
     except ImportError:
