@@ -22,21 +22,21 @@ from blindspot.config import Config
 log = logging.getLogger(__name__)
 
 
-class _SinkCounters:
-    """Kafka-side drops as a pipeline counter source: they happen after ``write`` returned (delivery
-    is asynchronous), so the pipeline learns of them here and reports them as ``dropped_sink``."""
+class _WithSinkCounters:
+    """The TCP source, whose counters also carry the Kafka sink's drops as ``dropped_sink``: those happen
+    after ``write`` returned (delivery is asynchronous), so the pipeline learns of them here and
+    reports them in pipeline_counters. (A wrapper, not another source: the pipeline blocks in its
+    only source's poll, and a second source would turn that into sleeping.)"""
 
-    name = "kafka"
-
-    def __init__(self, sink: KafkaSink) -> None:
-        self.sink = sink
-
-    def open(self) -> None: ...
-    def poll(self, timeout_ms: int) -> None: ...
-    def close(self) -> None: ...
+    def __init__(self, inner: Any, sink: KafkaSink) -> None:
+        self._inner = inner
+        self._sink = sink
 
     def counters(self) -> dict[str, int]:
-        return {"dropped_sink": self.sink.counts().get("dropped", 0)}
+        return {**self._inner.counters(), "dropped_sink": self._sink.counts().get("dropped", 0)}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def run(cfg: Config, kafka: KafkaSinkConfig, duration_s: float | None = None) -> Pipeline:
@@ -54,7 +54,7 @@ def run(cfg: Config, kafka: KafkaSinkConfig, duration_s: float | None = None) ->
     tcp = TcpSource(cfg.tcp, emit=emit)
     cfg.pipeline.host = cfg.pipeline.host or cfg.host or cfg.tcp.host or tcp.host
     sink = KafkaSink(kafka, host=cfg.pipeline.host)
-    pipeline = Pipeline([tcp, _SinkCounters(sink)], sink, cfg.pipeline)
+    pipeline = Pipeline([_WithSinkCounters(tcp, sink)], sink, cfg.pipeline)
     t0 = time.monotonic()
     log.info("tracing TCP on %s; publishing to Kafka at %s", cfg.pipeline.host, kafka.bootstrap_servers)
     try:
