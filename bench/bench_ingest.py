@@ -6,9 +6,9 @@
     ingest          records/s Kafka -> ingest worker -> engine, committed (decode, validate, DLQ checks,
                     dedup token, intent and offset commits included)
 
-Target: ingest > 0.5 x min(a, b). Needs the broker (scripts/kafka.sh start).
+Target: ingest > 0.5 x min(a, b). Starts the local broker (scripts/kafka.sh start) unless --no-start.
 
-    .venv/bin/python bench/bench_ingest.py [--records N] [--kafka 127.0.0.1:19092]
+    .venv/bin/python -m bench.bench_ingest [--records N] [--kafka 127.0.0.1:19092]
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import confluent_kafka
 from prometheus_client import CollectorRegistry
@@ -46,8 +48,12 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--batch-rows", type=int, default=50_000, help="ingest batch (rows)")
     ap.add_argument("--agent-batch", type=int, default=2_000, help="rows per agent pipeline batch")
+    ap.add_argument("--no-start", action="store_true", help="do not start the local broker (scripts/kafka.sh)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if not args.no_start:
+        subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "scripts" / "kafka.sh"), "start"],
+                       check=True)
     n, prefix = args.records, f"bench{uuid.uuid4().hex[:6]}."
     topic = prefix + TCP_CONNECTION.topic
     ensure_topics(KafkaSourceConfig(args.kafka, topic_prefix=prefix, partitions=args.partitions))
