@@ -502,13 +502,30 @@ def main(args: argparse.Namespace) -> int:
                             batch_max_rows=args.batch_rows, batch_max_bytes=args.batch_bytes,
                             batch_max_age_s=args.batch_age,
                             extra=client_settings(args.kafka_config))
-    service = open_service(data_dir=args.data_dir, url=args.clickhouse)
-    migrate(service, retention_days=args.retention_days)
-    metrics.serve(args.metrics_address)
-    worker = Worker(cfg, service)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # A ClickHouse server that is not up yet is waited for (a fleet restarts in any order); a locked
+    # embedded folder is not: another process owns it, and waiting would not change that.
+    delay = cfg.retry_initial_s
+    while True:
+        try:
+            service = open_service(data_dir=args.data_dir, url=args.clickhouse)
+            try:
+                migrate(service, retention_days=args.retention_days)
+            except BaseException:
+                service.close()
+                raise
+            break
+        except TransientError as e:
+            if args.data_dir:
+                raise
+            log.warning("ClickHouse not reachable (%s); retrying in %.1fs", e, delay)
+            if stop.wait(delay):
+                return 1
+            delay = min(delay * 2, cfg.retry_max_s)
+    metrics.serve(args.metrics_address)
+    worker = Worker(cfg, service)
     try:
         worker.run(stop)
     finally:

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
 from blindspot import wire
 from blindspot.records import TCP_CONNECTION
-from ingest._errors import SinkUnavailable
+from ingest._errors import PermanentError, SinkUnavailable
 from ingest.clickhouse_sink.service import ChdbService, open_service
 from ingest.kafka_source import H_DETAIL, H_REASON, H_SRC, H_SRC_ROW, KafkaSourceConfig
 from ingest.schema import migrate
@@ -265,3 +265,33 @@ def test_broker_restart_while_the_agent_publishes_loses_nothing(kafka_bootstrap,
     msgs = consume_all(kafka_bootstrap, prefix + TCP_CONNECTION.topic, n, timeout_s=60)
     ids = sorted(wire.decode(m.value())["conn_id"] for m in msgs)
     assert ids == [r["conn_id"] for r in rows]  # each once: the idempotent producer did not duplicate
+
+
+class PickyService(FlakyService):
+    """The engine refusing one particular row (as a server-side constraint or a type it cannot parse)."""
+
+    def __init__(self, inner: Any, poison: int) -> None:
+        super().__init__(inner)
+        self.poison = poison
+
+    def insert_arrow(self, database: str, table: str, data: Any, **kw: Any) -> None:
+        if table == TCP_CONNECTION.table and self.poison in data.column("conn_id").to_pylist():
+            raise PermanentError("Code: 117. DB::Exception: refused (test)")
+        self.inner.insert_arrow(database, table, data, **kw)
+
+
+def test_a_row_the_engine_refuses_is_found_and_dead_lettered_alone(kafka_bootstrap, prefix, engine) -> None:
+    create_topics(kafka_bootstrap, prefix, partitions=1)
+    rows = make_rows(1000, hosts=("h1",))
+    poison = rows[637]["conn_id"]
+    w = start_worker(kafka_bootstrap, prefix, PickyService(engine, poison))
+    publish(kafka_bootstrap, prefix, rows)
+    wait_for(lambda: w.worker.stats.written >= 999, what="the other 999 rows")
+    w.finish()
+    ids = [r["conn_id"] for r in stored(engine, "SELECT conn_id FROM blindspot.tcp_connections ORDER BY conn_id")]
+    assert ids == [r["conn_id"] for r in rows if r["conn_id"] != poison]
+    dlq = consume_all(kafka_bootstrap, prefix + "blindspot.dlq.v1", 1)
+    assert len(dlq) == 1
+    h = dict(dlq[0].headers())
+    assert h[H_REASON] == b"rejected_by_clickhouse"
+    assert wire.decode_batch(dlq[0].value()).column("conn_id").to_pylist() == [poison]
