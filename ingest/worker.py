@@ -525,10 +525,19 @@ def main(args: argparse.Namespace) -> int:
                 return 1
             delay = min(delay * 2, cfg.retry_max_s)
     metrics.serve(args.metrics_address)
+    queries = None
+    if args.data_dir:
+        # This process owns the embedded folder: `blindspot query --data-dir` goes through it meanwhile.
+        from blindspot.query_server import QueryServer
+
+        service.execute("USE blindspot")
+        queries = QueryServer(args.data_dir, service).start()
     worker = Worker(cfg, service)
     try:
         worker.run(stop)
     finally:
+        if queries is not None:
+            queries.close()
         service.close()
     s = worker.stats
     log.info("ingest stopped: consumed %d, written %d, dead-lettered %d, batches %d (replayed %d), "

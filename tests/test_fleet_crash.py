@@ -3,6 +3,7 @@ of them sharing one topic. Every record must be stored exactly once, rollups inc
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
+from blindspot.query_server import FORMATS, query_via_socket, socket_path
 from blindspot.records import TCP_CONNECTION
 from tests.kafka_fixture import REPO, create_topics, kafka_bootstrap, make_rows, prefix, query_dir
 
@@ -118,6 +120,9 @@ def test_kill_9_repeatedly_every_record_stored_exactly_once(kafka_bootstrap, pre
     pub.join(120)
     w = WorkerProc(kafka_bootstrap, prefix, data, log, group)
     wait_committed(kafka_bootstrap, group, prefix + TCP_CONNECTION.topic)
+    # While it runs, the worker owns the folder and answers queries through its socket.
+    live = query_via_socket(socket_path(data), "SELECT count() AS n FROM tcp_connections", FORMATS["json"])
+    assert json.loads(live) == {"n": n}
     assert w.term() == 0, log.read_text()[-3000:]
 
     got = query_dir(data, "SELECT count() AS n, uniqExact(conn_id) AS u, min(conn_id) AS lo, max(conn_id) AS hi "
