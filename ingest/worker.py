@@ -193,11 +193,18 @@ class Worker:
                            on_lost=self._on_lost)
         try:
             while not self._stop.is_set():
-                msgs = consumer.consume(num_messages=10_000, timeout=0.2)
+                # Whatever is queued, without waiting to fill a count (consume() would sit out its whole
+                # timeout for that); only when nothing is queued, block until one message arrives.
+                msgs = consumer.consume(num_messages=10_000, timeout=0)
+                if not msgs:
+                    one = consumer.poll(0.2)
+                    msgs = [one] if one is not None else []
                 for m in msgs:
                     err = m.error()
                     if err is not None:
-                        if err.code() != confluent_kafka.KafkaError._PARTITION_EOF:
+                        if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                            self._caught_up((m.topic(), m.partition()))
+                        else:
                             log.warning("kafka: %s", err)
                         continue
                     self._add(m)
@@ -237,6 +244,13 @@ class Worker:
             if off >= b.replay_end:
                 self._flush_or_forget(key)
         elif b.rows >= self.config.batch_max_rows or b.nbytes >= self.config.batch_max_bytes:
+            self._flush_or_forget(key)
+
+    def _caught_up(self, key: tuple[str, int]) -> None:
+        """The partition has nothing more for now: a sizeable batch goes in at once rather than after
+        ``batch_max_age_s`` (a trickle still waits, so inserts stay few and large)."""
+        b = self._batches.get(key)
+        if b and b.msgs and b.replay_end is None and b.rows >= self.config.batch_max_rows // 10:
             self._flush_or_forget(key)
 
     def _records_in(self, m: Any, value: bytes) -> int:

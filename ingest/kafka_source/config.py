@@ -57,6 +57,8 @@ class KafkaSourceConfig:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            # End-of-partition events: a worker that has caught up flushes a big batch without waiting.
+            "enable.partition.eof": True,
             # Eager rebalancing: partitions are revoked before the member rejoins, while its generation
             # is still valid, so the commit in the revoke callback is accepted (with cooperative
             # rebalancing it can race the next generation and be refused).
