@@ -205,7 +205,7 @@ class NotGo(ValueError):
 
 
 @lru_cache(maxsize=256)
-def _inspect_cached(path: str, _ino: int, _mtime: int, want_offsets: bool) -> GoBinary:
+def _inspect_cached(_key: tuple[int, int, int], path: str, want_offsets: bool) -> GoBinary:
     with open(path, "rb") as f:
         if f.read(4) != b"\x7fELF":
             raise NotGo(f"{path}: not ELF")
@@ -252,7 +252,8 @@ def _inspect_cached(path: str, _ino: int, _mtime: int, want_offsets: bool) -> Go
 def inspect(path: str | Path, want_offsets: bool = True) -> GoBinary:
     p = Path(path)
     st = p.stat()
-    return _inspect_cached(str(p), st.st_ino, st.st_mtime_ns, want_offsets)
+    # Keyed by file identity, not path: every /proc/<pid>/exe of one binary shares one inspection.
+    return _inspect_cached((st.st_dev, st.st_ino, st.st_mtime_ns), str(p), want_offsets)
 
 
 def is_go_binary(path: str | Path) -> bool:

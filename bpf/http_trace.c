@@ -49,6 +49,15 @@ BPF_PERCPU_ARRAY(zero_conn, struct conn_state, 1);              // template for 
 BPF_PERCPU_ARRAY(stats, __u64, BS_HTTP_STAT_N);
 BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES);
 
+// Clamp a length so the verifier can see the bound: the empty asm keeps clang from folding the
+// check into an earlier comparison on another register.
+#define BOUND(n, max)                             \
+	do {                                      \
+		asm volatile("" : "+r"(n));       \
+		if ((n) > (max))                  \
+			(n) = (max);              \
+	} while (0)
+
 static __always_inline void count(int slot)
 {
 	__u64 *v = stats.lookup(&slot);
@@ -172,12 +181,13 @@ static __always_inline void start_exchange(struct conn_state *st, __u32 tgid, __
 		st->ev.req_bytes += 1;
 	}
 	st->held = 0;
-	__u32 n = ret;
+	__u64 n = ret;
 	if (n > BS_HTTP_HEAD_MAX) {
 		n = BS_HTTP_HEAD_MAX;
 		flags |= BS_HTTP_F_HEAD_TRUNC;
 	}
-	bpf_probe_read_user(st->ev.head, n & (2 * BS_HTTP_HEAD_MAX - 1) & 0xffff, buf);
+	BOUND(n, BS_HTTP_HEAD_MAX);
+	bpf_probe_read_user(st->ev.head, n, buf);
 	st->ev.head_len = n;
 	st->ev.flags = flags;
 	bpf_get_current_comm(st->ev.comm, sizeof(st->ev.comm));
@@ -214,7 +224,9 @@ static __always_inline void io_exit(long ret)
 		return;
 	}
 	char p[8] = {};
-	bpf_probe_read_user(p, ret < 8 ? (ret & 7) : 8, (void *)io.buf);
+	__u64 pn = ret;
+	BOUND(pn, 8);
+	bpf_probe_read_user(p, pn, (void *)io.buf);
 
 	int head = ret >= 4 && is_method(p);
 	if (!head && st && st->held && !io.is_write && ret >= 3) {
@@ -269,8 +281,9 @@ static __always_inline void io_exit(long ret)
 		if (!(ret >= 7 && is_response(p)))
 			return;
 		st->ev.resp_start_ns = now;
-		__u32 n = ret < BS_HTTP_STATUS_MAX ? ret : BS_HTTP_STATUS_MAX;
-		bpf_probe_read_user(st->ev.status, n & (2 * BS_HTTP_STATUS_MAX - 1), (void *)io.buf);
+		__u64 n = ret;
+		BOUND(n, BS_HTTP_STATUS_MAX);
+		bpf_probe_read_user(st->ev.status, n, (void *)io.buf);
 		st->ev.status_len = n;
 	}
 	st->ev.resp_bytes += ret;
@@ -390,8 +403,9 @@ int uprobe_finish_request(struct pt_regs *ctx)
 			bpf_probe_read_user(&s, sizeof(s), (char *)pat + gp->pattern_str);
 	}
 	if (s.p && s.n > 0) {
-		__u32 n = s.n < BS_HTTP_ROUTE_MAX ? s.n : BS_HTTP_ROUTE_MAX;
-		bpf_probe_read_user(st->ev.route, n & (2 * BS_HTTP_ROUTE_MAX - 1), s.p);
+		__u64 n = s.n;
+		BOUND(n, BS_HTTP_ROUTE_MAX);
+		bpf_probe_read_user(st->ev.route, n, s.p);
 		st->ev.route_len = n;
 	}
 	return 0;

@@ -1,0 +1,342 @@
+"""HTTP request lifecycles of Go processes: a source for agent/pipeline.py.
+
+Kernel side (bpf/http_trace.c): the read/write syscall tracepoints of traced processes see plaintext
+HTTP/1; one record per exchange (request + response) with the first bytes of the request head. The
+Go uprobes are optional (``go_uprobes``): each hit costs ~19 us on our machines, so by default routes
+are templated from the path and outbound calls are not linked; with them, the ServeMux pattern is
+read (Go 1.22+) and each outbound request made while serving an inbound one points at it through
+``parent_request_id``.
+
+Emits ``http_request`` rows (table http_requests, ingest/migrations/0010_http_requests.sql).
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import hashlib
+import ipaddress
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import _http_event as ev
+from agent import btf, go_procs, http_parse
+from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
+from agent.go_procs import GoProcess
+
+KIND = "http_request"
+BPF_SOURCE = ev.BPF_DIR / "http_trace.c"
+GO_OFFSET_KEYS = ("response_conn", "response_req", "conn_rwc", "req_pattern", "req_pat", "pattern_str",
+                  "persistconn_conn", "tcpconn_fd", "netfd_sysfd")
+Emit = Callable[[str, dict], None]
+
+# Kernel struct fields on the fd -> socket -> addresses walk, read from BTF.
+_KERNEL_FIELDS = {
+    "BS_OFF_TASK_FILES": ("task_struct", "files"),
+    "BS_OFF_FILES_FDT": ("files_struct", "fdt"),
+    "BS_OFF_FDT_MAX_FDS": ("fdtable", "max_fds"),
+    "BS_OFF_FDT_FD": ("fdtable", "fd"),
+    "BS_OFF_FILE_PRIVATE": ("file", "private_data"),
+    "BS_OFF_FILE_F_OP": ("file", "f_op"),
+    "BS_OFF_SOCKET_SK": ("socket", "sk"),
+    "BS_OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
+    "BS_OFF_SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
+    "BS_OFF_SKC_DPORT": ("sock_common", "skc_dport"),
+    "BS_OFF_SKC_NUM": ("sock_common", "skc_num"),
+    "BS_OFF_SKC_FAMILY": ("sock_common", "skc_family"),
+    "BS_OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    "BS_OFF_SKC_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
+}
+
+
+@dataclass
+class HttpConfig:
+    go_uprobes: bool = False  # route patterns + outbound->inbound links, at ~19 us per probe hit here
+    headers: tuple[str, ...] = tuple(http_parse.HEADER_COLUMNS)  # allow-list (lower-case names)
+    max_value: int = http_parse.MAX_VALUE
+    head_max: int = 1024  # bytes of each request head captured (power of two, 256..4096)
+    max_conns: int = 16384
+    ringbuf_pages: int = 1024  # 4 MiB
+    link_wait_s: float = 2.0  # how long an outbound row waits for its inbound one
+    services: dict[str, tuple[str, str]] = field(default_factory=dict)  # comm -> (service, version)
+    pids: tuple[int, ...] = ()  # trace only these (tests); empty = every Go process
+    hostname: str = field(default_factory=socket.gethostname)
+
+
+def _kernel_defines() -> list[str]:
+    out = [f"-D{name}={btf.offset_of(btf.FieldRef(s, p))}" for name, (s, p) in _KERNEL_FIELDS.items()]
+    fops = 0
+    try:  # socket_file_ops: lets the fd walk refuse files that are not sockets
+        for line in Path("/proc/kallsyms").read_text().splitlines():
+            if line.endswith(" socket_file_ops"):
+                fops = int(line.split()[0], 16)
+                break
+    except OSError:
+        pass
+    out.append(f"-DBS_SOCKET_FILE_OPS={fops:#x}ULL")
+    return out
+
+
+def _addr(raw: C.Array, family: int) -> str:
+    b = bytes(raw)
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + b[:4]))
+    if family == socket.AF_INET6:
+        return str(ipaddress.IPv6Address(b))
+    return "::"
+
+
+def _request_id(host: str, pid: int, fd: int, start_ns: int, role: int) -> int:
+    h = hashlib.blake2b(f"{host}|{pid}|{fd}|{start_ns}|{role}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") or 1
+
+
+class HttpSource:
+    """Source shape: open(), poll(timeout_ms) -> emit(kind, row) per record, counters(), close()."""
+
+    kinds = (KIND,)
+
+    def __init__(self, emit: Emit, config: HttpConfig | None = None):
+        self.cfg = config or HttpConfig()
+        self._emit = emit
+        self.bpf = None
+        self.procs: dict[int, GoProcess] = {}
+        self._uprobes: dict[tuple[int, int], list[tuple[str, int]]] = {}  # inode -> [(path, addr)]
+        self._uprobe_users: dict[tuple[int, int], set[int]] = {}
+        self._allow = frozenset(h.lower() for h in self.cfg.headers)
+        self._extra = tuple(h for h in self._allow if h not in http_parse.HEADER_COLUMNS)
+        self._c = {"captured": 0, "parse_errors": 0, "procs_attached": 0, "procs_detached": 0,
+                   "linked": 0, "link_timeouts": 0}
+        # Go linking: recent server rows by (pid, goroutine), outbound rows waiting for theirs.
+        self._servers: dict[tuple[int, int], deque] = {}
+        self._waiting: deque = deque()
+        self._mono_to_wall = 0
+        self._event_cls = ev.event_class(self.cfg.head_max)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def open(self) -> None:
+        from bcc import BPF  # Debian's python3-bpfcc; imported late so parsing works without it
+
+        cflags = [
+            f"-I{ev.BPF_DIR}",
+            f"-DBS_HTTP_MAX_CONNS={self.cfg.max_conns}",
+            f"-DBS_RINGBUF_PAGES={self.cfg.ringbuf_pages}",
+            f"-DBS_HTTP_HEAD_MAX={self.cfg.head_max}",
+            f"-DBS_GO_UPROBES={int(self.cfg.go_uprobes)}",
+            *_kernel_defines(),
+        ]
+        self.bpf = BPF(src_file=str(BPF_SOURCE), cflags=cflags)
+        self._mono_to_wall = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.bpf["events"].open_ring_buffer(self._on_record)
+        for pid in self.cfg.pids or go_procs.scan_pids():
+            self._consider(pid)
+
+    def close(self) -> None:
+        if self.bpf is None:
+            return
+        self.poll(0)
+        self._flush_waiting(force=True)
+        for pid in list(self.procs):
+            self._detach(pid)
+        self.bpf.cleanup()
+        self.bpf = None
+
+    def counters(self) -> dict[str, int]:
+        out = dict(self._c)
+        if self.bpf is not None:
+            stats = self.bpf["stats"]
+            tot = [sum(stats[C.c_int(i)]) for i in range(ev.STAT_N)]
+            out["kernel_emitted"] = tot[ev.STAT_EMITTED]
+            out["lost_kernel"] = tot[ev.STAT_LOST_RINGBUF] + tot[ev.STAT_LOST_MAP_FULL]
+            out["lost_ringbuf"] = tot[ev.STAT_LOST_RINGBUF]
+            out["lost_map_full"] = tot[ev.STAT_LOST_MAP_FULL]
+            out["uprobe_hits"] = tot[ev.STAT_UPROBE_HITS]
+        out["procs_traced"] = len(self.procs)
+        return out
+
+    def poll(self, timeout_ms: int) -> None:
+        assert self.bpf is not None
+        self.bpf.ring_buffer_poll(timeout_ms)
+        self._flush_waiting()
+
+    # --- processes ------------------------------------------------------------------------------
+    def traced(self, pid: int) -> bool:
+        return pid in self.procs
+
+    def _consider(self, pid: int) -> None:
+        if pid in self.procs or pid == os.getpid():
+            return
+        if self.cfg.pids and pid not in self.cfg.pids:
+            return
+        p = go_procs.inspect_pid(pid, want_offsets=self.cfg.go_uprobes, configured=self.cfg.services)
+        if p is None:
+            return
+        self._attach(p)
+
+    def add_pid(self, pid: int) -> bool:
+        """Trace ``pid`` now (tests; a pid allow-list); True if it is a Go process."""
+        if self.cfg.pids and pid not in self.cfg.pids:
+            self.cfg.pids = (*self.cfg.pids, pid)
+        self._consider(pid)
+        return pid in self.procs
+
+    def _attach(self, p: GoProcess) -> None:
+        assert self.bpf is not None
+        gp = self.bpf["pids"].Leaf()
+        for k in GO_OFFSET_KEYS:
+            setattr(gp, k, p.binary.offsets.get(k, -1) if self.cfg.go_uprobes else -1)
+        self.bpf["pids"][C.c_uint32(p.pid)] = gp
+        self.procs[p.pid] = p
+        self._c["procs_attached"] += 1
+        if self.cfg.go_uprobes:
+            users = self._uprobe_users.setdefault(p.inode, set())
+            users.add(p.pid)
+            if p.inode not in self._uprobes:
+                attached = []
+                for fn, prog in ((FN_FINISH_REQUEST, "uprobe_finish_request"),
+                                 (FN_PC_ROUNDTRIP, "uprobe_persistconn_roundtrip")):
+                    addr = p.binary.functions.get(fn)
+                    if addr:
+                        self.bpf.attach_uprobe(name=p.exe, addr=addr, fn_name=prog)
+                        attached.append((p.exe, addr))
+                self._uprobes[p.inode] = attached
+
+    def _detach(self, pid: int) -> None:
+        p = self.procs.pop(pid, None)
+        if p is None or self.bpf is None:
+            return
+        self._c["procs_detached"] += 1
+        try:
+            del self.bpf["pids"][C.c_uint32(pid)]
+        except KeyError:
+            pass
+        conns = self.bpf["conns"]
+        for k in [k for k in conns.keys() if k.value >> 32 == pid]:
+            try:
+                del conns[k]
+            except KeyError:
+                pass
+        users = self._uprobe_users.get(p.inode)
+        if users is not None:
+            users.discard(pid)
+            if not users:
+                del self._uprobe_users[p.inode]
+                for path, addr in self._uprobes.pop(p.inode, []):
+                    try:
+                        self.bpf.detach_uprobe(name=path, addr=addr)
+                    except Exception:  # noqa: BLE001 - the binary may be gone with its process
+                        pass
+
+    # --- records --------------------------------------------------------------------------------
+    def _on_record(self, _ctx, data, size) -> None:
+        kind = C.cast(data, C.POINTER(C.c_uint32)).contents.value
+        if kind == ev.KIND_EXCHANGE:
+            self._on_exchange(C.cast(data, C.POINTER(self._event_cls)).contents)
+        elif kind == ev.KIND_PROC_EXEC:
+            self._consider(C.cast(data, C.POINTER(ev.HttpProc)).contents.pid)
+        elif kind == ev.KIND_PROC_EXIT:
+            self._detach(C.cast(data, C.POINTER(ev.HttpProc)).contents.pid)
+
+    def _wall(self, mono_ns: int) -> int:
+        return mono_ns + self._mono_to_wall if mono_ns else 0
+
+    def _on_exchange(self, e) -> None:
+        head = C.string_at(C.addressof(e) + type(e).head.offset, e.head_len)
+        if e.flags & ev.F_HELD_BYTE:
+            head = bytes([e.held_byte]) + head
+        req = http_parse.parse_request_head(head, self._allow, self.cfg.max_value)
+        if req is None:
+            self._c["parse_errors"] += 1
+            return
+        p = self.procs.get(e.pid)
+        status = http_parse.parse_status(C.string_at(C.addressof(e) + type(e).status.offset, e.status_len))
+        server = e.role == ev.ROLE_SERVER
+        route_source = "template"
+        route = http_parse.template_path(req.path)
+        if e.route_len:
+            route = http_parse.route_from_pattern(
+                C.string_at(C.addressof(e) + type(e).route.offset, e.route_len).decode("utf-8", "replace"))
+            route_source = "pattern"
+        start, end = self._wall(e.start_ns), self._wall(e.end_ns)
+        hdr = req.headers
+        row = {
+            "time": start,
+            "end_time": end or start,
+            "duration_ns": max(0, e.end_ns - e.start_ns) if e.end_ns else 0,
+            "host": self.cfg.hostname,
+            "service": p.service if p else "",
+            "service_version": p.version if p else "",
+            "go_version": p.binary.go_version if p else "",
+            "pid": e.pid,
+            "tid": e.tid,
+            "comm": e.comm.decode("utf-8", "replace"),
+            "side": "server" if server else "client",
+            "method": req.method,
+            "path": req.path,
+            "route": route,
+            "route_source": route_source,
+            "status": status,
+            "request_bytes": e.req_bytes,
+            "response_bytes": e.resp_bytes,
+            "local_addr": _addr(e.saddr, e.family),
+            "local_port": e.sport,
+            "remote_addr": _addr(e.daddr, e.family),
+            "remote_port": e.dport,
+            "upstream_host": "" if server else hdr.get("host", ""),
+            **{col: hdr.get(name, "") for name, col in http_parse.HEADER_COLUMNS.items()},
+            "extra_headers": {k: hdr[k] for k in self._extra if k in hdr},
+            "head_truncated": int(bool(e.flags & ev.F_HEAD_TRUNC) or not req.complete),
+            "end_reason": ev.END_REASONS.get(e.end_reason, ""),
+            "request_id": _request_id(self.cfg.hostname, e.pid, e.fd, e.start_ns, e.role),
+            "parent_request_id": 0,
+        }
+        self._c["captured"] += 1
+        if server:
+            if e.goroutine:
+                key = (e.pid, e.goroutine)
+                q = self._servers.setdefault(key, deque(maxlen=64))
+                q.append((e.start_ns, e.end_ns or e.start_ns, row["request_id"], time.monotonic()))
+                self._match_waiting(key)
+            self._emit(KIND, row)
+        elif e.goroutine:
+            if not self._link(row, e.pid, e.goroutine, e.start_ns):
+                self._waiting.append((time.monotonic(), e.pid, e.goroutine, e.start_ns, row))
+        else:
+            self._emit(KIND, row)
+
+    # --- linking outbound to inbound (Go uprobes) -----------------------------------------------
+    def _link(self, row: dict, pid: int, g: int, start_ns: int) -> bool:
+        for s_start, s_end, rid, _ in self._servers.get((pid, g), ()):
+            if s_start <= start_ns <= s_end:
+                row["parent_request_id"] = rid
+                self._c["linked"] += 1
+                self._emit(KIND, row)
+                return True
+        return False
+
+    def _match_waiting(self, key: tuple[int, int]) -> None:
+        if not self._waiting:
+            return
+        keep: deque = deque()
+        for item in self._waiting:
+            _, pid, g, start, row = item
+            if (pid, g) != key or not self._link(row, pid, g, start):
+                keep.append(item)
+        self._waiting = keep
+
+    def _flush_waiting(self, force: bool = False) -> None:
+        now = time.monotonic()
+        while self._waiting and (force or now - self._waiting[0][0] > self.cfg.link_wait_s):
+            row = self._waiting.popleft()[4]
+            self._c["link_timeouts"] += 1
+            self._emit(KIND, row)
+        # Forget server rows older than twice the wait: no outbound row can still need them.
+        if len(self._servers) > 4096 or force:
+            cutoff = now - 2 * self.cfg.link_wait_s
+            for k in [k for k, q in self._servers.items() if q and q[-1][3] < cutoff]:
+                del self._servers[k]
+
