@@ -51,6 +51,7 @@ class GoBinary:
     main_version: str = ""  # module version, e.g. v1.4.2 or (devel)
     settings: dict[str, str] = field(default_factory=dict)  # build settings (vcs.revision, ...)
     functions: dict[str, int] = field(default_factory=dict)  # name -> virtual address
+    file_offsets: dict[str, int] = field(default_factory=dict)  # name -> offset in the file (uprobes)
     offsets: dict[str, int] = field(default_factory=dict)
     offsets_from: str = ""  # "dwarf" | "table go1.x" | "none"
     stripped: bool = False
@@ -111,8 +112,9 @@ def parse_modinfo(text: str) -> tuple[str, str, dict[str, str]]:
     return main_path, main_version, settings
 
 
-def pclntab_functions(data: bytes, wanted: set[str]) -> dict[str, int]:
-    """Entry addresses of ``wanted`` functions from a Go 1.18+ .gopclntab."""
+def pclntab_functions(data: bytes, wanted: set[str], text_addr: int = 0) -> dict[str, int]:
+    """Entry addresses of ``wanted`` functions from a Go 1.18+ .gopclntab. Newer linkers (seen on
+    Go 1.26) leave the header's text start 0: entries are then relative to ``text_addr`` (.text)."""
     magic = struct.unpack_from("<I", data, 0)[0]
     if magic not in (0xFFFFFFF0, 0xFFFFFFF1):  # 1.18-1.19, 1.20+
         raise ValueError(f"unsupported pclntab magic {magic:#x} (Go < 1.18?)")
@@ -122,7 +124,7 @@ def pclntab_functions(data: bytes, wanted: set[str]) -> dict[str, int]:
     def word(k: int) -> int:
         return struct.unpack_from(fmt, data, 8 + k * ptr)[0]
 
-    nfunc, text_start = word(0), word(2)
+    nfunc, text_start = word(0), word(2) or text_addr
     funcname_off, pcln_off = word(3), word(7)
     names = data[funcname_off:]
     functab = data[pcln_off:]
@@ -229,7 +231,16 @@ def _inspect_cached(_key: tuple[int, int, int], path: str, want_offsets: bool) -
         if len(gb.functions) < len(wanted):
             pcln = _section(elf, ".gopclntab")
             if pcln:
-                gb.functions.update(pclntab_functions(pcln, wanted - set(gb.functions)))
+                text = elf.get_section_by_name(".text")
+                text_addr = text["sh_addr"] if text is not None else 0
+                gb.functions.update(pclntab_functions(pcln, wanted - set(gb.functions), text_addr))
+        # Uprobes take a file offset: map each address through the PT_LOAD segment holding it.
+        for name, addr in gb.functions.items():
+            for seg in elf.iter_segments():
+                h = seg.header
+                if h.p_type == "PT_LOAD" and h.p_vaddr <= addr < h.p_vaddr + h.p_filesz:
+                    gb.file_offsets[name] = addr - h.p_vaddr + h.p_offset
+                    break
         if want_offsets:
             if elf.has_dwarf_info() and elf.get_section_by_name(".debug_info") is not None or \
                     elf.get_section_by_name(".zdebug_info") is not None:
@@ -266,6 +277,12 @@ def is_go_binary(path: str | Path) -> bool:
 
 
 _GO_OFFSETS_TEXT = """
+1.21: response_conn=0 response_req=8 conn_rwc=16 req_pattern=-1 req_pat=-1 pattern_str=-1 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
+1.22: response_conn=0 response_req=8 conn_rwc=16 req_pattern=-1 req_pat=248 pattern_str=0 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
+1.23: response_conn=0 response_req=8 conn_rwc=16 req_pattern=232 req_pat=264 pattern_str=0 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
+1.24: response_conn=0 response_req=8 conn_rwc=16 req_pattern=232 req_pat=264 pattern_str=0 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
+1.25: response_conn=0 response_req=8 conn_rwc=16 req_pattern=232 req_pat=264 pattern_str=0 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
+1.26: response_conn=0 response_req=8 conn_rwc=16 req_pattern=232 req_pat=264 pattern_str=0 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
 """
 
 

@@ -105,7 +105,7 @@ class HttpSource:
         self._emit = emit
         self.bpf = None
         self.procs: dict[int, GoProcess] = {}
-        self._uprobes: dict[tuple[int, int], list[tuple[str, int]]] = {}  # inode -> [(path, addr)]
+        self._uprobes: dict[tuple[int, int], list[bytes]] = {}  # binary inode -> uprobe event names
         self._uprobe_users: dict[tuple[int, int], set[int]] = {}
         self._allow = frozenset(h.lower() for h in self.cfg.headers)
         self._extra = tuple(h for h in self._allow if h not in http_parse.HEADER_COLUMNS)
@@ -199,10 +199,9 @@ class HttpSource:
                 attached = []
                 for fn, prog in ((FN_FINISH_REQUEST, "uprobe_finish_request"),
                                  (FN_PC_ROUNDTRIP, "uprobe_persistconn_roundtrip")):
-                    addr = p.binary.functions.get(fn)
-                    if addr:
-                        self.bpf.attach_uprobe(name=p.exe, addr=addr, fn_name=prog)
-                        attached.append((p.exe, addr))
+                    off = p.binary.file_offsets.get(fn)
+                    if off:
+                        attached.append(self._attach_uprobe(p.exe, off, prog))
                 self._uprobes[p.inode] = attached
 
     def _detach(self, pid: int) -> None:
@@ -225,11 +224,25 @@ class HttpSource:
             users.discard(pid)
             if not users:
                 del self._uprobe_users[p.inode]
-                for path, addr in self._uprobes.pop(p.inode, []):
+                for ev_name in self._uprobes.pop(p.inode, []):
                     try:
-                        self.bpf.detach_uprobe(name=path, addr=addr)
+                        self.bpf.detach_uprobe_event(ev_name)
                     except Exception:  # noqa: BLE001 - the binary may be gone with its process
                         pass
+
+    def _attach_uprobe(self, path: str, file_offset: int, prog: str) -> bytes:
+        """Entry uprobe at a file offset we computed (bcc's own address lookup fails on Go binaries
+        without symbols, and on /proc/<pid>/exe paths). Never a uretprobe: Go moves stacks."""
+        from bcc import BPF, lib
+
+        assert self.bpf is not None
+        fn = self.bpf.load_func(prog.encode(), BPF.KPROBE)
+        ev_name = self.bpf._get_uprobe_evname(b"p", path.encode(), file_offset, -1)
+        fd = lib.bpf_attach_uprobe(fn.fd, 0, ev_name, path.encode(), file_offset, -1)
+        if fd < 0:
+            raise OSError(f"uprobe {prog} at {path}+{file_offset:#x} failed")
+        self.bpf._add_uprobe_fd(ev_name, fd)
+        return ev_name
 
     # --- records --------------------------------------------------------------------------------
     def _on_record(self, _ctx, data, size) -> None:
