@@ -1,0 +1,148 @@
+"""Record kinds: what a record is called on each edge (table, Kafka topic) and which columns it has.
+
+A record is a plain dict keyed by column name. Times are ``int`` nanoseconds since the Unix epoch
+(UTC), addresses are text (IPv4 as ``1.2.3.4``, stored as IPv4-mapped IPv6). The column list is the
+contract between the agent, the wire format and the tables in ``ingest/migrations``;
+tests/test_records.py checks it against the DDL on the real engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+TIME_NS = pa.timestamp("ns", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    max_len: int | None = None  # bound for strings, enforced by validation (bytes of UTF-8)
+
+    @property
+    def default(self) -> Any:
+        if pa.types.is_string(self.type):
+            return ""
+        return 0
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    name: str  # "tcp_connection"
+    table: str  # in database ``blindspot``
+    topic: str  # Kafka topic in fleet mode
+    schema_version: int
+    columns: tuple[Column, ...]
+    _by_name: dict[str, Column] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {c.name: c for c in self.columns})
+
+    def column(self, name: str) -> Column:
+        return self._by_name[name]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type, nullable=False) for c in self.columns])
+
+    def to_arrow(self, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+        """Columnar batch of ``rows``; a missing field takes its column's default (forward compatible)."""
+        rows = list(rows)
+        arrays = []
+        for c in self.columns:
+            name, default = c.name, c.default
+            arrays.append(pa.array([r.get(name, default) for r in rows], type=c.type))
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+
+
+def _s(name: str, max_len: int = 256) -> Column:
+    return Column(name, pa.string(), max_len)
+
+
+def _u(name: str, bits: int = 64) -> Column:
+    return Column(name, {8: pa.uint8(), 16: pa.uint16(), 32: pa.uint32(), 64: pa.uint64()}[bits])
+
+
+# Who talked to whom: shared by closed and open connections so the two join column for column.
+_CONNECTION_ENDS = (
+    _s("role", 16),
+    _u("family", 8),
+    _s("local_addr", 64),
+    _u("local_port", 16),
+    _s("remote_addr", 64),
+    _u("remote_port", 16),
+    _u("pid", 32),
+    _s("comm", 16),
+)
+
+TCP_CONNECTION = RecordKind(
+    name="tcp_connection",
+    table="tcp_connections",
+    topic="blindspot.tcp.v1",
+    schema_version=1,
+    columns=(
+        _s("host"),
+        _u("conn_id"),
+        Column("start_time", TIME_NS),
+        Column("end_time", TIME_NS),
+        _u("duration_ns"),
+        _u("handshake_ns"),
+        *_CONNECTION_ENDS,
+        _u("bytes_sent"),
+        _u("bytes_received"),
+        _u("retransmits", 32),
+        _u("srtt_us", 32),
+        _s("close_reason", 32),
+        _u("started_before_agent", 8),
+        _s("owner_source", 16),
+    ),
+)
+
+TCP_OPEN_CONNECTION = RecordKind(
+    name="tcp_open_connection",
+    table="tcp_connections_open",
+    topic="blindspot.tcp_open.v1",
+    schema_version=1,
+    columns=(
+        Column("snapshot_time", TIME_NS),
+        _s("host"),
+        _u("conn_id"),
+        Column("start_time", TIME_NS),
+        *_CONNECTION_ENDS,
+        _u("bytes_sent"),
+        _u("bytes_received"),
+        _u("started_before_agent", 8),
+    ),
+)
+
+PIPELINE_COUNTER = RecordKind(
+    name="pipeline_counter",
+    table="pipeline_counters",
+    topic="blindspot.pipeline.v1",
+    schema_version=1,
+    columns=(
+        Column("time", TIME_NS),
+        _s("host"),
+        _s("component", 32),  # agent, ingest, embedded
+        _s("counter", 64),  # captured, lost_kernel, dropped, dead_lettered, ...
+        _u("value"),  # delta over the interval ending at ``time``
+    ),
+)
+
+KINDS: dict[str, RecordKind] = {k.name: k for k in (TCP_CONNECTION, TCP_OPEN_CONNECTION, PIPELINE_COUNTER)}
+
+
+def register(kind: RecordKind) -> RecordKind:
+    """Add a record kind (e.g. from another source module); names are unique."""
+    if kind.name in KINDS and KINDS[kind.name] != kind:
+        raise ValueError(f"record kind {kind.name!r} already registered differently")
+    KINDS[kind.name] = kind
+    return kind

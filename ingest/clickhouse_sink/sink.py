@@ -1,0 +1,81 @@
+"""The ClickHouse sink: writes one batch of one record kind, retrying what is worth retrying.
+
+Synchronous on purpose: the caller decides what "accepted" means (the embedded pipeline moves on, the
+Kafka ingest worker commits offsets) only after ``write`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from blindspot.records import RecordKind
+from ingest._errors import TransientError
+from ingest.clickhouse_sink.config import ClickHouseSinkConfig
+from ingest.clickhouse_sink.service import ClickHouseService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SinkCounters:
+    rows_written: int = 0
+    batches_written: int = 0
+    retries: int = 0
+    insert_seconds: float = 0.0
+    by_table: dict[str, int] = field(default_factory=dict)
+
+
+class ClickHouseSink:
+    def __init__(
+        self,
+        service: ClickHouseService,
+        config: ClickHouseSinkConfig | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.service = service
+        self.config = config or ClickHouseSinkConfig()
+        self.counters = SinkCounters()
+        self._stop = stop or threading.Event()
+
+    def write(
+        self,
+        kind: RecordKind,
+        rows: Sequence[Mapping[str, Any]] | pa.Table,
+        *,
+        dedup_token: str | None = None,
+        max_attempts: int | None = None,
+    ) -> int:
+        """Insert ``rows`` into ``kind.table``; return how many rows were written.
+
+        Transient failures are retried with exponential backoff until ``max_attempts`` (None: until
+        the sink is stopped, then the last error is raised). Permanent failures raise at once.
+        """
+        table = rows if isinstance(rows, pa.Table) else kind.to_arrow(rows)
+        if table.num_rows == 0:
+            return 0
+        delay, attempt = self.config.retry_initial_s, 0
+        while True:
+            attempt += 1
+            t0 = time.perf_counter()
+            try:
+                self.service.insert_arrow(self.config.database, kind.table, table, dedup_token=dedup_token)
+            except TransientError as e:
+                self.counters.retries += 1
+                if (max_attempts is not None and attempt >= max_attempts) or self._stop.is_set():
+                    raise
+                log.warning("insert into %s failed (%s); retry %d in %.1fs", kind.table, e, attempt, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+                continue
+            self.counters.insert_seconds += time.perf_counter() - t0
+            self.counters.rows_written += table.num_rows
+            self.counters.batches_written += 1
+            self.counters.by_table[kind.table] = self.counters.by_table.get(kind.table, 0) + table.num_rows
+            return int(table.num_rows)
