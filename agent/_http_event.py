@@ -28,7 +28,7 @@ def event_class(head_max: int = HEAD_MAX) -> type[C.Structure]:
     """struct http_event for a given BS_HTTP_HEAD_MAX (the agent may compile another size)."""
 
     class HttpEvent(C.Structure):
-        _fields_ = [  # noqa: RUF012 (ctypes API)
+        _fields_ = [
             ("kind", C.c_uint32),
             ("pid", C.c_uint32),
             ("tid", C.c_uint32),
@@ -64,7 +64,7 @@ def event_class(head_max: int = HEAD_MAX) -> type[C.Structure]:
 
 
 class HttpProc(C.Structure):
-    _fields_ = [("kind", C.c_uint32), ("pid", C.c_uint32), ("ts_ns", C.c_uint64)]  # noqa: RUF012
+    _fields_ = [("kind", C.c_uint32), ("pid", C.c_uint32), ("ts_ns", C.c_uint64)]
 
 
 assert C.sizeof(HttpProc) == 16

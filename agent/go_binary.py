@@ -40,7 +40,7 @@ FIELDS: dict[str, tuple[str, str]] = {
 
 # Fallback for binaries without DWARF, by Go minor version ("1.23"), measured from plain builds with
 # `python -m agent.go_binary offsets <binary>`. -1: the field does not exist in that version.
-GO_OFFSETS: dict[str, dict[str, int]] = {}  # filled below from _GO_OFFSETS_TEXT
+GO_OFFSETS: dict[str, dict[str, int]] = {}  # filled at the end of this module
 
 
 @dataclass
@@ -242,7 +242,7 @@ def _inspect_cached(_key: tuple[int, int, int], path: str, want_offsets: bool) -
                     gb.file_offsets[name] = addr - h.p_vaddr + h.p_offset
                     break
         if want_offsets:
-            if elf.has_dwarf_info() and elf.get_section_by_name(".debug_info") is not None or \
+            if (elf.has_dwarf_info() and elf.get_section_by_name(".debug_info") is not None) or \
                     elf.get_section_by_name(".zdebug_info") is not None:
                 gb.offsets = _dwarf_offsets(elf)
                 gb.offsets_from = "dwarf"
@@ -276,23 +276,19 @@ def is_go_binary(path: str | Path) -> bool:
         return False
 
 
-_GO_OFFSETS_TEXT = """
-1.21: response_conn=0 response_req=8 conn_rwc=16 req_pattern=-1 req_pat=-1 pattern_str=-1 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
-1.22: response_conn=0 response_req=8 conn_rwc=16 req_pattern=-1 req_pat=248 pattern_str=0 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
-1.23: response_conn=0 response_req=8 conn_rwc=16 req_pattern=232 req_pat=264 pattern_str=0 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
-1.24: response_conn=0 response_req=8 conn_rwc=16 req_pattern=232 req_pat=264 pattern_str=0 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
-1.25: response_conn=0 response_req=8 conn_rwc=16 req_pattern=232 req_pat=264 pattern_str=0 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
-1.26: response_conn=0 response_req=8 conn_rwc=16 req_pattern=232 req_pat=264 pattern_str=0 persistconn_conn=80 tcpconn_fd=0 netfd_sysfd=16
-"""
-
-
-def _load_table() -> None:
-    for line in _GO_OFFSETS_TEXT.strip().splitlines():
-        ver, _, rest = line.partition(":")
-        GO_OFFSETS[ver.strip()] = {k: int(v) for k, v in (kv.split("=") for kv in rest.split())}
-
-
-_load_table()
+# Measured from the DWARF of plain builds (`python -m agent.go_binary offsets <binary>`); checked against
+# DWARF again by tests/test_http_go.py for every Go version it builds.
+_BASE = {"response_conn": 0, "response_req": 8, "conn_rwc": 16, "persistconn_conn": 80, "tcpconn_fd": 0,
+         "netfd_sysfd": 16, "req_pattern": -1, "req_pat": -1, "pattern_str": -1}
+_GO123 = {"req_pattern": 232, "req_pat": 264, "pattern_str": 0}  # Request.Pattern exported in 1.23
+GO_OFFSETS.update({
+    "1.21": dict(_BASE),
+    "1.22": {**_BASE, "req_pat": 248, "pattern_str": 0},
+    "1.23": {**_BASE, **_GO123},
+    "1.24": {**_BASE, **_GO123},
+    "1.25": {**_BASE, **_GO123},
+    "1.26": {**_BASE, **_GO123},
+})
 
 if __name__ == "__main__":
     import sys

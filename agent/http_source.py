@@ -12,9 +12,10 @@ Emits ``http_request`` rows (table http_requests, ingest/migrations/0010_http_re
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 import hashlib
-import ipaddress
+import json
 import os
 import socket
 import time
@@ -22,13 +23,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent import _http_event as ev
 from agent import btf, go_procs, http_parse
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
 from agent.go_procs import GoProcess
+from agent.http_records import HTTP_REQUEST
+from agent.tcp_decode import Clock, address
 
-KIND = "http_request"
+KIND = HTTP_REQUEST.name
 BPF_SOURCE = ev.BPF_DIR / "http_trace.c"
 GO_OFFSET_KEYS = ("response_conn", "response_req", "conn_rwc", "req_pattern", "req_pat", "pattern_str",
                   "persistconn_conn", "tcpconn_fd", "netfd_sysfd")
@@ -82,12 +86,7 @@ def _kernel_defines() -> list[str]:
 
 
 def _addr(raw: C.Array, family: int) -> str:
-    b = bytes(raw)
-    if family == socket.AF_INET:
-        return str(ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + b[:4]))
-    if family == socket.AF_INET6:
-        return str(ipaddress.IPv6Address(b))
-    return "::"
+    return address(family, bytes(raw)) if family in (socket.AF_INET, socket.AF_INET6) else "::"
 
 
 def _request_id(host: str, pid: int, fd: int, start_ns: int, role: int) -> int:
@@ -103,7 +102,7 @@ class HttpSource:
     def __init__(self, emit: Emit, config: HttpConfig | None = None):
         self.cfg = config or HttpConfig()
         self._emit = emit
-        self.bpf = None
+        self.bpf: Any = None
         self.procs: dict[int, GoProcess] = {}
         self._uprobes: dict[tuple[int, int], list[bytes]] = {}  # binary inode -> uprobe event names
         self._uprobe_users: dict[tuple[int, int], set[int]] = {}
@@ -114,7 +113,7 @@ class HttpSource:
         # Go linking: recent server rows by (pid, goroutine), outbound rows waiting for theirs.
         self._servers: dict[tuple[int, int], deque] = {}
         self._waiting: deque = deque()
-        self._mono_to_wall = 0
+        self._clock = Clock()
         self._event_cls = ev.event_class(self.cfg.head_max)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -130,7 +129,6 @@ class HttpSource:
             *_kernel_defines(),
         ]
         self.bpf = BPF(src_file=str(BPF_SOURCE), cflags=cflags)
-        self._mono_to_wall = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         self.bpf["events"].open_ring_buffer(self._on_record)
         for pid in self.cfg.pids or go_procs.scan_pids():
             self._consider(pid)
@@ -160,6 +158,7 @@ class HttpSource:
 
     def poll(self, timeout_ms: int) -> None:
         assert self.bpf is not None
+        self._clock.refresh()
         self.bpf.ring_buffer_poll(timeout_ms)
         self._flush_waiting()
 
@@ -215,20 +214,16 @@ class HttpSource:
             pass
         conns = self.bpf["conns"]
         for k in [k for k in conns.keys() if k.value >> 32 == pid]:
-            try:
+            with contextlib.suppress(KeyError):
                 del conns[k]
-            except KeyError:
-                pass
         users = self._uprobe_users.get(p.inode)
         if users is not None:
             users.discard(pid)
             if not users:
                 del self._uprobe_users[p.inode]
                 for ev_name in self._uprobes.pop(p.inode, []):
-                    try:
+                    with contextlib.suppress(Exception):  # the binary may be gone with its process
                         self.bpf.detach_uprobe_event(ev_name)
-                    except Exception:  # noqa: BLE001 - the binary may be gone with its process
-                        pass
 
     def _attach_uprobe(self, path: str, file_offset: int, prog: str) -> bytes:
         """Entry uprobe at a file offset we computed (bcc's own address lookup fails on Go binaries
@@ -255,7 +250,7 @@ class HttpSource:
             self._detach(C.cast(data, C.POINTER(ev.HttpProc)).contents.pid)
 
     def _wall(self, mono_ns: int) -> int:
-        return mono_ns + self._mono_to_wall if mono_ns else 0
+        return self._clock.wall(mono_ns)
 
     def _on_exchange(self, e) -> None:
         head = C.string_at(C.addressof(e) + type(e).head.offset, e.head_len)
@@ -295,13 +290,15 @@ class HttpSource:
             "status": status,
             "request_bytes": e.req_bytes,
             "response_bytes": e.resp_bytes,
+            "family": 4 if e.family == socket.AF_INET else 6,
             "local_addr": _addr(e.saddr, e.family),
             "local_port": e.sport,
             "remote_addr": _addr(e.daddr, e.family),
             "remote_port": e.dport,
             "upstream_host": "" if server else hdr.get("host", ""),
             **{col: hdr.get(name, "") for name, col in http_parse.HEADER_COLUMNS.items()},
-            "extra_headers": {k: hdr[k] for k in self._extra if k in hdr},
+            "extra_headers": json.dumps({k: hdr[k] for k in self._extra if k in hdr}, ensure_ascii=False)
+            if self._extra else "",
             "head_truncated": int(bool(e.flags & ev.F_HEAD_TRUNC) or not req.complete),
             "end_reason": ev.END_REASONS.get(e.end_reason, ""),
             "request_id": _request_id(self.cfg.hostname, e.pid, e.fd, e.start_ns, e.role),
