@@ -67,7 +67,8 @@ class HttpConfig:
     ringbuf_pages: int = 1024  # 4 MiB
     link_wait_s: float = 2.0  # how long an outbound row waits for its inbound one
     services: dict[str, tuple[str, str]] = field(default_factory=dict)  # comm -> (service, version)
-    pids: tuple[int, ...] = ()  # trace only these (tests); empty = every Go process
+    pids: tuple[int, ...] = ()  # trace only these; empty = every Go process
+    exe_prefix: str = ""  # trace only binaries under this path (tests: the Go build cache)
     hostname: str = field(default_factory=socket.gethostname)
 
 
@@ -130,6 +131,9 @@ class HttpSource:
         ]
         self.bpf = BPF(src_file=str(BPF_SOURCE), cflags=cflags)
         self.bpf["events"].open_ring_buffer(self._on_record)
+        if self.cfg.go_uprobes:  # load (verify) once, before any process needs them
+            for prog in ("uprobe_finish_request", "uprobe_persistconn_roundtrip"):
+                self.bpf.load_func(prog.encode(), BPF.KPROBE)
         for pid in self.cfg.pids or go_procs.scan_pids():
             self._consider(pid)
 
@@ -171,6 +175,12 @@ class HttpSource:
             return
         if self.cfg.pids and pid not in self.cfg.pids:
             return
+        if self.cfg.exe_prefix:
+            try:
+                if not os.readlink(f"/proc/{pid}/exe").startswith(self.cfg.exe_prefix):
+                    return
+            except OSError:
+                return
         p = go_procs.inspect_pid(pid, want_offsets=self.cfg.go_uprobes, configured=self.cfg.services)
         if p is None:
             return
@@ -189,8 +199,6 @@ class HttpSource:
         for k in GO_OFFSET_KEYS:
             setattr(gp, k, p.binary.offsets.get(k, -1) if self.cfg.go_uprobes else -1)
         self.bpf["pids"][C.c_uint32(p.pid)] = gp
-        self.procs[p.pid] = p
-        self._c["procs_attached"] += 1
         if self.cfg.go_uprobes:
             users = self._uprobe_users.setdefault(p.inode, set())
             users.add(p.pid)
@@ -202,6 +210,9 @@ class HttpSource:
                     if off:
                         attached.append(self._attach_uprobe(p.exe, off, prog))
                 self._uprobes[p.inode] = attached
+        # Only now is it traced: callers may wait for this before sending traffic.
+        self.procs[p.pid] = p
+        self._c["procs_attached"] += 1
 
     def _detach(self, pid: int) -> None:
         p = self.procs.pop(pid, None)

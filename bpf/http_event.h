@@ -48,7 +48,7 @@ struct http_event {
 	__s32 fd;            /* the connection's file descriptor in pid */
 	__u64 start_ns;      /* CLOCK_MONOTONIC ns: exit of the syscall that moved the request head */
 	__u64 resp_start_ns; /* CLOCK_MONOTONIC ns: the response head moved; 0 if no response */
-	__u64 end_ns;        /* CLOCK_MONOTONIC ns: last response byte moved; 0 if no response */
+	__u64 end_ns;        /* CLOCK_MONOTONIC ns: last response byte moved; without one, the end seen */
 	__u64 req_bytes;     /* bytes of the request (head + body) as the syscalls moved them */
 	__u64 resp_bytes;    /* bytes of the response (head + body) */
 	__u64 goroutine;     /* Go: runtime.g address serving (server) or making (client) it; 0 unknown */

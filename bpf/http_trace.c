@@ -68,6 +68,8 @@ static __always_inline void count(int slot)
 static __always_inline void emit(struct conn_state *st, __u8 reason)
 {
 	st->ev.end_reason = reason;
+	if (!st->ev.end_ns) // no response: it ended when the connection did (a handler panic, a reset)
+		st->ev.end_ns = bpf_ktime_get_ns();
 	if (events.ringbuf_output(&st->ev, sizeof(st->ev), 0) == 0)
 		count(BS_HTTP_STAT_EMITTED);
 	else
@@ -264,16 +266,20 @@ static __always_inline void io_exit(long ret)
 		start_exchange(st, tgid, (__u32)id, io.fd, ret, (void *)io.buf, role, now);
 		return;
 	}
-	if (!st || !st->active)
+	if (!st)
+		return;
+	// Go's server reads 1 byte in the background while a handler runs; when the next request arrives
+	// before that read is cancelled, it takes the head's first byte. Hold it for the next read.
+	if (st->ev.role == BS_HTTP_SERVER && !io.is_write && ret == 1 && (!st->active || st->ev.resp_bytes > 0)) {
+		st->held = 1;
+		st->held_byte = p[0];
+		return;
+	}
+	if (!st->active)
 		return;
 	// Bytes moved toward the peer that answers belong to the response, the others to the request.
 	int response_dir = (st->ev.role == BS_HTTP_SERVER) == (io.is_write != 0);
 	if (!response_dir) {
-		if (st->ev.role == BS_HTTP_SERVER && st->ev.resp_bytes > 0 && ret == 1) {
-			st->held = 1;
-			st->held_byte = p[0];
-			return;
-		}
 		st->ev.req_bytes += ret;
 		return;
 	}

@@ -17,7 +17,7 @@ from pathlib import Path
 GO_SRC = Path(__file__).resolve().parent / "go"
 CACHE = Path(os.environ.get("BLINDSPOT_GO_CACHE", Path.home() / ".cache" / "blindspot" / "gobuild"))
 # Spans the Go 1.21..1.26 range the issue asks for; override with BLINDSPOT_GO_VERSIONS="go1.x.y ...".
-GO_VERSIONS = os.environ.get("BLINDSPOT_GO_VERSIONS", "go1.21.13 go1.23.12 go1.26.8").split()
+GO_VERSIONS = os.environ.get("BLINDSPOT_GO_VERSIONS", "go1.21.13 go1.22.12 go1.23.12 go1.26.8").split()
 VARIANTS = {"plain": [], "stripped": ["-ldflags=-s -w"]}
 PROGRAMS = ("server", "client", "router")
 

@@ -1,5 +1,5 @@
 // Gray-release router: each inbound request goes to upstream v1 or v2. X-Gray-Version picks it;
-// without the header, -split percent of requests (by arrival order, so tests can predict it) go to
+// without the header, -split percent of requests (spread by arrival order, so tests can predict it) go to
 // v2. The inbound request's own headers are NOT forwarded: linking the two must not rely on them.
 package main
 
@@ -24,8 +24,8 @@ func main() {
 	h := func(w http.ResponseWriter, r *http.Request) {
 		version := r.Header.Get("X-Gray-Version")
 		if version != "v1" && version != "v2" {
-			// Arrival i goes to v2 when its place in each block of 100 falls under the split.
-			if int(n.Add(1)-1)%100 < *split {
+			// Spread evenly: arrival i goes to v2 when (i*split) mod 100 < split.
+			if int(n.Add(1)-1)*(*split)%100 < *split {
 				version = "v2"
 			} else {
 				version = "v1"
