@@ -66,6 +66,7 @@ class HttpConfig:
     max_conns: int = 16384
     ringbuf_pages: int = 1024  # 4 MiB
     link_wait_s: float = 2.0  # how long an outbound row waits for its inbound one
+    quiet_s: float = 1.0  # an exchange with nothing moved for this long after its response has ended
     services: dict[str, tuple[str, str]] = field(default_factory=dict)  # comm -> (service, version)
     pids: tuple[int, ...] = ()  # trace only these; empty = every Go process
     exe_prefix: str = ""  # trace only binaries under this path (tests: the Go build cache)
@@ -115,6 +116,8 @@ class HttpSource:
         self._servers: dict[tuple[int, int], deque] = {}
         self._waiting: deque = deque()
         self._clock = Clock()
+        self._last_sweep = 0.0
+        self._swept: set[tuple[int, int]] = set()  # (conn key, start_ns) emitted by _sweep_quiet
         self._event_cls = ev.event_class(self.cfg.head_max)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -164,6 +167,10 @@ class HttpSource:
         assert self.bpf is not None
         self._clock.refresh()
         self.bpf.ring_buffer_poll(timeout_ms)
+        now = time.monotonic()
+        if now - self._last_sweep >= self.cfg.quiet_s / 4:
+            self._last_sweep = now
+            self._sweep_quiet()
         self._flush_waiting()
 
     # --- processes ------------------------------------------------------------------------------
@@ -215,9 +222,11 @@ class HttpSource:
         self._c["procs_attached"] += 1
 
     def _detach(self, pid: int) -> None:
-        p = self.procs.pop(pid, None)
+        p = self.procs.get(pid)
         if p is None or self.bpf is None:
             return
+        self._sweep_quiet(exited=pid)  # a process exits without close(): its open exchanges end here
+        del self.procs[pid]
         self._c["procs_detached"] += 1
         try:
             del self.bpf["pids"][C.c_uint32(pid)]
@@ -249,6 +258,36 @@ class HttpSource:
             raise OSError(f"uprobe {prog} at {path}+{file_offset:#x} failed")
         self.bpf._add_uprobe_fd(ev_name, fd)
         return ev_name
+
+    def _sweep_quiet(self, exited: int = 0) -> None:
+        """Emit exchanges whose response ended but whose connection went quiet: the kernel side only
+        sees an end when the next request or a close comes (a keep-alive client waits). A marker in
+        ``flushed`` stops the kernel from sending the same exchange again later."""
+        assert self.bpf is not None
+        conns, flushed = self.bpf["conns"], self.bpf["flushed"]
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        quiet_ns = int(self.cfg.quiet_s * 1e9)
+        live = set()
+        for k, st in conns.items():
+            e = st.ev
+            if not st.active:
+                continue
+            mark = (k.value, e.start_ns)
+            live.add(mark)
+            if mark in self._swept:
+                continue
+            if exited:
+                if k.value >> 32 != exited:
+                    continue
+            elif not (e.resp_bytes and now - e.end_ns > quiet_ns):
+                continue
+            flushed[k] = C.c_uint64(e.start_ns)
+            self._swept.add(mark)
+            ev_copy = self._event_cls()
+            C.memmove(C.addressof(ev_copy), C.addressof(e), C.sizeof(ev_copy))
+            ev_copy.end_reason = ev.END_QUIET
+            self._on_exchange(ev_copy)
+        self._swept &= live
 
     # --- records --------------------------------------------------------------------------------
     def _on_record(self, _ctx, data, size) -> None:

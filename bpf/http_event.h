@@ -26,6 +26,7 @@
 #define BS_HTTP_END_IDLE 1  /* a read after the response found nothing (EAGAIN) or EOF */
 #define BS_HTTP_END_NEXT 2  /* the next request head on the same connection */
 #define BS_HTTP_END_CLOSE 3 /* close() of the connection's fd */
+#define BS_HTTP_END_QUIET 4 /* user space: nothing moved for a while after the response (or exit) */
 
 /* http_event.flags */
 #define BS_HTTP_F_HEAD_TRUNC (1u << 0)  /* the request head was longer than BS_HTTP_HEAD_MAX here */

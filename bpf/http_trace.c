@@ -24,6 +24,7 @@ struct go_proc {
 
 struct inflight {
 	__u64 buf;
+	__u64 count; // bytes asked for: Go's server background read asks for exactly 1
 	__s32 fd;
 	__u32 is_write;
 };
@@ -45,6 +46,7 @@ BPF_HASH(pids, __u32, struct go_proc, 4096);                    // traced tgids 
 BPF_HASH(inflight_io, __u64, struct inflight, 16384);           // pid_tgid -> syscall in progress
 BPF_HASH(conns, __u64, struct conn_state, BS_HTTP_MAX_CONNS);   // tgid<<32|fd -> connection
 BPF_HASH(client_marks, __u64, struct go_client_mark, 16384);    // tgid<<32|fd -> goroutine of roundTrip
+BPF_HASH(flushed, __u64, __u64, 16384);                         // tgid<<32|fd -> start_ns user space emitted
 BPF_PERCPU_ARRAY(zero_conn, struct conn_state, 1);              // template for new entries
 BPF_PERCPU_ARRAY(stats, __u64, BS_HTTP_STAT_N);
 BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES);
@@ -67,6 +69,18 @@ static __always_inline void count(int slot)
 
 static __always_inline void emit(struct conn_state *st, __u8 reason)
 {
+	// User space emits exchanges that went idle without an end seen here (a keep-alive client
+	// connection waiting for its next request); it leaves a marker so they are not sent twice.
+	__u64 key = ((__u64)st->ev.pid << 32) | (__u32)st->ev.fd;
+	__u64 *done = flushed.lookup(&key);
+	if (done) {
+		__u64 was = *done;
+		flushed.delete(&key);
+		if (was == st->ev.start_ns) {
+			st->active = 0;
+			return;
+		}
+	}
 	st->ev.end_reason = reason;
 	if (!st->ev.end_ns) // no response: it ended when the connection did (a handler panic, a reset)
 		st->ev.end_ns = bpf_ktime_get_ns();
@@ -148,13 +162,13 @@ static __always_inline void read_addrs(struct conn_state *st, int fd)
 	st->ev.flags |= BS_HTTP_F_ADDR;
 }
 
-static __always_inline void io_enter(int fd, const void *buf, __u32 is_write)
+static __always_inline void io_enter(int fd, const void *buf, __u64 count, __u32 is_write)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
 	if (!pids.lookup(&tgid))
 		return;
-	struct inflight in = {.buf = (__u64)buf, .fd = fd, .is_write = is_write};
+	struct inflight in = {.buf = (__u64)buf, .count = count, .fd = fd, .is_write = is_write};
 	inflight_io.update(&id, &in);
 }
 
@@ -220,8 +234,10 @@ static __always_inline void io_exit(long ret)
 	__u64 now = bpf_ktime_get_ns();
 
 	if (ret <= 0) {
-		// EAGAIN/EOF on a read after the response: the peer has nothing more, the exchange is over.
-		if (st && st->active && !io.is_write && st->ev.resp_bytes > 0)
+		// A server reading for its next request (EAGAIN/EOF) after a response: that response is over.
+		// Reads of exactly 1 byte are Go's background read while a handler runs: not an end.
+		if (st && st->active && !io.is_write && io.count > 1 && st->ev.role == BS_HTTP_SERVER &&
+		    st->ev.resp_bytes > 0)
 			emit(st, BS_HTTP_END_IDLE);
 		return;
 	}
@@ -270,7 +286,7 @@ static __always_inline void io_exit(long ret)
 		return;
 	// Go's server reads 1 byte in the background while a handler runs; when the next request arrives
 	// before that read is cancelled, it takes the head's first byte. Hold it for the next read.
-	if (st->ev.role == BS_HTTP_SERVER && !io.is_write && ret == 1 && (!st->active || st->ev.resp_bytes > 0)) {
+	if (st->ev.role == BS_HTTP_SERVER && !io.is_write && io.count == 1 && (!st->active || st->ev.resp_bytes > 0)) {
 		st->held = 1;
 		st->held_byte = p[0];
 		return;
@@ -296,13 +312,13 @@ static __always_inline void io_exit(long ret)
 	st->ev.end_ns = now;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { io_enter(args->fd, args->buf, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { io_enter(args->fd, args->buf, args->count, 0); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_read) { io_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { io_enter(args->fd, args->buf, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { io_enter(args->fd, args->buf, args->count, 1); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_write) { io_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { io_enter(args->fd, args->ubuf, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { io_enter(args->fd, args->ubuf, args->size, 0); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { io_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { io_enter(args->fd, args->buff, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { io_enter(args->fd, args->buff, args->len, 1); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { io_exit(args->ret); return 0; }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
@@ -318,6 +334,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 		emit(st, BS_HTTP_END_CLOSE);
 	conns.delete(&key);
 	client_marks.delete(&key);
+	flushed.delete(&key);
 	return 0;
 }
 
