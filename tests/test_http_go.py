@@ -376,3 +376,26 @@ def test_gray_release_links_inbound_to_upstream(cap: Capture, builds: list[gobui
     finally:
         for p in (router, v1, v2):
             stop(cap, p)
+
+
+def test_rows_store_in_chdb(cap: Capture, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The rows captured above go through the real sink into chDB and come back as they were."""
+    from agent.http_records import HTTP_REQUEST
+    from ingest import ClickHouseSink, migrate, open_service
+
+    with cap.lock:
+        rows = list(cap.rows)
+    if not rows:
+        pytest.skip("no rows captured by the tests before this one")
+    svc = open_service(data_dir=tmp_path / "chdb")
+    try:
+        migrate(svc, retention_days=7)
+        assert ClickHouseSink(svc).write(HTTP_REQUEST, rows) == len(rows)
+        got = svc.query_arrow("SELECT count() AS n, countIf(x_gray_version = {h:String}) AS hostile, "
+                              "countIf(user_agent = {u:String}) AS utf8, max(length(traceparent)) AS tp "
+                              "FROM blindspot.http_requests",
+                              {"h": HOSTILE, "u": NON_ASCII}).to_pylist()[0]
+        odd = sum(1 for r in rows if r["x_gray_version"] == HOSTILE)
+        assert got == {"n": len(rows), "hostile": odd, "utf8": odd, "tp": 256}
+    finally:
+        svc.close()
