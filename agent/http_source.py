@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -87,13 +88,13 @@ def _kernel_defines() -> list[str]:
     return out
 
 
-def _addr(raw: C.Array, family: int) -> str:
-    return address(family, bytes(raw)) if family in (socket.AF_INET, socket.AF_INET6) else "::"
+# struct http_event up to head[] (bpf/http_event.h); checked against the ctypes mirror at import.
+_FIXED = struct.Struct("<IIIiQQQQQQ16s16sHHHHHHBBBBII16s32s128s")
+assert _FIXED.size == ev.event_class(256).head.offset  # type: ignore[attr-defined]
 
 
-def _request_id(host: str, pid: int, fd: int, start_ns: int, role: int) -> int:
-    h = hashlib.blake2b(f"{host}|{pid}|{fd}|{start_ns}|{role}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") or 1
+def _addr(raw: bytes, family: int) -> str:
+    return address(family, raw) if family in (socket.AF_INET, socket.AF_INET6) else "::"
 
 
 class HttpSource:
@@ -116,6 +117,8 @@ class HttpSource:
         self._servers: dict[tuple[int, int], deque] = {}
         self._waiting: deque = deque()
         self._clock = Clock()
+        # Salt for request ids: unique per host; a tuple of ints hashes the same in every run.
+        self._salt = int.from_bytes(hashlib.blake2b(self.cfg.hostname.encode(), digest_size=8).digest(), "little")
         self._last_sweep = 0.0
         self._swept: set[tuple[int, int]] = set()  # (conn key, start_ns) emitted by _sweep_quiet
         self._event_cls = ev.event_class(self.cfg.head_max)
@@ -286,14 +289,14 @@ class HttpSource:
             ev_copy = self._event_cls()
             C.memmove(C.addressof(ev_copy), C.addressof(e), C.sizeof(ev_copy))
             ev_copy.end_reason = ev.END_QUIET
-            self._on_exchange(ev_copy)
+            self._on_exchange(bytes(ev_copy))
         self._swept &= live
 
     # --- records --------------------------------------------------------------------------------
     def _on_record(self, _ctx, data, size) -> None:
         kind = C.cast(data, C.POINTER(C.c_uint32)).contents.value
         if kind == ev.KIND_EXCHANGE:
-            self._on_exchange(C.cast(data, C.POINTER(self._event_cls)).contents)
+            self._on_exchange(C.string_at(data, size))
         elif kind == ev.KIND_PROC_EXEC:
             self._consider(C.cast(data, C.POINTER(ev.HttpProc)).contents.pid)
         elif kind == ev.KIND_PROC_EXIT:
@@ -302,71 +305,77 @@ class HttpSource:
     def _wall(self, mono_ns: int) -> int:
         return self._clock.wall(mono_ns)
 
-    def _on_exchange(self, e) -> None:
-        head = C.string_at(C.addressof(e) + type(e).head.offset, e.head_len)
-        if e.flags & ev.F_HELD_BYTE:
-            head = bytes([e.held_byte]) + head
+    def _on_exchange(self, raw: bytes) -> None:
+        # One struct.unpack of the fixed part: ctypes field access per field costs more than parsing.
+        (_, pid, tid, fd, start_ns, _resp_start, end_ns, req_bytes, resp_bytes, goroutine, saddr, daddr, sport,
+         dport, family, head_len, status_len, route_len, role, end_reason, held_byte, _, flags, _, comm, status_b,
+         route_b) = _FIXED.unpack_from(raw)
+        head = raw[_FIXED.size : _FIXED.size + head_len]
+        if flags & ev.F_HELD_BYTE:
+            head = bytes([held_byte]) + head
         req = http_parse.parse_request_head(head, self._allow, self.cfg.max_value)
         if req is None:
             self._c["parse_errors"] += 1
             return
-        p = self.procs.get(e.pid)
-        status = http_parse.parse_status(C.string_at(C.addressof(e) + type(e).status.offset, e.status_len))
-        server = e.role == ev.ROLE_SERVER
+        p = self.procs.get(pid)
+        status = http_parse.parse_status(status_b[:status_len])
+        server = role == ev.ROLE_SERVER
         route_source = "template"
         route = http_parse.template_path(req.path)
-        if e.route_len:
-            route = http_parse.route_from_pattern(
-                C.string_at(C.addressof(e) + type(e).route.offset, e.route_len).decode("utf-8", "replace"))
+        if route_len:
+            route = http_parse.route_from_pattern(route_b[:route_len].decode("utf-8", "replace"))
             route_source = "pattern"
-        start, end = self._wall(e.start_ns), self._wall(e.end_ns)
+        start, end = self._wall(start_ns), self._wall(end_ns)
         hdr = req.headers
         row = {
             "time": start,
             "end_time": end or start,
-            "duration_ns": max(0, e.end_ns - e.start_ns) if e.end_ns else 0,
+            "duration_ns": max(0, end_ns - start_ns) if end_ns else 0,
             "host": self.cfg.hostname,
             "service": p.service if p else "",
             "service_version": p.version if p else "",
             "go_version": p.binary.go_version if p else "",
-            "pid": e.pid,
-            "tid": e.tid,
-            "comm": e.comm.decode("utf-8", "replace"),
+            "pid": pid,
+            "tid": tid,
+            "comm": comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
             "side": "server" if server else "client",
             "method": req.method,
             "path": req.path,
             "route": route,
             "route_source": route_source,
             "status": status,
-            "request_bytes": e.req_bytes,
-            "response_bytes": e.resp_bytes,
-            "family": 4 if e.family == socket.AF_INET else 6,
-            "local_addr": _addr(e.saddr, e.family),
-            "local_port": e.sport,
-            "remote_addr": _addr(e.daddr, e.family),
-            "remote_port": e.dport,
+            "request_bytes": req_bytes,
+            "response_bytes": resp_bytes,
+            "family": 4 if family == socket.AF_INET else 6,
+            "local_addr": _addr(saddr, family),
+            "local_port": sport,
+            "remote_addr": _addr(daddr, family),
+            "remote_port": dport,
             "upstream_host": "" if server else hdr.get("host", ""),
             **{col: hdr.get(name, "") for name, col in http_parse.HEADER_COLUMNS.items()},
             "extra_headers": json.dumps({k: hdr[k] for k in self._extra if k in hdr}, ensure_ascii=False)
             if self._extra else "",
-            "head_truncated": int(bool(e.flags & ev.F_HEAD_TRUNC) or not req.complete),
-            "end_reason": ev.END_REASONS.get(e.end_reason, ""),
-            "request_id": _request_id(self.cfg.hostname, e.pid, e.fd, e.start_ns, e.role),
+            "head_truncated": int(bool(flags & ev.F_HEAD_TRUNC) or not req.complete),
+            "end_reason": ev.END_REASONS.get(end_reason, ""),
+            "request_id": self._request_id(pid, fd, start_ns, role),
             "parent_request_id": 0,
         }
         self._c["captured"] += 1
         if server:
-            if e.goroutine:
-                key = (e.pid, e.goroutine)
+            if goroutine:
+                key = (pid, goroutine)
                 q = self._servers.setdefault(key, deque(maxlen=64))
-                q.append((e.start_ns, e.end_ns or e.start_ns, row["request_id"], time.monotonic()))
+                q.append((start_ns, end_ns or start_ns, row["request_id"], time.monotonic()))
                 self._match_waiting(key)
             self._emit(KIND, row)
-        elif e.goroutine:
-            if not self._link(row, e.pid, e.goroutine, e.start_ns):
-                self._waiting.append((time.monotonic(), e.pid, e.goroutine, e.start_ns, row))
+        elif goroutine:
+            if not self._link(row, pid, goroutine, start_ns):
+                self._waiting.append((time.monotonic(), pid, goroutine, start_ns, row))
         else:
             self._emit(KIND, row)
+
+    def _request_id(self, pid: int, fd: int, start_ns: int, role: int) -> int:
+        return (hash((self._salt, pid, fd, start_ns, role)) & 0xFFFFFFFFFFFFFFFF) or 1
 
     # --- linking outbound to inbound (Go uprobes) -----------------------------------------------
     def _link(self, row: dict, pid: int, g: int, start_ns: int) -> bool:
