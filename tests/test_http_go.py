@@ -307,7 +307,7 @@ def test_server_and_client_rows_exact(cap: Capture, builds: list[gobuild.GoBuild
         assert len(crow) == len(plan) and len(s_by) == len(plan)
         for r in crow:
             i = int(r["x_request_id"].rsplit("-", 1)[1])
-            m, p, b = plan[i]
+            m, p, _body = plan[i]
             peer = s_by[r["x_request_id"]]
             want = {"side": "client", "method": m, "path": p, "status": results[i]["status"],
                     "upstream_host": f"127.0.0.1:{port}", "host_header": f"127.0.0.1:{port}",
