@@ -399,3 +399,27 @@ def test_rows_store_in_chdb(cap: Capture, tmp_path) -> None:  # type: ignore[no-
         assert got == {"n": len(rows), "hostile": odd, "utf8": odd, "tp": 256}
     finally:
         svc.close()
+
+
+def test_default_config_without_uprobes(builds: list[gobuild.GoBuild]) -> None:
+    """The default (syscall tracepoints only): same exact rows, routes templated, no links."""
+    build = next(b for b in builds if b.go == gobuild.GO_VERSIONS[-1] and b.variant == "stripped")
+    c = Capture(uprobes=False)
+    try:
+        srv, port = start(c, [str(build.bin("server"))])
+        sent = []
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            for i, (m, path, body, _pattern) in enumerate(CASES):
+                s = Sent(f"nou-{i}", m, path, std_headers(f"nou-{i}"), body)
+                send_on(sock, port, s)
+                sent.append(s)
+        rows = c.wait_rows(lambda r: r["pid"] == srv.pid, len(sent))
+        by_rid = {r["x_request_id"]: r for r in rows}
+        assert len(by_rid) == len(sent)
+        for s in sent:
+            check_server_row(by_rid[s.rid], s, port, srv.pid, build, None, uprobes=False)
+            assert by_rid[s.rid]["route_source"] == "template"
+        assert c.src.counters()["uprobe_hits"] == 0
+        stop(c, srv)
+    finally:
+        c.close()
