@@ -30,8 +30,8 @@ from agent import _http_event as ev
 from agent import btf, go_procs, http_parse
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
 from agent.go_procs import GoProcess
-from agent.http_records import HTTP_REQUEST
 from agent.tcp_decode import Clock, address
+from blindspot.records import HTTP_REQUEST
 
 KIND = HTTP_REQUEST.name
 BPF_SOURCE = ev.BPF_DIR / "http_trace.c"
@@ -100,6 +100,7 @@ def _addr(raw: bytes, family: int) -> str:
 class HttpSource:
     """Source shape: open(), poll(timeout_ms) -> emit(kind, row) per record, counters(), close()."""
 
+    name = "http"
     kinds = (KIND,)
 
     def __init__(self, emit: Emit, config: HttpConfig | None = None):

@@ -380,7 +380,7 @@ def test_gray_release_links_inbound_to_upstream(cap: Capture, builds: list[gobui
 
 def test_rows_store_in_chdb(cap: Capture, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The rows captured above go through the real sink into chDB and come back as they were."""
-    from agent.http_records import HTTP_REQUEST
+    from blindspot.records import HTTP_REQUEST
     from ingest import ClickHouseSink, migrate, open_service
 
     with cap.lock:
