@@ -2,7 +2,7 @@
 writing into an embedded engine. No data folder, no chDB: ingest workers (``blindspot ingest``) own
 ClickHouse.
 
-    TcpSource (kernel) ─► Pipeline ─► KafkaSink ─► topic per record kind, key = host
+    TcpSource, HttpSource (kernel) ─► Pipeline ─► KafkaSink ─► topic per record kind, key = host
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import threading
 import time
 from typing import Any
 
+from agent.http_source import HttpSource
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
-from agent.pipeline import Pipeline
+from agent.pipeline import Pipeline, Source
 from agent.tcp_source import TcpSource
 from blindspot import metrics
 from blindspot.config import Config
@@ -31,6 +32,7 @@ class _WithSinkCounters:
     def __init__(self, inner: Any, sink: KafkaSink) -> None:
         self._inner = inner
         self._sink = sink
+        self.name = inner.name
 
     def counters(self) -> dict[str, int]:
         return {**self._inner.counters(), "dropped_sink": self._sink.counts().get("dropped", 0)}
@@ -51,12 +53,18 @@ def run(cfg: Config, kafka: KafkaSinkConfig, duration_s: float | None = None) ->
         assert pipeline is not None
         pipeline.emit(kind, row)
 
+    # The same sources as `blindspot run` (blindspot/embedded.py).
     tcp = TcpSource(cfg.tcp, emit=emit)
     cfg.pipeline.host = cfg.pipeline.host or cfg.host or cfg.tcp.host or tcp.host
     sink = KafkaSink(kafka, host=cfg.pipeline.host)
-    pipeline = Pipeline([_WithSinkCounters(tcp, sink)], sink, cfg.pipeline)
+    sources: list[Source] = [_WithSinkCounters(tcp, sink)]  # type: ignore[list-item]
+    if cfg.http_enabled:
+        cfg.http.hostname = cfg.pipeline.host
+        sources.append(HttpSource(emit, cfg.http))
+    pipeline = Pipeline(sources, sink, cfg.pipeline)
     t0 = time.monotonic()
-    log.info("tracing TCP on %s; publishing to Kafka at %s", cfg.pipeline.host, kafka.bootstrap_servers)
+    log.info("tracing %s on %s; publishing to Kafka at %s", " + ".join(s.name for s in sources),
+             cfg.pipeline.host, kafka.bootstrap_servers)
     try:
         pipeline.run(stop, duration_s)  # its shutdown flushes every batch into the sink
     finally:

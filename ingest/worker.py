@@ -203,7 +203,7 @@ class Worker:
                     err = m.error()
                     if err is not None:
                         if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
-                            self._caught_up((m.topic(), m.partition()))
+                            self._caught_up((str(m.topic()), int(m.partition() or 0)))
                         else:
                             log.warning("kafka: %s", err)
                         continue
