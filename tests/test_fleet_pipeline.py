@@ -14,7 +14,7 @@ import confluent_kafka
 import msgpack
 import pyarrow as pa
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
 from blindspot import wire
@@ -65,7 +65,10 @@ class _Running:
 def start_worker(bootstrap: str, prefix: str, svc: Any, **kw: Any) -> _Running:
     cfg = KafkaSourceConfig(bootstrap, group_id=prefix + "ingest", topic_prefix=prefix,
                             batch_max_age_s=0.3, retry_initial_s=0.1, retry_max_s=0.5, **kw)
-    return _Running(Worker(cfg, svc, registry=CollectorRegistry()))
+    registry = CollectorRegistry()
+    running = _Running(Worker(cfg, svc, registry=registry))
+    running.registry = registry  # type: ignore[attr-defined]
+    return running
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float = 60, what: str = "") -> None:
@@ -119,6 +122,12 @@ def test_records_arrive_exactly_as_sent(kafka_bootstrap, prefix, engine) -> None
     assert counters == [{"host": "db-1", "n": 1000}, {"host": "web-1", "n": 1000},
                         {"host": "web-2", "n": 1000}]
     assert w.worker.stats.dead_lettered == 0
+    metrics = generate_latest(w.registry).decode()
+    assert 'blindspot_ingest_records_written_total{table="tcp_connections"} 3000.0' in metrics
+    for name in ("blindspot_ingest_records_consumed_total", "blindspot_ingest_consumer_lag_messages",
+                 "blindspot_ingest_batch_rows_bucket", "blindspot_ingest_batch_duration_seconds_bucket",
+                 "blindspot_ingest_retries_total", "blindspot_ingest_records_dead_lettered_total"):
+        assert name in metrics, name
 
 
 def _bad_corpus() -> list[tuple[str, bytes | None, list[tuple[str, bytes]] | None]]:

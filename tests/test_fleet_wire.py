@@ -132,3 +132,27 @@ def test_security_settings_pass_through_from_file_and_env_and_never_show(tmp_pat
     conf = KafkaSinkConfig("b:9092", extra=extra).librdkafka()
     assert conf["sasl.password"] == "s3cret" and conf["enable.idempotence"] is True and conf["acks"] == "all"
     assert "s3cret" not in repr(redacted(conf))
+
+
+def test_broker_away_the_agent_buffers_within_its_bound_and_counts_every_drop() -> None:
+    """No broker at all (a closed port): 50 messages fit the queue, the other 150 are dropped at once
+    (queue_full); the 50 time out after message_timeout_ms (delivery_failed). Nothing is silent."""
+    import time
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.kafka_sink import KafkaSink
+
+    reg = CollectorRegistry()
+    cfg = KafkaSinkConfig("127.0.0.1:1", queue_max_messages=50, message_timeout_ms=1500, flush_timeout_s=5)
+    sink = KafkaSink(cfg, host="h1", registry=reg)
+    for r in make_rows(200):
+        sink.emit("tcp_connection", r)
+    assert sink.counts() == {"dropped": 150, "dropped:queue_full": 150}
+    time.sleep(2.5)
+    assert sink.close() == 0
+    assert sink.counts() == {"dropped": 200, "dropped:queue_full": 150, "dropped:delivery_failed": 50}
+    text = generate_latest(reg).decode()
+    assert 'blindspot_agent_records_dropped_total{reason="queue_full"} 150.0' in text
+    assert 'blindspot_agent_records_dropped_total{reason="delivery_failed"} 50.0' in text
+    assert 'blindspot_agent_records_published_total{kind="tcp_connection"} 50.0' in text
