@@ -156,3 +156,18 @@ def test_broker_away_the_agent_buffers_within_its_bound_and_counts_every_drop() 
     assert 'blindspot_agent_records_dropped_total{reason="queue_full"} 150.0' in text
     assert 'blindspot_agent_records_dropped_total{reason="delivery_failed"} 50.0' in text
     assert 'blindspot_agent_records_published_total{kind="tcp_connection"} 50.0' in text
+
+
+def test_a_batch_that_cannot_be_columnar_is_sent_record_by_record(monkeypatch) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from agent.kafka_sink import KafkaSink
+
+    sent: list[tuple[str, list[tuple[str, bytes]]]] = []
+    sink = KafkaSink(KafkaSinkConfig("127.0.0.1:1"), host="h1", registry=CollectorRegistry())
+    monkeypatch.setattr(sink._service, "produce", lambda topic, value, key, headers, cb: sent.append((topic, headers)))
+    rows = make_rows(3)
+    rows[1]["pid"] = -1  # does not fit uint32
+    sink.write(TCP_CONNECTION, rows)
+    assert [h for _, h in sent] == [wire.headers_for(TCP_CONNECTION, wire.ENC_MSGPACK)] * 3
+    sink.close(0)

@@ -90,8 +90,12 @@ class KafkaSink:
             try:
                 values = wire.encode_batch(kind, host_rows)
             except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
-                log.error("cannot encode %d %s records: %s", len(host_rows), kind.name, e)
-                self._drop("encode_error", len(host_rows))
+                # A value that does not fit its column (a bug in a source): send these records one by
+                # one instead, so the good ones arrive and ingest dead-letters the bad one with a reason.
+                log.error("cannot encode %d %s records as a batch (%s); sending them singly", len(host_rows),
+                          kind.name, e)
+                for r in host_rows:
+                    self.emit(kind.name, r)
                 continue
             key = host.encode()
             for value, n in values:
