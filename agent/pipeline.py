@@ -49,7 +49,7 @@ class Sink(Protocol):
 class PipelineConfig:
     host: str = ""
     component: str = "agent"
-    poll_ms: int = 100
+    poll_ms: int = 50  # drain interval: ring buffers must hold this long's worth of records
     batch_max_rows: int = 20_000
     batch_max_age_s: float = 1.0
     queue_batches: int = 64
@@ -135,8 +135,10 @@ class Pipeline:
         next_metrics = time.monotonic()
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                # Drain every source without blocking, then sleep: waking up per record (epoll on
+                # each ring buffer) cost twice the CPU per record of draining in batches.
                 for s in self.sources:
-                    s.poll(self.config.poll_ms if len(self.sources) == 1 else 0)
+                    s.poll(0)
                 now = time.monotonic()
                 if now >= next_snapshot:
                     self.snapshot()
@@ -149,8 +151,7 @@ class Pipeline:
                 if now >= next_metrics:
                     self.export_metrics()
                     next_metrics = now + 1.0
-                if len(self.sources) != 1:
-                    time.sleep(self.config.poll_ms / 1000)
+                stop.wait(self.config.poll_ms / 1000)
         finally:
             self.shutdown()
 
