@@ -13,32 +13,13 @@ import threading
 import time
 from typing import Any
 
-from agent.http_source import HttpSource
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
-from agent.pipeline import Pipeline, Source
-from agent.tcp_source import TcpSource
+from agent.pipeline import Pipeline
+from agent.sources import build_sources
 from blindspot import metrics
 from blindspot.config import Config
 
 log = logging.getLogger(__name__)
-
-
-class _WithSinkCounters:
-    """The TCP source, whose counters also carry the Kafka sink's drops as ``dropped_sink``: those happen
-    after ``write`` returned (delivery is asynchronous), so the pipeline learns of them here and
-    reports them in pipeline_counters. (A wrapper, not another source: the pipeline blocks in its
-    only source's poll, and a second source would turn that into sleeping.)"""
-
-    def __init__(self, inner: Any, sink: KafkaSink) -> None:
-        self._inner = inner
-        self._sink = sink
-        self.name = inner.name
-
-    def counters(self) -> dict[str, int]:
-        return {**self._inner.counters(), "dropped_sink": self._sink.counts().get("dropped", 0)}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def run(cfg: Config, kafka: KafkaSinkConfig, duration_s: float | None = None) -> Pipeline:
@@ -53,14 +34,8 @@ def run(cfg: Config, kafka: KafkaSinkConfig, duration_s: float | None = None) ->
         assert pipeline is not None
         pipeline.emit(kind, row)
 
-    # The same sources as `blindspot run` (blindspot/embedded.py).
-    tcp = TcpSource(cfg.tcp, emit=emit)
-    cfg.pipeline.host = cfg.pipeline.host or cfg.host or cfg.tcp.host or tcp.host
-    sink = KafkaSink(kafka, host=cfg.pipeline.host)
-    sources: list[Source] = [_WithSinkCounters(tcp, sink)]  # type: ignore[list-item]
-    if cfg.http_enabled:
-        cfg.http.hostname = cfg.pipeline.host
-        sources.append(HttpSource(emit, cfg.http))
+    sources = build_sources(cfg, emit)  # the same sources as `blindspot run`
+    sink = KafkaSink(kafka, host=cfg.pipeline.host)  # its asynchronous drops: Pipeline.all_counters
     pipeline = Pipeline(sources, sink, cfg.pipeline)
     t0 = time.monotonic()
     log.info("tracing %s on %s; publishing to Kafka at %s", " + ".join(s.name for s in sources),

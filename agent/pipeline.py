@@ -40,7 +40,9 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    """Takes one batch of one kind; returns once it is accepted (raises ingest errors otherwise)."""
+    """Takes one batch of one kind; returns once it is accepted (raises ingest errors otherwise).
+    A sink that loses records after ``write`` returned (asynchronous delivery, e.g. Kafka) also has
+    ``counts() -> {"dropped": n, ...}``; the pipeline reports those drops as ``dropped_sink``."""
 
     def write(self, kind: RecordKind, rows: list[dict[str, Any]]) -> object: ...
 
@@ -103,6 +105,14 @@ class Pipeline:
             total.update(s.counters())
         return dict(total)
 
+    def all_counters(self) -> dict[str, int]:
+        """Sources' counters, then the pipeline's own (which win), with drops after the sink's write."""
+        current = {**self.kernel_counters(), **self.counts}
+        sink_counts = getattr(self.sink, "counts", None)
+        if sink_counts is not None:
+            current["dropped_sink"] = current.get("dropped_sink", 0) + int(sink_counts().get("dropped", 0))
+        return current
+
     # --- sink side -----------------------------------------------------------------------
     def _write_loop(self) -> None:
         while True:
@@ -157,7 +167,7 @@ class Pipeline:
 
     def export_metrics(self) -> None:
         """Move counter deltas into Prometheus (the hot path only bumps plain ints)."""
-        current = {**self.kernel_counters(), **self.counts}
+        current = self.all_counters()
         for key, value in current.items():
             delta = int(value) - self._exported.get(key, 0)
             if delta <= 0:
@@ -181,7 +191,7 @@ class Pipeline:
         """Deltas since the last report, as pipeline_counters rows (zeros included: a quiet host
         and a broken one must look different)."""
         now = time.time_ns()
-        current = {**self.kernel_counters(), **self.counts}  # the pipeline's own counts win
+        current = self.all_counters()
         for name in REPORTED:
             value = int(current.get(name, 0))
             delta = value - self._reported.get(name, 0)
