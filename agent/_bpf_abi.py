@@ -32,3 +32,17 @@ def struct_format(fields: list[tuple[str, Any]]) -> str:
     for _name, typ in fields:
         out += f"{typ._length_}s" if issubclass(typ, C.Array) else _CODES[typ]
     return out
+
+
+def load_bpf(attempts: int = 4, **kwargs: Any) -> Any:
+    """``bcc.BPF(**kwargs)``, retried when the verifier gave up with EAGAIN: it does so whenever a
+    signal is pending during verification (SIGCHLD, a terminal resize, a profiler attaching)."""
+    from bcc import BPF  # Debian's python3-bpfcc; imported late so decoding works without it
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return BPF(**kwargs)
+        except Exception as e:  # bcc raises a bare Exception carrying strerror
+            if "Resource temporarily unavailable" not in str(e) or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")

@@ -28,7 +28,7 @@ from typing import Any
 
 from agent import _http_event as ev
 from agent import btf, go_procs, http_parse
-from agent._bpf_abi import struct_format
+from agent._bpf_abi import load_bpf, struct_format
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
 from agent.go_procs import GoProcess
 from agent.tcp_decode import Clock, address
@@ -137,7 +137,7 @@ class HttpSource:
             f"-DBS_GO_UPROBES={int(self.cfg.go_uprobes)}",
             *_kernel_defines(),
         ]
-        self.bpf = BPF(src_file=str(BPF_SOURCE), cflags=cflags)
+        self.bpf = load_bpf(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
         self.bpf["events"].open_ring_buffer(self._on_record)
         if self.cfg.go_uprobes:  # load (verify) once, before any process needs them
             for prog in ("uprobe_finish_request", "uprobe_persistconn_roundtrip"):

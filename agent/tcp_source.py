@@ -17,6 +17,7 @@ from typing import Any
 
 from agent import _tcp_event as ev
 from agent import procfs
+from agent._bpf_abi import load_bpf
 from agent.btf import BTFUnavailable, FieldRef, offset_of
 from agent.tcp_decode import Clock, decode_closed, decode_open
 from blindspot.records import TCP_CONNECTION, TCP_OPEN_CONNECTION
@@ -85,7 +86,7 @@ class TcpSource:
         ]
         if self.app_bytes:
             cflags.append("-DBS_HAVE_SOCK_LENGTH")
-        self._bpf = BPF(src_file=str(ev.BPF_DIR / "tcp_lifecycle.c").encode(), cflags=cflags)
+        self._bpf = load_bpf(src_file=str(ev.BPF_DIR / "tcp_lifecycle.c").encode(), cflags=cflags)
         self._seed_listeners()
         self._bpf["events"].open_ring_buffer(self._on_event)
 
