@@ -182,7 +182,8 @@ def connections() -> Board:
     b.panel("table", "Top talkers by bytes", (
         "SELECT host, service, role,\n"
         "       replaceRegexpOne(IPv6NumToString(remote_addr), '^::ffff:', '') AS peer,\n"
-        "       if(remote_port = 0, '', toString(remote_port)) AS port, sum(connections) AS connections,\n"
+        "       if(remote_port = 0, '', toString(remote_port)) AS port,\n"
+        "       sum(connections) AS connection_count,\n"
         "       sum(bytes_sent) AS sent, sum(bytes_received) AS received, sent + received AS total\n"
         "FROM blindspot.tcp_peers_1h\n"
         f"WHERE hour >= toStartOfHour($__fromTime) AND hour <= $__toTime AND {tcp_f}\n"
@@ -234,7 +235,7 @@ def latency() -> Board:
         unit="reqps", field={"custom": {"drawStyle": "bars", "stacking": {"mode": "normal"},
                                         "fillOpacity": 80}})
     b.panel("table", "Slowest routes (p99 over the range)", tiered(
-        f"service, route, sum(requests) AS requests, {pq('latency_hist', 0.5)} AS p50_ms, "
+        f"service, route, sum(requests) AS request_count, {pq('latency_hist', 0.5)} AS p50_ms, "
         f"{pq('latency_hist', 0.99)} AS p99_ms, round(sum(errors) / sum(requests), 4) AS error_ratio",
         "http", f, "service, route", "p99_ms DESC LIMIT 20", step=False), 1, options=TABLE_OPTS)
     b.panel("heatmap", "TCP handshake latency heatmap (ms)",
@@ -255,8 +256,8 @@ def gray_release() -> Board:
               "Canary versions against the baseline: traffic share, errors, latency, and where the "
               "X-Gray-Version header actually sent requests.", http_vars(route=False))
     b.panel("timeseries", "Traffic share per version", tiered(
-        "service_version AS version, sum(requests) AS requests", "http", f, "time, version",
-        "time").replace("SELECT * FROM", "SELECT time, version, requests / sum(requests) OVER "
+        "service_version AS version, sum(requests) AS request_count", "http", f, "time, version",
+        "time").replace("SELECT * FROM", "SELECT time, version, request_count / sum(request_count) OVER "
                         "(PARTITION BY time) AS share FROM", 1), 0, unit="percentunit",
         field={"custom": {"stacking": {"mode": "normal"}, "fillOpacity": 60}, "max": 1})
     b.panel("timeseries", "Error rate per version (5xx and no response)", tiered(
@@ -266,8 +267,9 @@ def gray_release() -> Board:
         f"service_version AS version, {pq('latency_hist', 0.99)} AS p99", "http", f, "time, version",
         "time"), 0, unit="ms", field=TS)
     b.panel("table", "Routing matrix: X-Gray-Version header -> version that served", tiered(
-        "if(gray_header = '', '(no header)', gray_header) AS header, service_version AS served_by, "
-        "sum(requests) AS requests", "http", f, "header, served_by", "header, served_by", step=False),
+        "service, if(gray_header = '', '(no header)', gray_header) AS header, service_version AS served_by, "
+        "sum(requests) AS request_count", "http", f, "service, header, served_by",
+        "service, header, served_by", step=False),
         1, options=TABLE_OPTS)
     b.panel("timeseries", "Requests routed against their header", tiered(
         "service_version AS version, sum(requests) / {step} AS misrouted", "http",
@@ -275,17 +277,18 @@ def gray_release() -> Board:
         unit="reqps", field=TS,
         description="Requests carrying X-Gray-Version that a different version served.")
     b.panel("table", "Verdict per version (canary vs baseline = version with most traffic)", (
-        "SELECT service, version, requests, error_rate, p99_ms,\n"
+        "SELECT service, version, request_count, error_rate, p99_ms,\n"
         "       max(if(is_base, error_rate, 0)) OVER (PARTITION BY service) AS base_error_rate,\n"
         "       max(if(is_base, p99_ms, 0)) OVER (PARTITION BY service) AS base_p99_ms,\n"
-        "       multiIf(is_base, 'baseline', requests < 100, 'too little traffic',\n"
+        "       multiIf(is_base, 'baseline', request_count < 100, 'too little traffic',\n"
         "               error_rate > base_error_rate * 1.5 + 0.001, 'worse: errors',\n"
         "               p99_ms > base_p99_ms * 1.2 + 1, 'worse: latency', 'ok') AS verdict\n"
-        "FROM (\n  SELECT *, requests = max(requests) OVER (PARTITION BY service) AS is_base FROM (\n"
-        + tiered(f"service, service_version AS version, sum(requests) AS requests, "
+        "FROM (\n  SELECT *, request_count = max(request_count) OVER (PARTITION BY service) AS is_base\n"
+        "  FROM (\n"
+        + tiered(f"service, service_version AS version, sum(requests) AS request_count, "
                  f"round(sum(errors) / sum(requests), 4) AS error_rate, {pq('latency_hist', 0.99)} AS p99_ms",
                  "http", f, "service, version", step=False)
-        + "\n))\nORDER BY service, requests DESC"), 1, w=24, options=TABLE_OPTS)
+        + "\n))\nORDER BY service, request_count DESC"), 1, w=24, options=TABLE_OPTS)
     return b
 
 
@@ -297,7 +300,8 @@ def overview() -> Board:
               [variable("host", "Host", _distinct("host", "tcp_conn")),
                variable("service", "Service", _distinct("service", "http"))])
     b.panel("bargauge", "Share of requests no browser made, per service", tiered(
-        "service, sum(requests) AS requests, sumIf(requests, browser = 0) / sum(requests) AS non_browser",
+        "service, sum(requests) AS request_count,"
+        " sumIf(requests, browser = 0) / sum(requests) AS non_browser",
         "http", "side = 'server' AND " + hf, "service", "non_browser DESC", step=False), 1,
         unit="percentunit", options={"displayMode": "gradient", "orientation": "horizontal",
                                      "reduceOptions": {"values": True, "calcs": [],
@@ -305,10 +309,11 @@ def overview() -> Board:
         field={"min": 0, "max": 1},
         description="Server-side requests whose User-Agent is not a browser's (no Mozilla/...).")
     b.panel("table", "Requests by User-Agent and peer (no browser)", (
-        "SELECT service, side, ua_product AS user_agent, peer, sum(requests) AS requests\n"
+        "SELECT service, side, ua_product AS user_agent, peer, sum(requests) AS request_count\n"
         "FROM blindspot.http_peers_1h\n"
         f"WHERE hour >= toStartOfHour($__fromTime) AND hour <= $__toTime AND browser = 0 AND {hf}\n"
-        "GROUP BY service, side, user_agent, peer ORDER BY requests DESC LIMIT 50"), 1, options=TABLE_OPTS,
+        "GROUP BY service, side, user_agent, peer ORDER BY request_count DESC LIMIT 50"), 1,
+        options=TABLE_OPTS,
         description="Client side: the upstream called; server side: the caller's address. Whole hours.")
     b.panel("timeseries", "Service-to-service connections: share made by our own services", tiered(
         "sumIf(opened, role = 'client') / greatest(sum(opened), 1) AS outbound_share",
