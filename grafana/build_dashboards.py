@@ -34,29 +34,40 @@ def cond(column: str, var: str) -> str:
     return f"$__conditionalAll({column} IN (${{{var}:singlequote}}), ${var})"
 
 
-def tiered(select: str, table: str, where: str, group: str, order: str = "", step: bool = True) -> str:
-    """One query over the 1m and 1h tiers of ``table`` (exactly one tier returns rows).
+MINUTE_HOUR = (("1m", "minute", 60, "toStartOfMinute"), ("1h", "hour", 3600, "toStartOfHour"))
+HOUR_DAY = (("1h", "hour", 3600, "toStartOfHour"), ("1d", "day", 86400, "toDate"))
+FLEET = {"tcp_conn", "http"}  # families with host-less *_fleet_* tables
+HOST_ALL = "($__conditionalAll(0, $host))"  # 1=1 when the host variable is All, else 0
 
-    In ``select``/``where``/``group``: ``{t}`` the tier's time column, ``{bucket}`` its time bucket,
-    ``{step}`` the bucket width in seconds.
+
+def tiered(select: str, table: str, where: str, group: str, order: str = "", step: bool = True,
+           tiers: tuple[tuple[str, str, int, str], ...] = MINUTE_HOUR) -> str:
+    """One query over the tiers of rollup ``table``; exactly one branch has a true constant condition.
+
+    Fine tier when the whole range lies within the last 2 days, else the coarse one; for families
+    with fleet tables, the host-less table when $host is All, else the per-host table filtered by
+    host. In ``select``/``where``/``group``: ``{t}`` the tier's time column, ``{bucket}`` its time
+    bucket, ``{step}`` the bucket width in seconds.
     """
     parts = []
-    for tcol, width, start, recent in (
-        ("minute", 60, "toStartOfMinute", f"$__fromTime >= now() - {RECENT}"),
-        ("hour", 3600, "toStartOfHour", f"$__fromTime < now() - {RECENT}"),
-    ):
+    scopes = [("", f"NOT {HOST_ALL} AND " + cond("host", "host")), ("_fleet", HOST_ALL)]
+    if table not in FLEET:
+        scopes = [("", cond("host", "host"))]
+    for i, (suffix, tcol, width, start) in enumerate(tiers):
+        recent = f"$__fromTime {'>=' if i == 0 else '<'} now() - {RECENT}"
         stepx = f"greatest($__interval_s, {width})"
         fill = {"t": tcol, "step": stepx, "bucket": f"toStartOfInterval({tcol}, INTERVAL {stepx} second)"}
-        sel = _fill(select, fill)
-        if step:
-            sel = f"{fill['bucket']} AS time, {sel}"
-        w = f"{recent} AND {tcol} >= {start}($__fromTime) AND {tcol} <= $__toTime"
-        if where:
-            w += " AND " + _fill(where, fill)
-        q = f"SELECT {sel}\nFROM blindspot.{table}_{'1m' if width == 60 else '1h'}\nWHERE {w}"
-        if group:
-            q += f"\nGROUP BY {_fill(group, fill)}"
-        parts.append(q)
+        for scope, scope_where in scopes:
+            sel = _fill(select, fill)
+            if step:
+                sel = f"{fill['bucket']} AS time, {sel}"
+            w = f"{recent} AND {scope_where} AND {tcol} >= {start}($__fromTime) AND {tcol} <= $__toTime"
+            if where:
+                w += " AND " + _fill(where, fill)
+            q = f"SELECT {sel}\nFROM blindspot.{table}{scope}_{suffix}\nWHERE {w}"
+            if group:
+                q += f"\nGROUP BY {_fill(group, fill)}"
+            parts.append(q)
     body = "\nUNION ALL\n".join(parts)
     return f"SELECT * FROM (\n{body}\n)" + (f"\nORDER BY {order}" if order else "")
 
@@ -140,7 +151,8 @@ HEATMAP_OPTS = {"calculate": False, "yAxis": {"unit": "ms", "axisPlacement": "le
 
 # --- Connections --------------------------------------------------------------------------------
 def connections() -> Board:
-    tcp_f = f"{cond('host', 'host')} AND {cond('service', 'service')}"
+    svc_f = cond("service", "service")  # tiered() adds the host filter itself
+    tcp_f = f"{cond('host', 'host')} AND {svc_f}"
     b = Board("blindspot-connections", "Blindspot / Connections",
               "Every TCP connection the agents saw, from the kernel: rates, handshakes, failures, talkers.",
               [variable("host", "Host", _distinct("host", "tcp_conn")),
@@ -148,7 +160,7 @@ def connections() -> Board:
                                                                   cond("host", "host")))])
     b.panel("timeseries", "Connections opened and closed per second, by role", tiered(
         "role, sum(opened) / {step} AS opened, sum(closed) / {step} AS closed",
-        "tcp_conn", tcp_f, "time, role", "time"), 0, unit="cps", field=TS,
+        "tcp_conn", svc_f, "time, role", "time"), 0, unit="cps", field=TS,
         description="opened counts at the connection's start, closed at its end (one row per connection).")
     b.panel("bargauge", "Open connections at the end of the range", (
         "SELECT comm AS service, role, count() AS open\nFROM blindspot.tcp_connections_open\n"
@@ -163,33 +175,32 @@ def connections() -> Board:
         description="From each host's latest snapshot of still-open connections (taken every few seconds).")
     b.panel("timeseries", "TCP handshake latency (p50 / p90 / p99)", tiered(
         f"{pq('handshake_hist', 0.5)} AS p50, {pq('handshake_hist', 0.9)} AS p90, "
-        f"{pq('handshake_hist', 0.99)} AS p99", "tcp_conn", tcp_f, "time", "time"), 0, unit="ms", field=TS,
+        f"{pq('handshake_hist', 0.99)} AS p99", "tcp_conn", svc_f, "time", "time"), 0, unit="ms", field=TS,
         description="SYN to ESTABLISHED, from fixed histogram buckets (interpolated within a bucket).")
     b.panel("barchart", "Connection duration distribution", (
         "SELECT bucket, sum(n) AS connections FROM (\n" + tiered(
             # indexed, not arrayZip: the empty tier merges to [] and must still line up
             "arrayJoin(arrayMap(i -> (" + json.dumps(DUR_BOUNDS).replace('"', "'")
             + "[i], sumForEachMerge(duration_hist)[i]), range(1, 10))) AS b, b.1 AS bucket, b.2 AS n",
-            "tcp_conn", tcp_f, "", step=False) + "\n)\nGROUP BY bucket ORDER BY indexOf("
+            "tcp_conn", svc_f, "", step=False) + "\n)\nGROUP BY bucket ORDER BY indexOf("
         + json.dumps(DUR_BOUNDS).replace('"', "'") + ", bucket)"), 1,
         options={"orientation": "vertical", "xField": "bucket", "showValue": "auto"},
         description="Closed connections by lifetime (upper bound of each bucket).")
     b.panel("timeseries", "Failed connects, resets, retransmits per second", tiered(
         "sum(failed) / {step} AS failed_connects, sum(resets) / {step} AS resets, "
-        "sum(retransmits) / {step} AS retransmits", "tcp_conn", tcp_f, "time", "time"), 0,
+        "sum(retransmits) / {step} AS retransmits", "tcp_conn", svc_f, "time", "time"), 0,
         unit="ops", field=TS,
         description="failed: connect() never reached ESTABLISHED; resets: closed by an RST.")
-    b.panel("table", "Top talkers by bytes", (
-        "SELECT host, service, role,\n"
-        "       replaceRegexpOne(IPv6NumToString(remote_addr), '^::ffff:', '') AS peer,\n"
+    b.panel("table", "Top talkers by bytes", tiered(
+        "host, service, role, replaceRegexpOne(IPv6NumToString(remote_addr), '^::ffff:', '') AS peer,\n"
         "       if(remote_port = 0, '', toString(remote_port)) AS port,\n"
         "       sum(connections) AS connection_count,\n"
-        "       sum(bytes_sent) AS sent, sum(bytes_received) AS received, sent + received AS total\n"
-        "FROM blindspot.tcp_peers_1h\n"
-        f"WHERE hour >= toStartOfHour($__fromTime) AND hour <= $__toTime AND {tcp_f}\n"
-        "GROUP BY host, service, role, remote_addr, remote_port ORDER BY total DESC LIMIT 50"), 1,
+        "       sum(bytes_sent) AS sent, sum(bytes_received) AS received, sent + received AS total",
+        "tcp_peers", svc_f, "host, service, role, remote_addr, remote_port", "total DESC LIMIT 50",
+        step=False, tiers=HOUR_DAY), 1,
         options=TABLE_OPTS, field={"unit": "decbytes"},
-        description="Per peer, whole hours. Server side groups all client ports of a peer together.")
+        description="Per peer, whole hours (whole days beyond 2 days). Server side groups all client "
+                    "ports of a peer together.")
     b.panel("table", "Connections (latest 200 in the last hour of the range)", (
         "SELECT end_time, host, comm AS service, pid, role,\n"
         "       replaceRegexpOne(IPv6NumToString(local_addr), '^::ffff:', '') AS local, local_port,\n"
@@ -205,7 +216,7 @@ def connections() -> Board:
 
 
 # --- Latency ------------------------------------------------------------------------------------
-HTTP_F = (f"{cond('host', 'host')} AND {cond('service', 'service')} AND "
+HTTP_F = (f"{cond('service', 'service')} AND "
           f"{cond('service_version', 'version')} AND {cond('route', 'route')}")
 
 
@@ -239,7 +250,7 @@ def latency() -> Board:
         f"{pq('latency_hist', 0.99)} AS p99_ms, round(sum(errors) / sum(requests), 4) AS error_ratio",
         "http", f, "service, route", "p99_ms DESC LIMIT 20", step=False), 1, options=TABLE_OPTS)
     b.panel("heatmap", "TCP handshake latency heatmap (ms)",
-            _heatmap("tcp_conn", "handshake_hist", f"{cond('host', 'host')}"), 0, w=24, h=9,
+            _heatmap("tcp_conn", "handshake_hist", ""), 0, w=24, h=9,
             options=HEATMAP_OPTS, description="SYN to ESTABLISHED for every connection on the hosts.")
     return b
 
@@ -294,7 +305,7 @@ def gray_release() -> Board:
 
 # --- Overview -----------------------------------------------------------------------------------
 def overview() -> Board:
-    hf = f"{cond('host', 'host')} AND {cond('service', 'service')}"
+    hf = cond("service", "service")  # tiered() adds the host filter
     b = Board("blindspot-overview", "Blindspot / Overview",
               "What the browser's Network tab never shows, and whether the data is complete.",
               [variable("host", "Host", _distinct("host", "tcp_conn")),
@@ -308,16 +319,15 @@ def overview() -> Board:
                                                        "fields": "/^non_browser$/"}},
         field={"min": 0, "max": 1},
         description="Server-side requests whose User-Agent is not a browser's (no Mozilla/...).")
-    b.panel("table", "Requests by User-Agent and peer (no browser)", (
-        "SELECT service, side, ua_product AS user_agent, peer, sum(requests) AS request_count\n"
-        "FROM blindspot.http_peers_1h\n"
-        f"WHERE hour >= toStartOfHour($__fromTime) AND hour <= $__toTime AND browser = 0 AND {hf}\n"
-        "GROUP BY service, side, user_agent, peer ORDER BY request_count DESC LIMIT 50"), 1,
-        options=TABLE_OPTS,
-        description="Client side: the upstream called; server side: the caller's address. Whole hours.")
+    b.panel("table", "Requests by User-Agent and peer (no browser)", tiered(
+        "service, side, ua_product AS user_agent, peer, sum(requests) AS request_count", "http_peers",
+        "browser = 0 AND " + hf, "service, side, user_agent, peer", "request_count DESC LIMIT 50",
+        step=False, tiers=HOUR_DAY), 1, options=TABLE_OPTS,
+        description="Client side: the upstream called; server side: the caller's address. Whole hours "
+                    "(whole days beyond 2 days).")
     b.panel("timeseries", "Service-to-service connections: share made by our own services", tiered(
         "sumIf(opened, role = 'client') / greatest(sum(opened), 1) AS outbound_share",
-        "tcp_conn", cond("host", "host"), "time", "time"), 0, unit="percentunit", field=TS,
+        "tcp_conn", "", "time", "time"), 0, unit="percentunit", field=TS,
         description="Connections our hosts' processes opened (connect) against all they opened or "
                     "accepted: none of them came from a browser.")
     b.panel("table", "Pipeline completeness per host", tiered(
@@ -326,13 +336,13 @@ def overview() -> Board:
         "       sumIf(value, counter = 'dropped') AS dropped,\n"
         "       sumIf(value, counter = 'dead_lettered') AS dead_lettered,\n"
         "       round(captured / greatest(captured + lost_kernel, 1), 6) AS kernel_completeness",
-        "pipeline_counters", cond("host", "host"), "host", "kernel_completeness, host", step=False), 1,
+        "pipeline_counters", "", "host", "kernel_completeness, host", step=False), 1,
         w=24, options=TABLE_OPTS,
         description="Events lost in the kernel (ring buffer full), dropped by the agent (buffers full), "
                     "dead-lettered by ingest. A gap here is missing data, not a quiet service.")
     b.panel("timeseries", "Events lost per second, by component and counter", tiered(
         "concat(component, ':', counter) AS loss, sum(value) / {step} AS per_s", "pipeline_counters",
-        cond("host", "host") + " AND counter IN ('lost_kernel', 'dropped', 'dead_lettered')",
+        "counter IN ('lost_kernel', 'dropped', 'dead_lettered')",
         "time, loss", "time"), 0, unit="ops", w=24, field=TS)
     return b
 

@@ -232,6 +232,10 @@ def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
             "pipe_1h": "SELECT sum(value) FROM blindspot.pipeline_counters_1h",
             "http_1m": "SELECT sum(requests) FROM blindspot.http_1m",
             "http_peers_1h": "SELECT sum(requests) FROM blindspot.http_peers_1h",
+            "tcp_fleet_1h": "SELECT sum(closed) FROM blindspot.tcp_conn_fleet_1h",
+            "tcp_peers_1d": "SELECT sum(connections) FROM blindspot.tcp_peers_1d",
+            "http_fleet_1m": "SELECT sum(requests) FROM blindspot.http_fleet_1m",
+            "http_peers_1d": "SELECT sum(requests) FROM blindspot.http_peers_1d",
         }
         return {k: int(engine.query_arrow(s).column(0)[0].as_py() or 0) for k, s in q.items()}
 
@@ -254,4 +258,5 @@ def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
     after = totals()
     assert {k: after[k] - before[k] for k in after} == {
         "tcp_conn_1m": 50, "tcp_conn_1h": 50, "tcp_peers_1h": 50, "hist_1h": 50,
-        "pipe_1m": 7, "pipe_1h": 7, "http_1m": 1, "http_peers_1h": 1}
+        "pipe_1m": 7, "pipe_1h": 7, "http_1m": 1, "http_peers_1h": 1,
+        "tcp_fleet_1h": 50, "tcp_peers_1d": 50, "http_fleet_1m": 1, "http_peers_1d": 1}
