@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import ctypes as C
 import re
+import struct
+from collections import namedtuple
 from pathlib import Path
+from typing import Any, TypeAlias
 
 BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
 HEADER = BPF_DIR / "tcp_event.h"
 
 
 class TcpEvent(C.Structure):
-    _fields_ = [  # noqa: RUF012 (ctypes API)
+    _fields_ = [
         ("sk", C.c_uint64),
         ("start_ns", C.c_uint64),
         ("established_ns", C.c_uint64),
@@ -42,6 +45,31 @@ class TcpEvent(C.Structure):
     ]
 
 
+def _struct_format(cls: type[C.Structure]) -> str:
+    """A ``struct`` format with the same layout as ``cls`` (natural alignment, no hidden padding)."""
+    codes = {C.c_uint64: "Q", C.c_int64: "q", C.c_uint32: "I", C.c_int32: "i", C.c_uint16: "H", C.c_uint8: "B"}
+    out = "<"
+    fields: list[tuple[str, Any]] = cls._fields_  # type: ignore[assignment]
+    for _name, typ in fields:
+        if issubclass(typ, C.Array):
+            out += f"{typ._length_}s"  # byte arrays and char[] come out as bytes
+        else:
+            out += codes[typ]
+    return out
+
+
+# Reading fields off a ctypes object costs far more than unpacking a tuple: the hot path unpacks.
+_Record = namedtuple("TcpRecord", [name for name, _ in TcpEvent._fields_], rename=True)  # type: ignore[misc]
+TcpRecord: TypeAlias = Any  # a namedtuple with TcpEvent's field names (built at import: typed loosely)
+_UNPACK = struct.Struct(_struct_format(TcpEvent))
+assert _UNPACK.size == C.sizeof(TcpEvent)
+
+
+def unpack(buf: bytes | bytearray | memoryview) -> TcpRecord:
+    """A ``TcpRecord`` (namedtuple, same field names) from the raw bytes of a struct tcp_event."""
+    return _Record._make(_UNPACK.unpack_from(buf))
+
+
 def _header_defines(path: Path = HEADER) -> dict[str, int]:
     """``#define BS_NAME value`` lines of the header, so constants have one source."""
     out: dict[str, int] = {}
@@ -55,6 +83,7 @@ _D = _header_defines()
 TCP_EVENT_SIZE = 144  # pinned by _Static_assert in the header
 assert C.sizeof(TcpEvent) == TCP_EVENT_SIZE
 
+KIND_OPEN = _D["BS_TCP_OPEN"]
 KIND_CLOSED = _D["BS_TCP_CLOSED"]
 ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = _D["BS_ROLE_UNKNOWN"], _D["BS_ROLE_CLIENT"], _D["BS_ROLE_SERVER"]
 F_RST_RECEIVED = _D["BS_F_RST_RECEIVED"]
@@ -63,6 +92,7 @@ F_PREEXISTING = _D["BS_F_PREEXISTING"]
 F_ESTABLISHED = _D["BS_F_ESTABLISHED"]
 F_OWNER_EXACT = _D["BS_F_OWNER_EXACT"]
 F_OWNER_LISTENER = _D["BS_F_OWNER_LISTENER"]
+F_CLOSED = _D["BS_F_CLOSED"]
 STAT_EMITTED = _D["BS_STAT_EMITTED"]
 STAT_LOST_RINGBUF = _D["BS_STAT_LOST_RINGBUF"]
 STAT_LOST_MAP_FULL = _D["BS_STAT_LOST_MAP_FULL"]

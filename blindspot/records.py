@@ -56,9 +56,10 @@ class RecordKind:
     def to_arrow(self, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
         """Columnar batch of ``rows``; a missing field takes its column's default (forward compatible)."""
         rows = list(rows)
-        arrays = [
-            pa.array([r.get(c.name, c.default) for r in rows], type=c.type) for c in self.columns
-        ]
+        arrays = []
+        for c in self.columns:
+            name, default = c.name, c.default
+            arrays.append(pa.array([r.get(name, default) for r in rows], type=c.type))
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
 
 

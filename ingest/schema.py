@@ -46,8 +46,43 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+_RETENTION_TTL = re.compile(
+    r"CREATE TABLE IF NOT EXISTS\s+" + DATABASE + r"\.(\w+)[\s\S]*?\bTTL\s+(.+?)\s*\+\s*INTERVAL\s+\{retention_days\}\s+DAY"
+)
+_CURRENT_TTL = re.compile(r"\bTTL\s+.+?\+\s*toIntervalDay\((\d+)\)")
+
+
+def retention_tables(directory: Path = MIGRATIONS_DIR) -> dict[str, str]:
+    """Tables whose TTL follows ``retention_days``: table -> the TTL's time expression."""
+    out: dict[str, str] = {}
+    for m in migrations(directory):
+        for stmt in re.split(r";\s*(?:\n|$)", re.sub(r"--[^\n]*", "", m.path.read_text())):
+            found = _RETENTION_TTL.search(stmt)
+            if found:
+                out[found.group(1)] = found.group(2)
+    return out
+
+
+def apply_retention(service: ClickHouseService, retention_days: int) -> list[str]:
+    """Set the TTL of every retention-bound table to ``retention_days`` where it differs; return
+    the tables changed. Rows older than the new retention are dropped by the engine."""
+    changed = []
+    for table, expr in retention_tables().items():
+        ddl = service.query_arrow(
+            "SELECT create_table_query AS q FROM system.tables WHERE database = {d:String} AND name = {t:String}",
+            {"d": DATABASE, "t": table},
+        ).to_pylist()
+        current = _CURRENT_TTL.search(ddl[0]["q"]) if ddl else None
+        if current is None or int(current.group(1)) == retention_days:
+            continue
+        log.info("retention of %s: %s -> %d days", table, current.group(1), retention_days)
+        service.execute(f"ALTER TABLE {DATABASE}.{table} MODIFY TTL {expr} + INTERVAL {int(retention_days)} DAY")
+        changed.append(table)
+    return changed
+
+
 def migrate(service: ClickHouseService, *, retention_days: int = 30) -> list[Migration]:
-    """Apply pending migrations; return the ones applied now."""
+    """Apply pending migrations and the configured retention; return the migrations applied now."""
     if not isinstance(retention_days, int) or not 1 <= retention_days <= 36500:
         raise ValueError(f"retention_days must be an int in 1..36500, not {retention_days!r}")
     service.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
@@ -70,4 +105,5 @@ def migrate(service: ClickHouseService, *, retention_days: int = 30) -> list[Mig
             {"v": m.version, "n": m.name},
         )
         applied.append(m)
+    apply_retention(service, retention_days)
     return applied

@@ -49,7 +49,7 @@ if [[ ! -x $VENV/bin/python ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 log "pip install -e .[dev]"
-"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+"$VENV/bin/pip" install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev]'
 
 # bcc's Python module is pure Python over libbcc.so: link just that folder into the venv.
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

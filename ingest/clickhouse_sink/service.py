@@ -83,10 +83,12 @@ class ChdbService:
         try:
             self._session = session.Session(str(self.data_dir))
         except Exception as e:  # chDB raises a bare RuntimeError for a locked folder
-            raise SinkUnavailable(
-                f"cannot open chDB data folder {self.data_dir}: {e}. "
-                "Another process owns it; query through it instead (blindspot query)."
-            ) from e
+            hint = (
+                "this process already serves another chDB folder (one per process)"
+                if "already initialized" in str(e)
+                else "another process owns it; query through that process (blindspot query)"
+            )
+            raise SinkUnavailable(f"cannot open chDB data folder {self.data_dir}: {hint}: {e}") from e
 
     def _run(self, sql: str, fmt: str = "CSV", params: dict[str, Any] | None = None) -> Any:
         with self._lock:

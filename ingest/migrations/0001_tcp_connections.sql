@@ -24,7 +24,10 @@ CREATE TABLE IF NOT EXISTS blindspot.tcp_connections
     srtt_us              UInt32 CODEC(T64, ZSTD(1)),
     close_reason         LowCardinality(String),
     started_before_agent UInt8,
-    owner_source         LowCardinality(String)
+    owner_source         LowCardinality(String),
+    -- Addresses as people write them (1.2.3.4, not ::ffff:1.2.3.4); computed on read, not stored.
+    local_ip             String ALIAS if(family = 4, IPv4NumToString(toIPv4(local_addr)), IPv6NumToString(local_addr)),
+    remote_ip            String ALIAS if(family = 4, IPv4NumToString(toIPv4(remote_addr)), IPv6NumToString(remote_addr))
 )
 ENGINE = MergeTree
 PARTITION BY toDate(end_time)
@@ -50,7 +53,9 @@ CREATE TABLE IF NOT EXISTS blindspot.tcp_connections_open
     comm                 LowCardinality(String),
     bytes_sent           UInt64,
     bytes_received       UInt64,
-    started_before_agent UInt8
+    started_before_agent UInt8,
+    local_ip             String ALIAS if(family = 4, IPv4NumToString(toIPv4(local_addr)), IPv6NumToString(local_addr)),
+    remote_ip            String ALIAS if(family = 4, IPv4NumToString(toIPv4(remote_addr)), IPv6NumToString(remote_addr))
 )
 ENGINE = MergeTree
 PARTITION BY toDate(snapshot_time)

@@ -1,0 +1,212 @@
+"""The agent's whole pipeline, read from source to sink.
+
+    kernel ─► sources.poll ─emit─► enrich ─► batch ─► [hand-off: bounded queue] ─► writer ─► sink
+              (ring buffers)      (host)   (rows/age)   full: dropped, counted    thread    ClickHouse
+                                                                                           or Kafka
+    every snapshot_interval_s: open connections ─► the same path
+    every counters_interval_s: the pipeline's own counters ─► pipeline_counters ─► the same path
+
+The kernel side never waits for the sink: a slow or absent sink fills the queue, and what does not fit
+is dropped and counted (``dropped_queue_full``), never lost in silence. Kernel-side loss is read
+from the sources and carried the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from blindspot import metrics
+from blindspot.records import KINDS, PIPELINE_COUNTER, RecordKind
+from ingest._errors import IngestError, TransientError
+from ingest.batch import Batcher
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    name: str
+
+    def open(self) -> None: ...
+    def poll(self, timeout_ms: int) -> None: ...
+    def counters(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Takes one batch of one kind; returns once it is accepted (raises ingest errors otherwise)."""
+
+    def write(self, kind: RecordKind, rows: list[dict[str, Any]]) -> object: ...
+
+
+@dataclass
+class PipelineConfig:
+    host: str = ""
+    component: str = "agent"
+    poll_ms: int = 100
+    batch_max_rows: int = 20_000
+    batch_max_age_s: float = 1.0
+    queue_batches: int = 64
+    snapshot_interval_s: float = 10.0
+    counters_interval_s: float = 60.0
+
+
+# Counters that are written to pipeline_counters, as deltas per interval.
+REPORTED = ("captured", "lost_ringbuf", "lost_map_full", "dropped_queue_full", "dropped_sink", "rows_written")
+
+
+class Pipeline:
+    def __init__(self, sources: Sequence[Source], sink: Sink, config: PipelineConfig) -> None:
+        self.sources = list(sources)
+        self.sink = sink
+        self.config = config
+        self.batcher = Batcher(config.batch_max_rows, config.batch_max_age_s)
+        self.handoff: queue.Queue[tuple[RecordKind, list[dict[str, Any]]] | None] = queue.Queue(
+            config.queue_batches
+        )
+        self.counts: Counter[str] = Counter()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=20)  # latest closed connections (live view)
+        self.open_connections = 0
+        self.started = time.monotonic()
+        self._reported: dict[str, int] = {}
+        self._exported: dict[str, int] = {}  # what the Prometheus counters have been told so far
+        self._writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
+
+    # --- source side ---------------------------------------------------------------------
+    def emit(self, kind_name: str, row: dict[str, Any]) -> None:
+        self.counts["captured"] += 1
+        self.counts[f"captured:{kind_name}"] += 1
+        if kind_name == "tcp_connection":
+            self.recent.append(row)
+        batch = self.batcher.add(kind_name, row)
+        if batch is not None:
+            self._hand_off(kind_name, batch)
+
+    def _hand_off(self, kind_name: str, rows: list[dict[str, Any]]) -> None:
+        try:
+            self.handoff.put_nowait((KINDS[kind_name], rows))
+        except queue.Full:
+            self.counts["dropped_queue_full"] += len(rows)
+            metrics.DROPPED.labels("queue_full").inc(len(rows))
+            log.warning("sink is behind: dropped %d %s records (queue full)", len(rows), kind_name)
+        metrics.QUEUE_BATCHES.set(self.handoff.qsize())
+
+    def kernel_counters(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for s in self.sources:
+            total.update(s.counters())
+        return dict(total)
+
+    # --- sink side -----------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while True:
+            item = self.handoff.get()
+            if item is None:
+                return
+            kind, rows = item
+            t0 = time.perf_counter()
+            try:
+                self.sink.write(kind, rows)
+            except IngestError as e:
+                reason = "shutdown" if isinstance(e, TransientError) else "sink_error"
+                self.counts["dropped_sink"] += len(rows)
+                metrics.DROPPED.labels(reason).inc(len(rows))
+                log.error("dropped %d %s rows (%s): %s", len(rows), kind.name, reason, e)
+                continue
+            self.counts["rows_written"] += len(rows)
+            metrics.ROWS_WRITTEN.labels(kind.table).inc(len(rows))
+            metrics.BATCH_ROWS.observe(len(rows))
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
+        for s in self.sources:
+            s.open()
+        self._writer.start()
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        next_snapshot = time.monotonic() + self.config.snapshot_interval_s
+        next_counters = time.monotonic() + self.config.counters_interval_s
+        next_metrics = time.monotonic()
+        try:
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                for s in self.sources:
+                    s.poll(self.config.poll_ms if len(self.sources) == 1 else 0)
+                now = time.monotonic()
+                if now >= next_snapshot:
+                    self.snapshot()
+                    next_snapshot = now + self.config.snapshot_interval_s
+                if now >= next_counters:
+                    self.report_counters()
+                    next_counters = now + self.config.counters_interval_s
+                for kind_name, rows in self.batcher.due(now):
+                    self._hand_off(kind_name, rows)
+                if now >= next_metrics:
+                    self.export_metrics()
+                    next_metrics = now + 1.0
+                if len(self.sources) != 1:
+                    time.sleep(self.config.poll_ms / 1000)
+        finally:
+            self.shutdown()
+
+    def export_metrics(self) -> None:
+        """Move counter deltas into Prometheus (the hot path only bumps plain ints)."""
+        current = {**self.counts, **self.kernel_counters()}
+        for key, value in current.items():
+            delta = int(value) - self._exported.get(key, 0)
+            if delta <= 0:
+                continue
+            self._exported[key] = int(value)
+            if key.startswith("captured:"):
+                metrics.RECORDS.labels(key.split(":", 1)[1]).inc(delta)
+            elif key in ("lost_ringbuf", "lost_map_full"):
+                metrics.KERNEL_LOST.labels(key.removeprefix("lost_")).inc(delta)
+
+    def snapshot(self) -> None:
+        n = 0
+        for s in self.sources:
+            snap = getattr(s, "snapshot_open", None)
+            if snap is not None:
+                n += snap()
+        self.open_connections = n
+        metrics.OPEN_CONNECTIONS.set(n)
+
+    def report_counters(self) -> None:
+        """Deltas since the last report, as pipeline_counters rows (zeros included: a quiet host
+        and a broken one must look different)."""
+        now = time.time_ns()
+        current = {**self.counts, **self.kernel_counters()}
+        for name in REPORTED:
+            value = int(current.get(name, 0))
+            delta = value - self._reported.get(name, 0)
+            self._reported[name] = value
+            row = {"time": now, "host": self.config.host, "component": self.config.component,
+                   "counter": name, "value": delta}
+            batch = self.batcher.add(PIPELINE_COUNTER.name, row)
+            if batch is not None:
+                self._hand_off(PIPELINE_COUNTER.name, batch)
+        lost = current.get("lost_ringbuf", 0) + current.get("lost_map_full", 0)
+        if lost:
+            log.warning("kernel-side loss so far: %d (ring buffer %d, connection table %d)", lost,
+                        current.get("lost_ringbuf", 0), current.get("lost_map_full", 0))
+
+    def shutdown(self) -> None:
+        """Drain the kernel, flush every batch, and wait for the writer."""
+        for s in self.sources:
+            try:
+                s.poll(0)
+            except Exception:
+                log.debug("drain of %s failed", s.name, exc_info=True)
+        if self._writer.is_alive():
+            self.report_counters()
+            for kind_name, rows in self.batcher.drain():
+                self.handoff.put((KINDS[kind_name], rows))  # blocking: shutdown waits for the sink
+            self.handoff.put(None)
+            self._writer.join()
+        for s in self.sources:
+            s.close()

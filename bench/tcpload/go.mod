@@ -1,0 +1,3 @@
+module blindspot/bench/tcpload
+
+go 1.21

@@ -1,0 +1,153 @@
+"""The ``blindspot`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from blindspot import __version__
+from blindspot import config as config_mod
+
+DESCRIPTION = """\
+Blindspot records what services do on the wire, from the kernel: every TCP connection (and, with
+the Go source, every Go net/http request), kept in ClickHouse tables you query with SQL.
+
+  blindspot run                     trace this host into the embedded engine (chDB), live view
+  blindspot query "SELECT ..."      ad-hoc SQL on the embedded data, also while `run` is running
+"""
+
+EPILOG = """\
+examples:
+  sudo blindspot run --duration 60
+  blindspot query "SELECT comm, count() FROM tcp_connections GROUP BY comm ORDER BY 2 DESC"
+  blindspot query --format csv "SELECT * FROM open_connections"
+
+Configuration: --config FILE, $BLINDSPOT_CONFIG or /etc/blindspot/blindspot.toml, overridden by
+BLINDSPOT_* environment variables and then by flags. Tables live in database `blindspot`.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--data-dir", metavar="DIR", help="embedded data folder (default /var/lib/blindspot)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blindspot", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"blindspot {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="trace this host into the embedded engine (needs root)",
+        description="Trace this host's TCP connections with eBPF and write them into the embedded "
+        "ClickHouse engine (chDB) in --data-dir. Shows live counters and the latest closed "
+        "connections. Ctrl-C (or --duration) stops it after flushing everything.",
+    )
+    _add_common(run)
+    run.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this long")
+    run.add_argument("--snapshot-interval", type=float, metavar="SECONDS",
+                     help="how often open connections are written to tcp_connections_open (default 10)")
+    run.add_argument("--retention-days", type=int, metavar="N", help="TTL of new tables (default 30)")
+    run.add_argument("--metrics-address", metavar="HOST:PORT",
+                     help="Prometheus /metrics address (default 127.0.0.1:9435; 'off' to disable)")
+    run.add_argument("--no-live", action="store_true", help="log counters instead of the live view")
+
+    q = sub.add_parser(
+        "query", help="run SQL on the embedded data",
+        description="Run SQL on the embedded data. While `blindspot run` owns the data folder the query "
+        "goes through its socket (<data-dir>/query.sock); otherwise the folder is opened directly. "
+        "Unqualified table names resolve in database `blindspot`.",
+    )
+    _add_common(q)
+    q.add_argument("--format", choices=["table", "csv", "tsv", "json"], default="table")
+    q.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="query parameter: --param port=443 fills {port:UInt16} in the SQL")
+    q.add_argument("sql", help="the SQL statement ('-' reads it from standard input)")
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from blindspot import embedded
+
+    cfg = config_mod.load(args.config)
+    if args.data_dir:
+        cfg.data_dir = args.data_dir
+    if args.retention_days:
+        cfg.retention_days = args.retention_days
+    if args.metrics_address:
+        cfg.metrics_address = args.metrics_address
+    if args.snapshot_interval:
+        cfg.pipeline.snapshot_interval_s = args.snapshot_interval
+    if os.geteuid() != 0:
+        print("blindspot run: needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): see README, Privileges",
+              file=sys.stderr)
+        return 2
+    embedded.run(cfg, duration_s=args.duration, show_live=not args.no_live)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from blindspot.query_server import FORMATS, QueryError, query_via_socket, socket_path
+
+    cfg = config_mod.load(args.config)
+    data_dir = Path(args.data_dir or cfg.data_dir)
+    sql = sys.stdin.read() if args.sql == "-" else args.sql
+    fmt = FORMATS[args.format]
+    params = dict(p.split("=", 1) for p in args.param if "=" in p)
+    try:
+        out = query_via_socket(socket_path(data_dir), sql, fmt, params)
+    except FileNotFoundError:
+        direct = _query_directly(data_dir, sql, fmt, params)
+        if direct is None:
+            return 1
+        out = direct
+    except QueryError as e:
+        print(f"blindspot query: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(out)
+    return 0
+
+
+def _query_directly(data_dir: Path, sql: str, fmt: str, params: dict[str, str]) -> bytes | None:
+    from ingest._errors import IngestError
+    from ingest.clickhouse_sink import ChdbService
+
+    if not (data_dir / "metadata").exists():
+        print(f"blindspot query: no data in {data_dir} (run `blindspot run` first)", file=sys.stderr)
+        return None
+    try:
+        service = ChdbService(data_dir)
+        service.execute("USE blindspot")
+        return service.query_text(sql, fmt, params)
+    except IngestError as e:
+        print(f"blindspot query: {e}", file=sys.stderr)
+        return None
+
+
+COMMANDS = {"run": cmd_run, "query": cmd_query}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except config_mod.ConfigError as e:
+        print(f"blindspot: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

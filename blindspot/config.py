@@ -1,0 +1,81 @@
+"""Configuration: defaults < TOML file < environment < command-line flags.
+
+File: ``--config FILE``, else ``$BLINDSPOT_CONFIG``, else ``/etc/blindspot/blindspot.toml`` if it exists.
+Environment: ``BLINDSPOT_<KEY>`` for top-level keys and ``BLINDSPOT_<SECTION>_<KEY>`` inside a section,
+e.g. ``BLINDSPOT_RETENTION_DAYS=90``, ``BLINDSPOT_PIPELINE_SNAPSHOT_INTERVAL_S=5``. Secrets (Kafka
+SASL passwords, the ClickHouse password) are read from the environment or files only, never here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.pipeline import PipelineConfig
+from agent.tcp_source import TcpSourceConfig
+
+DEFAULT_FILE = Path("/etc/blindspot/blindspot.toml")
+
+
+@dataclass
+class Config:
+    host: str = ""  # defaults to the machine's host name
+    data_dir: str = "/var/lib/blindspot"
+    retention_days: int = 30
+    metrics_address: str = "127.0.0.1:9435"  # "off" to disable
+    tcp: TcpSourceConfig = field(default_factory=TcpSourceConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or environment value that cannot be used."""
+
+
+def _coerce(value: str, to: Any, name: str) -> Any:
+    try:
+        if to is bool or to == "bool":
+            return value.lower() in ("1", "true", "yes", "on")
+        if to in (int, "int"):
+            return int(value)
+        if to in (float, "float"):
+            return float(value)
+        return value
+    except ValueError as e:
+        raise ConfigError(f"{name}: cannot read {value!r} as {to}") from e
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str, env: dict[str, str]) -> None:
+    for f in dataclasses.fields(obj):
+        current = getattr(obj, f.name)
+        env_name = f"{prefix}{f.name}".upper()
+        if dataclasses.is_dataclass(current):
+            sub = values.get(f.name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"[{f.name}] must be a table")
+            _apply(current, sub, f"{env_name}_", env)
+            continue
+        if f.name in values:
+            setattr(obj, f.name, values[f.name])
+        if env_name in env:
+            setattr(obj, f.name, _coerce(env[env_name], f.type, env_name))
+    unknown = set(values) - {f.name for f in dataclasses.fields(obj)}
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+
+
+def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ if env is None else env)
+    chosen = path or env.get("BLINDSPOT_CONFIG") or (str(DEFAULT_FILE) if DEFAULT_FILE.exists() else None)
+    values: dict[str, Any] = {}
+    if chosen:
+        try:
+            values = tomllib.loads(Path(chosen).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"config file {chosen}: {e}") from e
+    cfg = Config()
+    _apply(cfg, values, "BLINDSPOT_", {k: v for k, v in env.items() if k != "BLINDSPOT_CONFIG"})
+    return cfg

@@ -1,0 +1,64 @@
+"""``blindspot run``: the embedded pipeline on one machine with no servers.
+
+    TcpSource (kernel) ─► Pipeline ─► ClickHouseSink ─► chDB on --data-dir
+                                         ▲
+    blindspot query ── <data-dir>/query.sock (this process owns the folder)
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from agent.pipeline import Pipeline
+from agent.tcp_source import TcpSource
+from blindspot import live, metrics
+from blindspot.config import Config
+from blindspot.query_server import QueryServer
+from ingest.clickhouse_sink import ChdbService, ClickHouseSink, ClickHouseSinkConfig
+from ingest.schema import migrate
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, duration_s: float | None = None, show_live: bool = True) -> Pipeline:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    service = ChdbService(cfg.data_dir)
+    applied = migrate(service, retention_days=cfg.retention_days)
+    service.execute("USE blindspot")  # unqualified names in `blindspot query` resolve here
+    if applied:
+        log.info("schema: applied %s", ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
+    sink = ClickHouseSink(service, ClickHouseSinkConfig(data_dir=cfg.data_dir), stop=stop)
+    queries = QueryServer(cfg.data_dir, service).start()
+    metrics.serve(cfg.metrics_address)
+
+    cfg.pipeline.host = cfg.pipeline.host or cfg.host or cfg.tcp.host
+    cfg.pipeline.component = "embedded"
+    pipeline: Pipeline | None = None
+    try:
+        tcp = TcpSource(cfg.tcp, emit=lambda kind, row: pipeline.emit(kind, row))  # type: ignore[union-attr]
+        cfg.pipeline.host = cfg.pipeline.host or tcp.host
+        pipeline = Pipeline([tcp], sink, cfg.pipeline)
+        view = threading.Thread(target=live.show, args=(pipeline, stop), name="live", daemon=True)
+        if show_live:
+            view.start()
+        t0 = time.monotonic()
+        log.info("tracing TCP on %s; data in %s; Ctrl-C to stop", cfg.pipeline.host, cfg.data_dir)
+        pipeline.run(stop, duration_s)
+        stop.set()
+        if view.is_alive():
+            view.join()
+        c = {**pipeline.counts, **pipeline.kernel_counters()}
+        log.info("stopped after %.1fs: %d connections, %d rows written, %d dropped, %d lost in kernel",
+                 time.monotonic() - t0, c.get("captured:tcp_connection", 0), c.get("rows_written", 0),
+                 c.get("dropped_queue_full", 0) + c.get("dropped_sink", 0),
+                 c.get("lost_ringbuf", 0) + c.get("lost_map_full", 0))
+        return pipeline
+    finally:
+        queries.close()
+        service.close()

@@ -1,0 +1,105 @@
+"""SQL over a Unix socket, so other processes can query a chDB folder that this process owns.
+
+chDB locks its data folder per process. ``blindspot run`` owns the folder and serves
+``<data-dir>/query.sock`` (mode 0600: the same user only); ``blindspot query`` sends SQL there, and
+opens the folder itself only when nobody owns it.
+
+Protocol, one query per connection: the client sends a JSON header line
+``{"sql": "...", "format": "...", "params": {"port": 80}}`` (params fill ``{port:UInt16}``); the
+server answers a JSON line ``{"ok": true}`` or
+``{"ok": false, "error": "..."}``, then (if ok) the result in that ClickHouse output format until EOF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+from pathlib import Path
+
+from ingest.clickhouse_sink.service import ClickHouseService
+
+log = logging.getLogger(__name__)
+SOCKET_NAME = "query.sock"
+MAX_SQL_BYTES = 1 << 20
+FORMATS = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow", "tsv": "TSVWithNames"}
+
+
+class QueryError(RuntimeError):
+    """The server answered with an error, or nobody answered."""
+
+
+def socket_path(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / SOCKET_NAME
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        line = self.rfile.readline(MAX_SQL_BYTES + 1)
+        try:
+            req = json.loads(line)
+            sql, fmt = str(req["sql"]), str(req.get("format", "PrettyCompactMonoBlock"))
+            params = req.get("params") or None
+            if fmt not in FORMATS.values():
+                raise ValueError(f"unsupported format {fmt!r}")
+            body = self.server.service.query_text(sql, fmt, params)
+        except Exception as e:
+            self.wfile.write(json.dumps({"ok": False, "error": str(e)}).encode() + b"\n")
+            return
+        self.wfile.write(b'{"ok": true}\n')
+        self.wfile.write(body)
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path, service: ClickHouseService) -> None:
+        self.service = service
+        super().__init__(str(path), _Handler)
+
+
+class QueryServer:
+    def __init__(self, data_dir: str | os.PathLike[str], service: ClickHouseService) -> None:
+        self.path = socket_path(data_dir)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # stale socket from a crashed run; the chDB lock proves we own the folder
+        old = os.umask(0o177)
+        try:
+            self._server = _Server(self.path, service)
+        finally:
+            os.umask(old)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="query-server", daemon=True)
+
+    def start(self) -> QueryServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def query_via_socket(
+    path: Path, sql: str, fmt: str, params: dict[str, object] | None = None, timeout_s: float = 300.0
+) -> bytes:
+    """Run ``sql`` in the process that owns the folder. Raises FileNotFoundError if none does."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        try:
+            s.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError) as e:
+            raise FileNotFoundError(str(path)) from e
+        s.sendall(json.dumps({"sql": sql, "format": fmt, "params": params or {}}).encode() + b"\n")
+        f = s.makefile("rb")
+        header = json.loads(f.readline() or b'{"ok": false, "error": "no answer"}')
+        if not header.get("ok"):
+            raise QueryError(header.get("error", "unknown error"))
+        return f.read()

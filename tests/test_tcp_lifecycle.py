@@ -1,0 +1,164 @@
+"""TCP connection lifecycles, end to end on the real kernel: traffic whose truth the test knows ->
+`blindspot run` (eBPF -> chDB) -> rows checked exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, Agent
+from tests.traffic import CLIENT_COMM, SERVER_COMM, reply_size
+
+pytestmark = pytest.mark.root
+
+ROWS_BY_PORT = """
+SELECT role, family, local_ip AS local_addr, local_port, remote_ip AS remote_addr, remote_port, pid, comm,
+       toUInt64(bytes_sent) AS bytes_sent, toUInt64(bytes_received) AS bytes_received,
+       toUInt64(duration_ns) AS duration_ns, toUInt64(handshake_ns) AS handshake_ns,
+       close_reason, owner_source, started_before_agent, toString(conn_id) AS conn_id,
+       toUnixTimestamp64Nano(start_time) AS start_ns, toUnixTimestamp64Nano(end_time) AS end_ns
+FROM blindspot.tcp_connections
+WHERE local_port = {port:UInt16} OR remote_port = {port:UInt16}
+ORDER BY role, local_port
+"""
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.traffic", "server", *args],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    return proc, json.loads(proc.stdout.readline())
+
+
+def run_client(port: int, *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "tests.traffic", "client", "--port", str(port), *args],
+                         capture_output=True, text=True, cwd=REPO, check=True, timeout=60).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _int(row: dict[str, Any], key: str) -> int:
+    return int(row[key])
+
+
+def test_client_and_server_rows_exact(agent: Agent) -> None:
+    n = 25
+    sizes = [1000 + 37 * i for i in range(n)]
+    server, info = start_server("--count", str(n))
+    t0 = time.time_ns()
+    client = run_client(info["port"], "--sizes", ",".join(map(str, sizes)))
+    t1 = time.time_ns()
+    server.wait(timeout=30)
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2 * n, port=info["port"])
+
+    clients = {_int(r, "local_port"): r for r in rows if r["role"] == "client"}
+    servers = {_int(r, "remote_port"): r for r in rows if r["role"] == "server"}
+    assert len(rows) == 2 * n, rows
+    assert len(clients) == n and len(servers) == n
+    for conn in client["conns"]:
+        c, s = clients[conn["local_port"]], servers[conn["local_port"]]
+        sent, answered = conn["sent"], reply_size(conn["sent"])
+        assert conn["received"] == answered
+        assert (_int(c, "bytes_sent"), _int(c, "bytes_received")) == (sent, answered)
+        assert (_int(s, "bytes_sent"), _int(s, "bytes_received")) == (answered, sent)
+        assert (_int(c, "pid"), c["comm"], c["owner_source"]) == (client["pid"], CLIENT_COMM, "exact")
+        assert (_int(s, "pid"), s["comm"]) == (info["pid"], SERVER_COMM)
+        for r in (c, s):
+            assert r["family"] == 4 and r["local_addr"] == r["remote_addr"] == "127.0.0.1"
+            assert r["close_reason"] == "closed"
+            assert _int(r, "handshake_ns") > 0
+            assert t0 <= _int(r, "start_ns") < _int(r, "end_ns") <= t1 + 10**9
+            assert _int(r, "duration_ns") == _int(r, "end_ns") - _int(r, "start_ns")
+            assert _int(r, "started_before_agent") == 0
+        assert c["conn_id"] != s["conn_id"]
+    assert len({r["conn_id"] for r in rows}) == 2 * n
+
+
+def test_refused_connect_is_a_row(agent: Agent) -> None:
+    server, info = start_server("--count", "0")  # listens, then exits: the port is closed
+    server.wait(timeout=10)
+    client = run_client(info["port"], "--sizes", "10")
+    assert client["conns"] == [{"refused": True, "local_port": client["conns"][0]["local_port"]}]
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 1, port=info["port"])
+    assert len(rows) == 1, rows
+    r = rows[0]
+    assert (r["role"], r["close_reason"], _int(r, "remote_port")) == ("client", "refused", info["port"])
+    assert (_int(r, "pid"), r["comm"]) == (client["pid"], CLIENT_COMM)
+    assert _int(r, "bytes_sent") == _int(r, "bytes_received") == 0
+    assert _int(r, "handshake_ns") == 0
+
+
+def test_reset_by_peer(agent: Agent) -> None:
+    server, info = start_server("--count", "1", "--reset")
+    client = run_client(info["port"], "--sizes", "321", "--expect-reset")
+    server.wait(timeout=10)
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2, port=info["port"])
+    by_role = {r["role"]: r for r in rows}
+    assert len(rows) == 2 and set(by_role) == {"client", "server"}, rows
+    assert by_role["client"]["close_reason"] == "reset_received"
+    assert by_role["server"]["close_reason"] == "reset_sent"
+    assert _int(by_role["client"], "bytes_sent") == 321
+    assert _int(by_role["server"], "bytes_received") == 321
+    assert _int(by_role["client"], "pid") == client["pid"]
+
+
+def test_ipv6_connection(agent: Agent) -> None:
+    server, info = start_server("--family", "6", "--count", "1")
+    client = run_client(info["port"], "--family", "6", "--sizes", "4096")
+    server.wait(timeout=10)
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2, port=info["port"])
+    assert len(rows) == 2, rows
+    for r in rows:
+        assert r["family"] == 6
+        assert r["local_addr"] == r["remote_addr"] == "::1"
+        assert r["close_reason"] == "closed"
+    c = next(r for r in rows if r["role"] == "client")
+    assert (_int(c, "bytes_sent"), _int(c, "bytes_received")) == (4096, reply_size(4096))
+    assert _int(c, "local_port") == client["conns"][0]["local_port"]
+
+
+def test_long_lived_connection_visible_while_open(agent: Agent) -> None:
+    hold_s = 3.0
+    server, info = start_server("--count", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.traffic", "client", "--port", str(info["port"]),
+                             "--sizes", "777", "--hold", str(hold_s)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    local_port = json.loads(proc.stdout.readline())["connected"]
+    open_sql = """SELECT role, pid, comm, toUInt64(bytes_sent) AS bytes_sent, toString(conn_id) AS conn_id
+                  FROM blindspot.tcp_connections_open WHERE local_port = {p:UInt16} OR remote_port = {p:UInt16}
+                  ORDER BY snapshot_time DESC LIMIT 2 BY role"""
+    seen_open = agent.wait_rows(open_sql, lambda r: len(r) >= 2 and int(r[0]["bytes_sent"]) > 0,
+                                timeout_s=hold_s - 0.5, p=local_port)
+    still_running = proc.poll() is None
+    closed_before = agent.rows(ROWS_BY_PORT, port=info["port"])
+    client = json.loads(proc.communicate(timeout=30)[0].strip().splitlines()[-1])
+    server.wait(timeout=10)
+
+    assert still_running and closed_before == [], "the snapshot must be seen while the connection is open"
+    by_role = {r["role"]: r for r in seen_open}
+    assert set(by_role) == {"client", "server"}, seen_open
+    assert (int(by_role["client"]["pid"]), by_role["client"]["comm"]) == (client["pid"], CLIENT_COMM)
+    assert int(by_role["client"]["bytes_sent"]) == 777
+    assert by_role["server"]["comm"] == SERVER_COMM
+
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2, port=info["port"])
+    assert len(rows) == 2, "exactly one row per connection after it closes"
+    closed = {r["role"]: r for r in rows}
+    for role in ("client", "server"):
+        assert closed[role]["conn_id"] == by_role[role]["conn_id"], "open and closed rows share conn_id"
+    assert _int(closed["client"], "duration_ns") >= hold_s * 1e9
+
+
+def test_kernel_loss_counters_are_stored(agent: Agent) -> None:
+    rows = agent.wait_rows(
+        "SELECT counter, toUInt64(sum(value)) AS v FROM blindspot.pipeline_counters GROUP BY counter ORDER BY counter",
+        lambda r: {"lost_ringbuf", "lost_map_full", "captured"} <= {x["counter"] for x in r}, timeout_s=10,
+    )
+    got = {r["counter"]: int(r["v"]) for r in rows}
+    assert {"lost_ringbuf", "lost_map_full", "dropped_queue_full", "captured"} <= set(got)
+    assert got["lost_ringbuf"] == got["lost_map_full"] == 0  # a quiet test host must not lose anything
+    assert got["captured"] > 0
