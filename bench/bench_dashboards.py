@@ -95,7 +95,7 @@ SELECT
     fromUnixTimestamp64Nano(toInt64({t0} + intDiv(number, {hosts} * 4) * 600 * 1000000000)) AS time,
     concat('host-', leftPad(toString(number % {hosts}), 4, '0')) AS host,
     if(c = 'dead_lettered', 'ingest', 'agent') AS component,
-    ['captured', 'lost_kernel', 'dropped', 'dead_lettered'][intDiv(number, {hosts}) % 4 + 1] AS c,
+    ['captured', 'lost_ringbuf', 'dropped_queue_full', 'dead_lettered'][intDiv(number, {hosts}) % 4 + 1] AS c,
     if(c = 'captured', 1000, toUInt64(cityHash64(number) % 1000 = 0)) AS value
 FROM numbers({offset}, {count})
 """
@@ -175,9 +175,6 @@ def main() -> int:
         data.mkdir(parents=True)
     svc = open_service(data_dir=data / "chdb")
     if not marker.exists():
-        from _http_requests_ddl import ensure_http_requests  # TEMPORARY until migration 0010 lands
-
-        ensure_http_requests(svc)
         migrate(svc)
         print(f"loading a synthetic fleet into {data} ...", flush=True)
         t = time.perf_counter()

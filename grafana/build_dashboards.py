@@ -332,17 +332,19 @@ def overview() -> Board:
                     "accepted: none of them came from a browser.")
     b.panel("table", "Pipeline completeness per host", tiered(
         "host, sumIf(value, counter = 'captured') AS captured,\n"
-        "       sumIf(value, counter = 'lost_kernel') AS lost_kernel,\n"
-        "       sumIf(value, counter = 'dropped') AS dropped,\n"
-        "       sumIf(value, counter = 'dead_lettered') AS dead_lettered,\n"
+        "       sumIf(value, startsWith(counter, 'lost_')) AS lost_kernel,\n"
+        "       sumIf(value, startsWith(counter, 'dropped')) AS dropped,\n"
+        "       sumIf(value, startsWith(counter, 'dead_letter')) AS dead_lettered,\n"
         "       round(captured / greatest(captured + lost_kernel, 1), 6) AS kernel_completeness",
         "pipeline_counters", "", "host", "kernel_completeness, host", step=False), 1,
         w=24, options=TABLE_OPTS,
+        # counter names as agent/pipeline.py reports them: lost_ringbuf, lost_map_full (kernel),
+        # dropped_queue_full, dropped_sink (agent); dead_letter* (fleet ingest)
         description="Events lost in the kernel (ring buffer full), dropped by the agent (buffers full), "
                     "dead-lettered by ingest. A gap here is missing data, not a quiet service.")
     b.panel("timeseries", "Events lost per second, by component and counter", tiered(
         "concat(component, ':', counter) AS loss, sum(value) / {step} AS per_s", "pipeline_counters",
-        "counter IN ('lost_kernel', 'dropped', 'dead_lettered')",
+        "(startsWith(counter, 'lost_') OR startsWith(counter, 'dropped') OR startsWith(counter, 'dead_letter'))",
         "time, loss", "time"), 0, unit="ops", w=24, field=TS)
     return b
 

@@ -1,4 +1,3 @@
-# ruff: noqa: S106
 """Realistic rows for the dashboard tests, written through the real sink (so the MVs fill the rollups).
 
 A small fleet over the last few hours: three hosts; a gray-release router calling two versions of
@@ -23,7 +22,7 @@ ROUTES = ["/api/cart", "/api/items/{id}", "/healthz"]
 
 
 def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = None) -> dict[str, int]:
-    rng = rng or random.Random(7)  # noqa: S311
+    rng = rng or random.Random(7)
     sink = ClickHouseSink(service)
     tcp, http, counters, open_rows = [], [], [], []
     start = now_ns - hours * 3600 * S
@@ -58,7 +57,7 @@ def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = 
             })
         for m in range(hours * 60):
             t = start + m * 60 * S
-            for counter, v in (("captured", 1000), ("lost_kernel", int(m % 17 == 0)), ("dropped", 0),
+            for counter, v in (("captured", 1000), ("lost_ringbuf", int(m % 17 == 0)), ("dropped_queue_full", 0),
                                ("dead_lettered", int(m % 50 == 0))):
                 counters.append({"time": t, "host": host, "component": "agent" if counter != "dead_lettered"
                                  else "ingest", "counter": counter, "value": v})

@@ -1,4 +1,3 @@
-# ruff: noqa: S106
 """Dashboards: the JSON is what Grafana needs, and every panel's SQL, expanded as the ClickHouse data
 source plugin expands it, runs on the engine against seeded traffic and returns the shape its panel
 type needs. Rollups stay exact when a batch is retried."""
@@ -22,11 +21,10 @@ from ingest.schema import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "grafana"))
-sys.path.insert(0, str(Path(__file__).parent))
 
 import build_dashboards  # noqa: E402
-from _http_requests_ddl import ensure_http_requests  # noqa: E402
-from grafana_seed import seed  # noqa: E402
+
+from tests.grafana_seed import HTTP_COLUMNS, http_table, seed  # noqa: E402
 
 DASH_DIR = ROOT / "grafana" / "dashboards"
 DS_UID = "blindspot-clickhouse"
@@ -41,7 +39,6 @@ def dashboards() -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
     svc = open_service(data_dir=tmp_path_factory.mktemp("chdb"))
-    ensure_http_requests(svc)  # TEMPORARY until migration 0010 (issue 4) is in main
     migrate(svc)
     seed(svc, time.time_ns())
     yield svc
@@ -239,15 +236,13 @@ def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
         }
         return {k: int(engine.query_arrow(s).column(0)[0].as_py() or 0) for k, s in q.items()}
 
-    from grafana_seed import http_table
-
     now = time.time_ns()
     tcp = [{"host": "retry", "conn_id": i, "start_time": now - 10**9, "end_time": now, "duration_ns": 10**9,
             "role": "client", "comm": "x", "local_addr": "10.9.9.9", "remote_addr": "10.9.9.8"}
            for i in range(50)]
     ctr = [{"time": now, "host": "retry", "component": "agent", "counter": "captured", "value": 7}]
     http = [{c: 0 if not pa.types.is_string(t) else "" for c, t in
-             __import__("grafana_seed").HTTP_COLUMNS.items()} | {"start_time": now, "end_time": now,
+             HTTP_COLUMNS.items()} | {"start_time": now, "end_time": now,
                                                                   "service": "retry", "side": "server"}]
     sink = ClickHouseSink(engine)
     before = totals()

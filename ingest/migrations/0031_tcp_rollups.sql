@@ -4,7 +4,8 @@
 -- A connection contributes twice (ARRAY JOIN): "opened" in the bucket of its start, everything else in
 -- the bucket of its close. Rows of connections first seen mid-life (started_before_agent) have no
 -- real start time and count only as closed.
--- failed: a connect() that never reached ESTABLISHED. resets: close_reason mentions a reset (RST).
+-- failed: never reached ESTABLISHED (close_reason refused, timeout, connect_failed, handshake_failed, as
+-- agent/tcp_decode.py names them); resets: closed by an RST after the handshake.
 -- non_replicated_deduplication_window here too: a retried batch (same insert_deduplication_token,
 -- deduplicate_blocks_in_dependent_materialized_views=1, set by the sink) must not be counted twice.
 CREATE TABLE IF NOT EXISTS blindspot.tcp_conn_1m
@@ -37,8 +38,9 @@ SELECT
     role,
     toUInt64(countIf(ev = 0)) AS opened,
     toUInt64(countIf(ev = 1)) AS closed,
-    toUInt64(countIf(ev = 1 AND role = 'client' AND handshake_ns = 0 AND started_before_agent = 0)) AS failed,
-    toUInt64(countIf(ev = 1 AND match(close_reason, '(?i)reset|rst'))) AS resets,
+    toUInt64(countIf(ev = 1 AND close_reason IN ('refused', 'timeout', 'connect_failed', 'handshake_failed')
+                      AND handshake_ns = 0)) AS failed,
+    toUInt64(countIf(ev = 1 AND close_reason IN ('reset_received', 'reset_sent'))) AS resets,
     toUInt64(sumIf(retransmits, ev = 1)) AS retransmits,
     sumIf(bytes_sent, ev = 1) AS bytes_sent,
     sumIf(bytes_received, ev = 1) AS bytes_received,
@@ -79,8 +81,9 @@ SELECT
     role,
     toUInt64(countIf(ev = 0)) AS opened,
     toUInt64(countIf(ev = 1)) AS closed,
-    toUInt64(countIf(ev = 1 AND role = 'client' AND handshake_ns = 0 AND started_before_agent = 0)) AS failed,
-    toUInt64(countIf(ev = 1 AND match(close_reason, '(?i)reset|rst'))) AS resets,
+    toUInt64(countIf(ev = 1 AND close_reason IN ('refused', 'timeout', 'connect_failed', 'handshake_failed')
+                      AND handshake_ns = 0)) AS failed,
+    toUInt64(countIf(ev = 1 AND close_reason IN ('reset_received', 'reset_sent'))) AS resets,
     toUInt64(sumIf(retransmits, ev = 1)) AS retransmits,
     sumIf(bytes_sent, ev = 1) AS bytes_sent,
     sumIf(bytes_received, ev = 1) AS bytes_received,
@@ -148,8 +151,9 @@ SELECT
     role,
     toUInt64(countIf(ev = 0)) AS opened,
     toUInt64(countIf(ev = 1)) AS closed,
-    toUInt64(countIf(ev = 1 AND role = 'client' AND handshake_ns = 0 AND started_before_agent = 0)) AS failed,
-    toUInt64(countIf(ev = 1 AND match(close_reason, '(?i)reset|rst'))) AS resets,
+    toUInt64(countIf(ev = 1 AND close_reason IN ('refused', 'timeout', 'connect_failed', 'handshake_failed')
+                      AND handshake_ns = 0)) AS failed,
+    toUInt64(countIf(ev = 1 AND close_reason IN ('reset_received', 'reset_sent'))) AS resets,
     toUInt64(sumIf(retransmits, ev = 1)) AS retransmits,
     sumIf(bytes_sent, ev = 1) AS bytes_sent,
     sumIf(bytes_received, ev = 1) AS bytes_received,
@@ -189,8 +193,9 @@ SELECT
     role,
     toUInt64(countIf(ev = 0)) AS opened,
     toUInt64(countIf(ev = 1)) AS closed,
-    toUInt64(countIf(ev = 1 AND role = 'client' AND handshake_ns = 0 AND started_before_agent = 0)) AS failed,
-    toUInt64(countIf(ev = 1 AND match(close_reason, '(?i)reset|rst'))) AS resets,
+    toUInt64(countIf(ev = 1 AND close_reason IN ('refused', 'timeout', 'connect_failed', 'handshake_failed')
+                      AND handshake_ns = 0)) AS failed,
+    toUInt64(countIf(ev = 1 AND close_reason IN ('reset_received', 'reset_sent'))) AS resets,
     toUInt64(sumIf(retransmits, ev = 1)) AS retransmits,
     sumIf(bytes_sent, ev = 1) AS bytes_sent,
     sumIf(bytes_received, ev = 1) AS bytes_received,

@@ -2,6 +2,45 @@
 -- Key: who served (host, service, version, side), what (route, status class), the X-Gray-Version header
 -- the request arrived with (gray-release routing) and whether a browser made it (User-Agent Mozilla/...).
 -- Latency as fixed-bucket counts (blindspot_latency_bucket), so percentiles and heatmaps read no raw rows.
+
+-- TEMPORARY copy of http_requests as agreed with the Go HTTP work (issue 4, migration 0010): the
+-- materialized views below need their source table, and `blindspot run` must not fail before 0010
+-- lands. IF NOT EXISTS: where 0010 ran first this is a no-op. Remove once 0010 is in main.
+CREATE TABLE IF NOT EXISTS blindspot.http_requests
+(
+    start_time        DateTime64(9, 'UTC'),
+    end_time          DateTime64(9, 'UTC'),
+    duration_ns       UInt64,
+    side              LowCardinality(String),
+    host              LowCardinality(String),
+    service           LowCardinality(String),
+    service_version   LowCardinality(String),
+    pid               UInt32,
+    comm              LowCardinality(String),
+    method            LowCardinality(String),
+    path              String,
+    route             LowCardinality(String),
+    status            UInt16,
+    request_size      UInt64,
+    response_size     UInt64,
+    local_addr        IPv6,
+    local_port        UInt16,
+    remote_addr       IPv6,
+    remote_port       UInt16,
+    x_gray_version    LowCardinality(String),
+    x_request_id      String,
+    traceparent       String,
+    user_agent        String,
+    host_header       String,
+    upstream          String,
+    parent_request_id String
+)
+ENGINE = MergeTree
+PARTITION BY toDate(start_time)
+ORDER BY (service, host, start_time)
+TTL toDateTime(start_time) + INTERVAL {retention_days} DAY
+SETTINGS non_replicated_deduplication_window = 10000;
+
 CREATE TABLE IF NOT EXISTS blindspot.http_1m
 (
     minute             DateTime('UTC'),
