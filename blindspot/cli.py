@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from blindspot import __version__
 from blindspot import config as config_mod
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="query parameter: --param port=443 fills {port:UInt16} in the SQL")
     q.add_argument("sql", help="the SQL statement ('-' reads it from standard input)")
+    _add_grafana(sub)
     return parser
 
 
@@ -136,7 +138,28 @@ def _query_directly(data_dir: Path, sql: str, fmt: str, params: dict[str, str]) 
         return None
 
 
-COMMANDS = {"run": cmd_run, "query": cmd_query}
+# --- grafana (issue 5): `blindspot grafana provision --url URL` ------------------------------------
+def _add_grafana(sub: Any) -> None:
+    from blindspot import grafana_provision
+
+    g = sub.add_parser("grafana", help="Grafana: provision our data source and dashboards",
+                       description="Grafana dashboards for Blindspot data (see docs/grafana.md).")
+    actions = g.add_subparsers(dest="grafana_action", required=True, metavar="ACTION")
+    prov = actions.add_parser(
+        "provision", help="create or update the data source, folder and dashboards in a Grafana",
+        description=grafana_provision.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    grafana_provision.add_arguments(prov)
+    prov.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+
+
+def cmd_grafana(args: argparse.Namespace) -> int:
+    from blindspot import grafana_provision
+
+    return grafana_provision.main(args)
+# --- end grafana -------------------------------------------------------------------------------------
+
+
+COMMANDS = {"run": cmd_run, "query": cmd_query, "grafana": cmd_grafana}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-GRAFANA_DIR = Path(__file__).resolve().parents[1] / "grafana"
+# The repo's grafana/ folder; an installed copy points BLINDSPOT_GRAFANA_DIR at its own (see Dockerfile).
+GRAFANA_DIR = Path(os.environ.get("BLINDSPOT_GRAFANA_DIR") or Path(__file__).resolve().parents[1] / "grafana")
 FOLDER_UID, FOLDER_TITLE = "blindspot", "Blindspot"
 _ENV_REF = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
 
