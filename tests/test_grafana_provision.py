@@ -181,3 +181,11 @@ def test_provision_needs_credentials_from_the_environment(monkeypatch: Any) -> N
         gp.connect("http://127.0.0.1:1", {})
     with pytest.raises(SystemExit, match="environment"):
         gp.connect("http://admin:pw@127.0.0.1:1", {"GRAFANA_TOKEN": "t"})
+
+
+def test_cli_wiring(grafana: Any, capsys: Any, monkeypatch: Any) -> None:
+    from blindspot.cli import main as cli_main
+
+    monkeypatch.setenv("GRAFANA_TOKEN", "glsa_cli")
+    assert cli_main(["grafana", "provision", "--url", grafana.url]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "6 changed, 0 unchanged"
