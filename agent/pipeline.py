@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from blindspot import metrics
 from blindspot.records import KINDS, PIPELINE_COUNTER, RecordKind
-from ingest._errors import IngestError, TransientError
+from ingest import IngestError, TransientError
 from ingest.batch import Batcher
 
 log = logging.getLogger(__name__)

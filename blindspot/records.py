@@ -71,6 +71,18 @@ def _u(name: str, bits: int = 64) -> Column:
     return Column(name, {8: pa.uint8(), 16: pa.uint16(), 32: pa.uint32(), 64: pa.uint64()}[bits])
 
 
+# Who talked to whom: shared by closed and open connections so the two join column for column.
+_CONNECTION_ENDS = (
+    _s("role", 16),
+    _u("family", 8),
+    _s("local_addr", 64),
+    _u("local_port", 16),
+    _s("remote_addr", 64),
+    _u("remote_port", 16),
+    _u("pid", 32),
+    _s("comm", 16),
+)
+
 TCP_CONNECTION = RecordKind(
     name="tcp_connection",
     table="tcp_connections",
@@ -83,14 +95,7 @@ TCP_CONNECTION = RecordKind(
         Column("end_time", TIME_NS),
         _u("duration_ns"),
         _u("handshake_ns"),
-        _s("role", 16),
-        _u("family", 8),
-        _s("local_addr", 64),
-        _u("local_port", 16),
-        _s("remote_addr", 64),
-        _u("remote_port", 16),
-        _u("pid", 32),
-        _s("comm", 16),
+        *_CONNECTION_ENDS,
         _u("bytes_sent"),
         _u("bytes_received"),
         _u("retransmits", 32),
@@ -111,14 +116,7 @@ TCP_OPEN_CONNECTION = RecordKind(
         _s("host"),
         _u("conn_id"),
         Column("start_time", TIME_NS),
-        _s("role", 16),
-        _u("family", 8),
-        _s("local_addr", 64),
-        _u("local_port", 16),
-        _s("remote_addr", 64),
-        _u("remote_port", 16),
-        _u("pid", 32),
-        _s("comm", 16),
+        *_CONNECTION_ENDS,
         _u("bytes_sent"),
         _u("bytes_received"),
         _u("started_before_agent", 8),

@@ -165,6 +165,16 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	if (ns == S_ESTABLISHED) {
 		c->established_ns = bpf_ktime_get_ns();
 		c->flags |= BS_F_ESTABLISHED;
+		if (c->role == BS_ROLE_SERVER) {
+			// Linux creates the accepted socket only when the final ACK arrives, so its own
+			// SYN_RECV lasts microseconds. The handshake on the wire (SYN-ACK sent -> ACK) is the
+			// kernel's first RTT sample, already in srtt_us: start the connection there.
+			__u32 srtt8 = 0;
+			bpf_probe_read_kernel(&srtt8, sizeof(srtt8), (const char *)sk + BS_OFF_SRTT_US);
+			__u64 synack_ns = (__u64)(srtt8 >> 3) * 1000;
+			if (synack_ns > c->established_ns - c->start_ns && synack_ns < c->established_ns)
+				c->start_ns = c->established_ns - synack_ns;
+		}
 	} else if (ns == S_FIN_WAIT1 || ns == S_LAST_ACK) {
 		// close()/shutdown() by the owner: process context. Refines a listener-derived owner.
 		if (!(c->flags & BS_F_OWNER_EXACT))

@@ -47,7 +47,8 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 _RETENTION_TTL = re.compile(
-    r"CREATE TABLE IF NOT EXISTS\s+" + DATABASE + r"\.(\w+)[\s\S]*?\bTTL\s+(.+?)\s*\+\s*INTERVAL\s+\{retention_days\}\s+DAY"
+    r"CREATE TABLE IF NOT EXISTS\s+" + DATABASE + r"\.(\w+)[\s\S]*?"
+    r"\bTTL\s+(.+?)\s*\+\s*INTERVAL\s+\{retention_days\}\s+DAY"
 )
 _CURRENT_TTL = re.compile(r"\bTTL\s+.+?\+\s*toIntervalDay\((\d+)\)")
 

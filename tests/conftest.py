@@ -3,6 +3,7 @@ kernel and query it through its socket, exactly as a user would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -65,13 +66,13 @@ def _canary_seen(agent: Agent, port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+@contextlib.contextmanager
+def running_agent(data_dir: Path, **env_overrides: str) -> Iterator[Agent]:
     """`blindspot run` with 1 s open-connection snapshots and 2 s counter reports, ready once a canary
     connection made after start-up is in the table."""
-    data_dir = tmp_path_factory.mktemp("blindspot-data")
-    log_path = data_dir.parent / "agent.log"
-    env = {**os.environ, "BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "2", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "0.2"}
+    log_path = data_dir.parent / f"{data_dir.name}.log"
+    env = {**os.environ, "BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "2", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "0.2",
+           **env_overrides}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [str(BLINDSPOT), "run", "--data-dir", str(data_dir), "--snapshot-interval", "1", "--no-live",
@@ -102,3 +103,9 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+
+
+@pytest.fixture(scope="session")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    with running_agent(tmp_path_factory.mktemp("blindspot-data")) as a:
+        yield a

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, Agent
+from tests.conftest import REPO, Agent, running_agent
 from tests.traffic import CLIENT_COMM, SERVER_COMM, reply_size
 
 pytestmark = pytest.mark.root
@@ -162,3 +164,70 @@ def test_kernel_loss_counters_are_stored(agent: Agent) -> None:
     assert {"lost_ringbuf", "lost_map_full", "dropped_queue_full", "captured"} <= set(got)
     assert got["lost_ringbuf"] == got["lost_map_full"] == 0  # a quiet test host must not lose anything
     assert got["captured"] > 0
+
+
+def test_connections_and_listeners_older_than_the_agent(tmp_path: Path) -> None:
+    """A connection open before the agent starts is still one row (flagged), and a listener opened
+    before it still gives accepted sockets their owner (read from /proc at start-up)."""
+    server, info = start_server("--count", "2")
+    go = tmp_path / "go"
+    old = subprocess.Popen([sys.executable, "-m", "tests.traffic", "client", "--port", str(info["port"]),
+                            "--sizes", "10", "--wait-file", str(go)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert old.stdout is not None
+    old_port = json.loads(old.stdout.readline())["connected"]
+    with running_agent(tmp_path / "late-agent") as late:
+        new = subprocess.Popen([sys.executable, "-m", "tests.traffic", "client", "--port", str(info["port"]),
+                                "--sizes", "20", "--wait-file", str(go)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+        assert new.stdout is not None
+        new_port = json.loads(new.stdout.readline())["connected"]
+        # The server is still reading the old connection: the new one waits in the accept queue, and
+        # only the seeded listener can name its owner.
+        waiting = late.wait_rows(
+            "SELECT pid, comm, role FROM blindspot.tcp_connections_open WHERE remote_port = {p:UInt16} "
+            "ORDER BY snapshot_time DESC LIMIT 1", lambda r: bool(r), p=new_port)
+        go.touch()
+        old_client = json.loads(old.communicate(timeout=30)[0].strip().splitlines()[-1])
+        new_client = json.loads(new.communicate(timeout=30)[0].strip().splitlines()[-1])
+        server.wait(timeout=10)
+        rows = late.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 4, port=info["port"])
+
+    assert waiting and (int(waiting[0]["pid"]), waiting[0]["comm"], waiting[0]["role"]) == (
+        info["pid"], SERVER_COMM, "server")
+    assert len(rows) == 4, rows
+    old_rows = [r for r in rows if old_port in (_int(r, "local_port"), _int(r, "remote_port"))]
+    new_rows = [r for r in rows if new_port in (_int(r, "local_port"), _int(r, "remote_port"))]
+    assert len(old_rows) == len(new_rows) == 2
+    for r in old_rows:
+        assert (_int(r, "started_before_agent"), r["role"], _int(r, "start_ns")) == (1, "unknown", 0)
+        assert r["close_reason"] == "closed"
+        # No send/recv was seen from the start: payload counts come from the kernel's sequence-space
+        # counters, which also count the SYN and FIN (one each).
+        assert 0 <= _int(r, "bytes_sent") + _int(r, "bytes_received") - (10 + reply_size(10)) <= 4
+    assert {_int(r, "pid") for r in old_rows} == {old_client["pid"], info["pid"]}  # owners seen at close()
+    by_role = {r["role"]: r for r in new_rows}
+    assert (_int(by_role["client"], "pid"), _int(by_role["server"], "pid")) == (new_client["pid"], info["pid"])
+    assert (_int(by_role["client"], "bytes_sent"), _int(by_role["server"], "bytes_received")) == (20, 20)
+    assert all(_int(r, "started_before_agent") == 0 for r in new_rows)
+
+
+def test_ring_buffer_overflow_is_counted_not_silent(tmp_path: Path) -> None:
+    """A stalled agent with a one-page ring buffer cannot take a burst: records are lost in the
+    kernel, and the loss shows up in pipeline_counters, covering every missing row."""
+    n = 300
+    with running_agent(tmp_path / "tiny-ring", BLINDSPOT_TCP_RINGBUF_PAGES="1") as a:
+        server, info = start_server("--count", str(n))
+        a.proc.send_signal(signal.SIGSTOP)  # user space stalls; the BPF programs keep running
+        try:
+            run_client(info["port"], "--sizes", ",".join(["64"] * n))
+            server.wait(timeout=30)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        time.sleep(3)  # a counters report
+        rows = int(a.rows("SELECT count() AS n FROM blindspot.tcp_connections WHERE local_port = {p:UInt16} "
+                          "OR remote_port = {p:UInt16}", p=info["port"])[0]["n"])
+        lost = a.wait_rows(
+            "SELECT toUInt64(sum(value)) AS v FROM blindspot.pipeline_counters WHERE counter = 'lost_ringbuf'",
+            lambda r: bool(r) and int(r[0]["v"]) >= 2 * n - rows, timeout_s=10)
+    assert rows < 2 * n, "a 4 KiB ring buffer cannot hold 600 records of 144 bytes"
+    assert int(lost[0]["v"]) >= 2 * n - rows > 0
+    assert "kernel-side loss so far" in a.log()

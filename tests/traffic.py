@@ -67,7 +67,7 @@ def server(family: int, count: int, reset: bool) -> None:
     srv.close()
 
 
-def client(port: int, family: int, sizes: list[int], hold: float, expect_reset: bool) -> None:
+def client(port: int, family: int, sizes: list[int], hold: float, expect_reset: bool, wait_file: str = "") -> None:
     set_comm(CLIENT_COMM)
     out = []
     for size in sizes:
@@ -83,6 +83,8 @@ def client(port: int, family: int, sizes: list[int], hold: float, expect_reset: 
         c.sendall(b"s" * size)
         if hold:
             time.sleep(hold)
+        while wait_file and not os.path.exists(wait_file):  # held open until the test says so
+            time.sleep(0.05)
         if expect_reset:
             time.sleep(0.2)  # let the server's reset arrive
             try:
@@ -112,11 +114,12 @@ def main() -> None:
     c.add_argument("--sizes", default="100")
     c.add_argument("--hold", type=float, default=0.0)
     c.add_argument("--expect-reset", action="store_true")
+    c.add_argument("--wait-file", default="", help="after sending, hold the connection until this file exists")
     a = p.parse_args()
     if a.cmd == "server":
         server(a.family, a.count, a.reset)
     else:
-        client(a.port, a.family, [int(x) for x in a.sizes.split(",")], a.hold, a.expect_reset)
+        client(a.port, a.family, [int(x) for x in a.sizes.split(",")], a.hold, a.expect_reset, a.wait_file)
 
 
 if __name__ == "__main__":

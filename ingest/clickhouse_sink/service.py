@@ -35,6 +35,14 @@ INSERT_SETTINGS: dict[str, Any] = {
 }
 
 
+def insert_settings(dedup_token: str | None) -> dict[str, Any]:
+    """INSERT_SETTINGS, plus the token that makes a retried batch a no-op."""
+    settings = dict(INSERT_SETTINGS)
+    if dedup_token:
+        settings["insert_deduplication_token"] = dedup_token
+    return settings
+
+
 def check_identifier(name: str) -> str:
     if not _IDENT.match(name):
         raise ValueError(f"not a plain SQL identifier: {name!r}")
@@ -113,9 +121,7 @@ class ChdbService:
     def insert_arrow(
         self, database: str, table: str, data: pa.Table, *, dedup_token: str | None = None
     ) -> None:
-        settings = dict(INSERT_SETTINGS)
-        if dedup_token:
-            settings["insert_deduplication_token"] = dedup_token
+        settings = insert_settings(dedup_token)
         cols = ", ".join(check_identifier(c) for c in data.column_names)
         target = f"{check_identifier(database)}.{check_identifier(table)}"
         batch = data  # noqa: F841 (chDB's Python() table function finds the batch by this name)
@@ -181,9 +187,7 @@ class ServerService:
     def insert_arrow(
         self, database: str, table: str, data: pa.Table, *, dedup_token: str | None = None
     ) -> None:
-        settings = dict(INSERT_SETTINGS)
-        if dedup_token:
-            settings["insert_deduplication_token"] = dedup_token
+        settings = insert_settings(dedup_token)
         self._wrap(self._client.insert_arrow, table, data, database=database, settings=settings)
 
     def close(self) -> None:
