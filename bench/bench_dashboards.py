@@ -63,30 +63,37 @@ SELECT
 FROM (SELECT number, cityHash64(number) AS h FROM numbers({offset}, {count}))
 """
 
-# HTTP on the web tier (the first {web} hosts): 3 services, two versions each, 5 routes, skewed
-# status / header / browser mixes as real traffic is.
+# HTTP on the web tier (the first {web} hosts), as issue 4's tracer writes it: requests come in
+# threes (k = number / 3): the router's inbound row (with X-Gray-Version on 1 in 10), its outbound row
+# (parent_request_id -> the inbound), and the upstream's row on the mirrored connection, nested in
+# time. 3 services x two versions, 5 routes, skewed status and User-Agent mixes.
 HTTP_SQL = """
 INSERT INTO blindspot.http_requests {settings}
 SELECT
-    fromUnixTimestamp64Nano(toInt64({t0} + number * {step_ns})) AS start_time,
-    start_time + toIntervalNanosecond(duration_ns) AS end_time,
-    toUInt64(randLogNormal(15, 0.8) * if(service_version = 'v2', 1.6, 1)) AS duration_ns,
-    if(h % 4 = 0, 'client', 'server') AS side,
-    concat('host-', leftPad(toString(number % {web}), 4, '0')) AS host,
-    ['shop', 'router', 'auth'][number % {web} % 3 + 1] AS service,
-    if(h % 10 = 0, 'v2', 'v1') AS service_version,
-    toUInt32(2000) AS pid, service AS comm, 'GET' AS method,
-    concat('/api/', toString(h % 5)) AS path, concat('/api/', toString(h % 5)) AS route,
+    fromUnixTimestamp64Nano(toInt64({t0} + k * 3 * {step_ns} + r * 1000)) AS time,
+    time + toIntervalNanosecond(duration_ns) AS end_time,
+    toUInt64(intDiv(h, 7) % 40000000 * if(version = 'v2', 1.6, 1)) + (2 - r) * 2000 AS duration_ns,
+    concat('host-', leftPad(toString(k % {web}), 4, '0')) AS host,
+    if(r = 2, ['shop', 'cart', 'auth'][k % 3 + 1], 'router') AS service,
+    if(r = 2, version, 'r1') AS service_version,
+    'go1.26.0' AS go_version, toUInt32(if(r = 2, 1002, 1000)) AS pid, toUInt32(1) AS tid, service AS comm,
+    if(r = 1, 'client', 'server') AS side, 'GET' AS method,
+    concat('/api/', toString(h % 5)) AS path, path AS route, 'pattern' AS route_source,
     toUInt16(multiIf(h % 100 = 0, 500, h % 50 = 0, 404, 200)) AS status,
-    toUInt64(200) AS request_size, h % 20000 AS response_size,
-    toIPv6('10.0.0.1') AS local_addr, toUInt16(8080) AS local_port,
-    toIPv6(concat('10.2.0.', toString(h % 10))) AS remote_addr, toUInt16(40000) AS remote_port,
-    if(h % 20 = 0, service_version, '') AS x_gray_version,
+    toUInt64(200) AS request_bytes, h % 20000 AS response_bytes, toUInt8(4) AS family,
+    toIPv6(if(r = 2, '10.0.0.2', '10.0.0.1')) AS local_addr,
+    toUInt16(if(r = 1, 30000 + k % 30000, 8080)) AS local_port,
+    toIPv6(multiIf(r = 0, concat('10.2.0.', toString(h % 10)), r = 1, '10.0.0.2', '10.0.0.1')) AS remote_addr,
+    toUInt16(multiIf(r = 0, 40000, r = 1, 8080, 30000 + k % 30000)) AS remote_port,
+    if(r = 1, concat('upstream-', version, ':8080'), '') AS upstream_host,
+    if(r = 0 AND h % 10 = 0, version, '') AS x_gray_version,
     '' AS x_request_id, '' AS traceparent,
-    if(h % 3 = 0, 'Mozilla/5.0', 'Go-http-client/1.1') AS user_agent,
-    '' AS host_header, if(side = 'client', concat('upstream-', toString(h % 3)), '') AS upstream,
-    '' AS parent_request_id
-FROM (SELECT number, cityHash64(number) AS h FROM numbers({offset}, {count}))
+    if(r = 0 AND h % 3 = 0, 'Mozilla/5.0', 'Go-http-client/1.1') AS user_agent,
+    '' AS host_header, '' AS extra_headers, toUInt8(0) AS head_truncated, 'complete' AS end_reason,
+    number + 1 AS request_id, if(r = 1, number, 0) AS parent_request_id
+FROM (SELECT number, intDiv(number, 3) AS k, number % 3 AS r, cityHash64(k) AS h,
+             if(h % 5 = 0, 'v2', 'v1') AS version
+      FROM numbers({offset}, {count}))
 """
 
 COUNTERS_SQL = """
@@ -116,10 +123,10 @@ def load(svc: Any, hosts: int, tcp_rows: int, http_rows: int, web: int) -> dict[
     now = int(time.time()) // 3600 * 3600 + 3600
     t0 = (now - 30 * DAY) * 10**9
     span = 30 * DAY * 10**9
-    chunk = 10_000_000
+    chunk = 9_999_999  # a multiple of 3: HTTP triples stay whole
     counts: dict[str, int] = {}
     for name, sql, n in (("tcp_connections", TCP_SQL, tcp_rows), ("http_requests", HTTP_SQL, http_rows)):
-        for off in range(0, n, chunk):
+        for off in range(0, n, chunk):  # chunks of whole triples for http_requests
             t = time.perf_counter()
             svc.execute(sql.format(settings=INSERT, hosts=hosts, web=web, t0=t0, step_ns=span // n,
                                    offset=off, count=min(chunk, n - off)))

@@ -220,8 +220,13 @@ HTTP_F = (f"{cond('service', 'service')} AND "
           f"{cond('service_version', 'version')} AND {cond('route', 'route')}")
 
 
-def http_vars(route: bool = True) -> list[dict[str, Any]]:
-    v = [variable("service", "Service", _distinct("service", "http")),
+def http_vars(route: bool = True, gray: bool = False) -> list[dict[str, Any]]:
+    services = _distinct("service", "http")
+    if gray:  # a gray release: services serving more than one version in the range
+        services = ("SELECT service FROM blindspot.http_1h WHERE hour >= toStartOfHour($__fromTime) "
+                    "AND hour <= $__toTime AND side = 'server' GROUP BY service "
+                    "HAVING uniqExact(service_version) > 1 ORDER BY service")
+    v = [variable("service", "Service", services),
          variable("host", "Host", _distinct("host", "http", cond("service", "service"))),
          variable("version", "Version", _distinct("service_version", "http", cond("service", "service")))]
     if route:
@@ -261,11 +266,43 @@ def _heatmap(table: str, hist: str, where: str) -> str:
 
 
 # --- Gray release -------------------------------------------------------------------------------
+# The router does not forward X-Gray-Version: the header is on its inbound (server) row, the version
+# on the upstream's own row. They are linked as issue 4's tracer links them (0010_http_requests.sql):
+# inbound request_id = outbound parent_request_id (same host and pid), and the outbound request's
+# connection is the upstream's inbound one (addresses and ports mirrored, times nested). Raw rows
+# joined, so bounded to the last hour of the range.
+_WIN = "time >= greatest($__fromTime, $__toTime - INTERVAL 1 HOUR) AND time <= $__toTime"
+ROUTED = (
+    "SELECT {select}\nFROM (\n"
+    "  SELECT i.time AS t, if(i.x_gray_version = '', '(no header)', i.x_gray_version) AS header,\n"
+    "         u.service_version AS served_by\n"
+    "  FROM (SELECT host, pid, request_id, time, x_gray_version FROM blindspot.http_requests\n"
+    f"        WHERE side = 'server' AND {_WIN}) AS i\n"
+    "  INNER JOIN (SELECT host, pid, parent_request_id, time, end_time, local_addr, local_port, remote_port\n"
+    "              FROM blindspot.http_requests\n"
+    f"              WHERE side = 'client' AND parent_request_id != 0 AND {_WIN}) AS o\n"
+    "    ON o.host = i.host AND o.pid = i.pid AND o.parent_request_id = i.request_id\n"
+    "  INNER JOIN (SELECT service_version, time, end_time, remote_addr, remote_port, local_port\n"
+    "              FROM blindspot.http_requests\n"
+    f"              WHERE side = 'server' AND {_WIN} AND {cond('service', 'service')}\n"
+    f"                AND {cond('service_version', 'version')}) AS u\n"
+    "    ON u.remote_addr = o.local_addr AND u.remote_port = o.local_port AND u.local_port = o.remote_port\n"
+    "  WHERE u.time >= o.time AND u.end_time <= o.end_time\n"
+    ") AS routed\n{tail}"
+)
+
+
+def routed(select: str, tail: str) -> str:
+    return _fill(ROUTED, {"select": select, "tail": tail})
+
+
+ROUTED_HELP = ("Inbound requests of the router (the X-Gray-Version they arrived with) joined to the upstream "
+               "request that served them (its version). Raw rows: the last hour of the range.")
 def gray_release() -> Board:
     f = "side = 'server' AND " + HTTP_F.replace(" AND " + cond("route", "route"), "")
     b = Board("blindspot-gray-release", "Blindspot / Gray release",
               "Canary versions against the baseline: traffic share, errors, latency, and where the "
-              "X-Gray-Version header actually sent requests.", http_vars(route=False))
+              "X-Gray-Version header actually sent requests.", http_vars(route=False, gray=True))
     b.panel("timeseries", "Traffic share per version", tiered(
         "service_version AS version, sum(requests) AS request_count", "http", f, "time, version",
         "time").replace("SELECT * FROM", "SELECT time, version, request_count / sum(request_count) OVER "
@@ -277,16 +314,15 @@ def gray_release() -> Board:
     b.panel("timeseries", "p99 latency per version", tiered(
         f"service_version AS version, {pq('latency_hist', 0.99)} AS p99", "http", f, "time, version",
         "time"), 0, unit="ms", field=TS)
-    b.panel("table", "Routing matrix: X-Gray-Version header -> version that served", tiered(
-        "service, if(gray_header = '', '(no header)', gray_header) AS header, service_version AS served_by, "
-        "sum(requests) AS request_count", "http", f, "service, header, served_by",
-        "service, header, served_by", step=False),
-        1, options=TABLE_OPTS)
-    b.panel("timeseries", "Requests routed against their header", tiered(
-        "service_version AS version, sum(requests) / {step} AS misrouted", "http",
-        f + " AND gray_header != '' AND gray_header != service_version", "time, version", "time"), 0,
-        unit="reqps", field=TS,
-        description="Requests carrying X-Gray-Version that a different version served.")
+    b.panel("table", "Routing matrix, last hour of the range: X-Gray-Version -> version that served",
+            routed(select="header, served_by, count() AS request_count",
+                          tail="GROUP BY header, served_by ORDER BY header, served_by"), 1,
+            options=TABLE_OPTS, description=ROUTED_HELP)
+    b.panel("timeseries", "Requests routed against their header, last hour of the range", routed(
+        select="toStartOfInterval(t, INTERVAL greatest($__interval_s, 60) second) AS time, "
+               "header, count() / greatest($__interval_s, 60) AS misrouted",
+        tail="WHERE header NOT IN ('(no header)', served_by) GROUP BY time, header ORDER BY time"), 0,
+        unit="reqps", field=TS, description=ROUTED_HELP + " Only requests whose header named another version.")
     b.panel("table", "Verdict per version (canary vs baseline = version with most traffic)", (
         "SELECT service, version, request_count, error_rate, p99_ms,\n"
         "       max(if(is_base, error_rate, 0)) OVER (PARTITION BY service) AS base_error_rate,\n"

@@ -61,6 +61,9 @@ def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = 
                                ("dead_lettered", int(m % 50 == 0))):
                 counters.append({"time": t, "host": host, "component": "agent" if counter != "dead_lettered"
                                  else "ingest", "counter": counter, "value": v})
+    # HTTP as issue 4's tracer records it (0010_http_requests.sql): the router's inbound row carries
+    # X-Gray-Version; its outbound row links to it by parent_request_id; the upstream's own row (no
+    # header: the router does not forward it) sits on the mirrored connection, nested in time.
     for i in range(6000):
         t0 = start + rng.randrange(hours * 3600 * S - 60 * S)
         canary = rng.random() < 0.2
@@ -72,23 +75,33 @@ def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = 
         status = 500 if rng.random() < (0.05 if canary else 0.01) else 200
         dur = int(rng.lognormvariate(15.5 if canary else 15, 0.7))  # ms scale
         route = rng.choice(ROUTES)
+        host = HOSTS[i % 3]
+        router_port = 30000 + i % 30000
         common = {
-            "start_time": t0, "end_time": t0 + dur, "duration_ns": dur, "host": HOSTS[i % 3],
-            "method": "GET", "path": route.replace("{id}", str(i)), "route": route, "status": status,
-            "request_size": 200, "response_size": rng.randrange(100, 20_000), "local_addr": "::ffff:10.0.0.1",
-            "local_port": 8080, "remote_addr": f"::ffff:10.0.1.{i % 5}", "remote_port": 40000 + i % 20000,
-            "x_gray_version": header, "x_request_id": f"req-{i}", "traceparent": "",
-            "user_agent": "Mozilla/5.0 (X11)" if browser else "Go-http-client/1.1", "host_header": "shop",
-            "parent_request_id": "",
+            "time": t0, "end_time": t0 + dur, "duration_ns": dur, "host": host, "go_version": "go1.26.0",
+            "tid": 1, "method": "GET", "path": route.replace("{id}", str(i)), "route": route,
+            "route_source": "pattern", "status": status, "request_bytes": 200,
+            "response_bytes": rng.randrange(100, 20_000), "family": 4, "x_request_id": f"req-{i}",
+            "traceparent": "", "host_header": "shop", "extra_headers": "", "head_truncated": 0,
+            "end_reason": "complete", "x_gray_version": "", "upstream_host": "", "parent_request_id": 0,
         }
-        http.append(common | {"side": "server", "service": "shop", "service_version": version, "pid": 200,
-                              "comm": "shop-" + version, "upstream": ""})
-        # the router's own view of the same request: served to the load generator, sent upstream
-        http.append(common | {"side": "server", "service": "router", "service_version": "r1", "pid": 300,
-                              "comm": "router", "upstream": "", "user_agent": "blindspot-loadgen/1"})
-        http.append(common | {"side": "client", "service": "router", "service_version": "r1", "pid": 300,
-                              "comm": "router", "upstream": f"shop-{version}:8080",
-                              "local_port": 40000 + i % 20000, "remote_port": 8080})
+        inbound = common | {
+            "side": "server", "service": "router", "service_version": "r1", "pid": 300, "comm": "router",
+            "local_addr": "::ffff:10.0.0.9", "local_port": 8080, "remote_addr": f"::ffff:10.0.1.{i % 5}",
+            "remote_port": 40000 + i % 20000, "x_gray_version": header, "request_id": 3 * i + 1,
+            "user_agent": "Mozilla/5.0 (X11)" if browser else "blindspot-loadgen/1",
+            "time": t0 - 1000, "end_time": t0 + dur + 1000, "duration_ns": dur + 2000}
+        outbound = common | {
+            "side": "client", "service": "router", "service_version": "r1", "pid": 300, "comm": "router",
+            "local_addr": "::ffff:10.0.0.9", "local_port": router_port, "remote_addr": "::ffff:10.0.0.1",
+            "remote_port": 8080, "request_id": 3 * i + 2, "parent_request_id": 3 * i + 1,
+            "upstream_host": f"shop-{version}:8080", "user_agent": "Go-http-client/1.1",
+            "time": t0 - 500, "end_time": t0 + dur + 500, "duration_ns": dur + 1000}
+        served = common | {
+            "side": "server", "service": "shop", "service_version": version, "pid": 200, "comm": "shop",
+            "local_addr": "::ffff:10.0.0.1", "local_port": 8080, "remote_addr": "::ffff:10.0.0.9",
+            "remote_port": router_port, "request_id": 3 * i + 3, "user_agent": "Go-http-client/1.1"}
+        http += [inbound, outbound, served]
     n = {
         "tcp": sink.write(TCP_CONNECTION, tcp, dedup_token="seed-tcp"),
         "tcp_open": sink.write(TCP_OPEN_CONNECTION, open_rows, dedup_token="seed-open"),
@@ -100,15 +113,16 @@ def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = 
 
 
 _TS = pa.timestamp("ns", tz="UTC")
+_S, _U8, _U16, _U32, _U64 = pa.string(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()
+# The columns of 0010_http_requests.sql (issue 4) that are stored (remote_ip is an ALIAS).
 HTTP_COLUMNS: dict[str, pa.DataType] = {
-    "start_time": _TS, "end_time": _TS, "duration_ns": pa.uint64(), "side": pa.string(),
-    "host": pa.string(), "service": pa.string(), "service_version": pa.string(), "pid": pa.uint32(),
-    "comm": pa.string(), "method": pa.string(), "path": pa.string(), "route": pa.string(),
-    "status": pa.uint16(), "request_size": pa.uint64(), "response_size": pa.uint64(),
-    "local_addr": pa.string(), "local_port": pa.uint16(), "remote_addr": pa.string(),
-    "remote_port": pa.uint16(), "x_gray_version": pa.string(), "x_request_id": pa.string(),
-    "traceparent": pa.string(), "user_agent": pa.string(), "host_header": pa.string(),
-    "upstream": pa.string(), "parent_request_id": pa.string(),
+    "time": _TS, "end_time": _TS, "duration_ns": _U64, "host": _S, "service": _S, "service_version": _S,
+    "go_version": _S, "pid": _U32, "tid": _U32, "comm": _S, "side": _S, "method": _S, "path": _S,
+    "route": _S, "route_source": _S, "status": _U16, "request_bytes": _U64, "response_bytes": _U64,
+    "family": _U8, "local_addr": _S, "local_port": _U16, "remote_addr": _S, "remote_port": _U16,
+    "upstream_host": _S, "x_gray_version": _S, "x_request_id": _S, "traceparent": _S, "user_agent": _S,
+    "host_header": _S, "extra_headers": _S, "head_truncated": _U8, "end_reason": _S, "request_id": _U64,
+    "parent_request_id": _U64,
 }
 
 

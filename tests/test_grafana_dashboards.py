@@ -242,7 +242,7 @@ def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
            for i in range(50)]
     ctr = [{"time": now, "host": "retry", "component": "agent", "counter": "captured", "value": 7}]
     http = [{c: 0 if not pa.types.is_string(t) else "" for c, t in
-             HTTP_COLUMNS.items()} | {"start_time": now, "end_time": now,
+             HTTP_COLUMNS.items()} | {"time": now, "end_time": now,
                                                                   "service": "retry", "side": "server"}]
     sink = ClickHouseSink(engine)
     before = totals()
@@ -255,3 +255,18 @@ def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
         "tcp_conn_1m": 50, "tcp_conn_1h": 50, "tcp_peers_1h": 50, "hist_1h": 50,
         "pipe_1m": 7, "pipe_1h": 7, "http_1m": 1, "http_peers_1h": 1,
         "tcp_fleet_1h": 50, "tcp_peers_1d": 50, "http_fleet_1m": 1, "http_peers_1d": 1}
+
+
+def test_routing_matrix_follows_the_links(engine: Any) -> None:
+    """The router does not forward X-Gray-Version: the matrix joins inbound, outbound and upstream rows
+    (seed: 90 % of requests with a header go to that version)."""
+    board = dashboards()["gray-release"]
+    (panel,) = [p for p in board["panels"] if p["title"].startswith("Routing matrix")]
+    base = gs.context_for(6 * 3600)
+    ctx = gs.QueryContext(base.time_from, base.time_to, base.interval_ms,
+                          {"service": ["shop"], "host": gs.ALL, "version": gs.ALL}, {"host": [], "version": []})
+    _, rows = run_panel(engine, gs.expand(panel["targets"][0]["rawSql"], ctx))
+    n = {(h, v): int(c) for h, v, c in rows}
+    assert {h for h, _ in n} == {"(no header)", "v1", "v2"}
+    for v, other in (("v1", "v2"), ("v2", "v1")):
+        assert n[(v, v)] > 5 * n.get((v, other), 0) > 0

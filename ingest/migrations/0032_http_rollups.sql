@@ -3,42 +3,51 @@
 -- the request arrived with (gray-release routing) and whether a browser made it (User-Agent Mozilla/...).
 -- Latency as fixed-bucket counts (blindspot_latency_bucket), so percentiles and heatmaps read no raw rows.
 
--- TEMPORARY copy of http_requests as agreed with the Go HTTP work (issue 4, migration 0010): the
--- materialized views below need their source table, and `blindspot run` must not fail before 0010
--- lands. IF NOT EXISTS: where 0010 ran first this is a no-op. Remove once 0010 is in main.
+-- TEMPORARY: issue 4's migration 0010_http_requests.sql (branch go-http), copied verbatim, because
+-- the materialized views below need their source table and `blindspot run` must migrate before
+-- 0010 is in main. Where 0010 ran first this is a no-op (IF NOT EXISTS). Remove once 0010 lands.
 CREATE TABLE IF NOT EXISTS blindspot.http_requests
 (
-    start_time        DateTime64(9, 'UTC'),
-    end_time          DateTime64(9, 'UTC'),
-    duration_ns       UInt64,
-    side              LowCardinality(String),
+    time              DateTime64(9, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
+    end_time          DateTime64(9, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
+    duration_ns       UInt64 CODEC(T64, ZSTD(1)),
     host              LowCardinality(String),
     service           LowCardinality(String),
     service_version   LowCardinality(String),
+    go_version        LowCardinality(String),
     pid               UInt32,
+    tid               UInt32,
     comm              LowCardinality(String),
+    side              LowCardinality(String),
     method            LowCardinality(String),
-    path              String,
+    path              String CODEC(ZSTD(1)),
     route             LowCardinality(String),
+    route_source      LowCardinality(String),
     status            UInt16,
-    request_size      UInt64,
-    response_size     UInt64,
-    local_addr        IPv6,
+    request_bytes     UInt64 CODEC(T64, ZSTD(1)),
+    response_bytes    UInt64 CODEC(T64, ZSTD(1)),
+    family            UInt8,
+    local_addr        IPv6 CODEC(ZSTD(1)),
     local_port        UInt16,
-    remote_addr       IPv6,
+    remote_addr       IPv6 CODEC(ZSTD(1)),
     remote_port       UInt16,
+    upstream_host     LowCardinality(String),
     x_gray_version    LowCardinality(String),
-    x_request_id      String,
-    traceparent       String,
-    user_agent        String,
-    host_header       String,
-    upstream          String,
-    parent_request_id String
+    x_request_id      String CODEC(ZSTD(1)),
+    traceparent       String CODEC(ZSTD(1)),
+    user_agent        LowCardinality(String),
+    host_header       LowCardinality(String),
+    extra_headers     String CODEC(ZSTD(1)),
+    head_truncated    UInt8,
+    end_reason        LowCardinality(String),
+    request_id        UInt64,
+    parent_request_id UInt64,
+    remote_ip         String ALIAS if(family = 4, IPv4NumToString(toIPv4(remote_addr)), IPv6NumToString(remote_addr))
 )
 ENGINE = MergeTree
-PARTITION BY toDate(start_time)
-ORDER BY (service, host, start_time)
-TTL toDateTime(start_time) + INTERVAL {retention_days} DAY
+PARTITION BY toDate(time)
+ORDER BY (host, service, route, time)
+TTL toDateTime(time) + INTERVAL {retention_days} DAY
 SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE TABLE IF NOT EXISTS blindspot.http_1m
@@ -66,7 +75,7 @@ SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.http_1m_mv TO blindspot.http_1m AS
 SELECT
-    toStartOfMinute(start_time) AS minute,
+    toStartOfMinute(time) AS minute,
     host, service, service_version, side,
     if(route = '', path, route) AS route,
     if(status = 0, 'none', concat(toString(intDiv(status, 100)), 'xx')) AS status_class,
@@ -74,8 +83,8 @@ SELECT
     toUInt8(startsWith(user_agent, 'Mozilla/')) AS browser,
     toUInt64(count()) AS requests,
     toUInt64(countIf(status >= 500 OR status = 0)) AS errors,
-    sum(request_size) AS request_bytes,
-    sum(response_size) AS response_bytes,
+    sum(request_bytes) AS request_bytes,
+    sum(response_bytes) AS response_bytes,
     sumForEachState(blindspot_latency_bucket(duration_ns)) AS latency_hist
 FROM blindspot.http_requests
 GROUP BY minute, host, service, service_version, side, route, status_class, gray_header, browser;
@@ -105,7 +114,7 @@ SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.http_1h_mv TO blindspot.http_1h AS
 SELECT
-    toStartOfHour(start_time) AS hour,
+    toStartOfHour(time) AS hour,
     host, service, service_version, side,
     if(route = '', path, route) AS route,
     if(status = 0, 'none', concat(toString(intDiv(status, 100)), 'xx')) AS status_class,
@@ -113,8 +122,8 @@ SELECT
     toUInt8(startsWith(user_agent, 'Mozilla/')) AS browser,
     toUInt64(count()) AS requests,
     toUInt64(countIf(status >= 500 OR status = 0)) AS errors,
-    sum(request_size) AS request_bytes,
-    sum(response_size) AS response_bytes,
+    sum(request_bytes) AS request_bytes,
+    sum(response_bytes) AS response_bytes,
     sumForEachState(blindspot_latency_bucket(duration_ns)) AS latency_hist
 FROM blindspot.http_requests
 GROUP BY hour, host, service, service_version, side, route, status_class, gray_header, browser;
@@ -139,10 +148,10 @@ TTL hour + INTERVAL {retention_days} DAY
 SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.http_peers_1h_mv TO blindspot.http_peers_1h AS
-SELECT toStartOfHour(start_time) AS hour, host, service, side,
+SELECT toStartOfHour(time) AS hour, host, service, side,
        toUInt8(startsWith(user_agent, 'Mozilla/')) AS browser,
        if(user_agent = '', '(none)', substring(splitByChar('/', user_agent)[1], 1, 64)) AS ua_product,
-       if(side = 'client' AND upstream != '', upstream, replaceRegexpOne(IPv6NumToString(remote_addr), '^::ffff:', '')) AS peer,
+       if(side = 'client' AND upstream_host != '', upstream_host, replaceRegexpOne(IPv6NumToString(remote_addr), '^::ffff:', '')) AS peer,
        toUInt64(count()) AS requests
 FROM blindspot.http_requests
 GROUP BY hour, host, service, side, browser, ua_product, peer;
@@ -172,7 +181,7 @@ SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.http_fleet_1m_mv TO blindspot.http_fleet_1m AS
 SELECT
-    toStartOfMinute(start_time) AS minute,
+    toStartOfMinute(time) AS minute,
     service, service_version, side,
     if(route = '', path, route) AS route,
     if(status = 0, 'none', concat(toString(intDiv(status, 100)), 'xx')) AS status_class,
@@ -180,8 +189,8 @@ SELECT
     toUInt8(startsWith(user_agent, 'Mozilla/')) AS browser,
     toUInt64(count()) AS requests,
     toUInt64(countIf(status >= 500 OR status = 0)) AS errors,
-    sum(request_size) AS request_bytes,
-    sum(response_size) AS response_bytes,
+    sum(request_bytes) AS request_bytes,
+    sum(response_bytes) AS response_bytes,
     sumForEachState(blindspot_latency_bucket(duration_ns)) AS latency_hist
 FROM blindspot.http_requests
 GROUP BY minute, service, service_version, side, route, status_class, gray_header, browser;
@@ -211,7 +220,7 @@ SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.http_fleet_1h_mv TO blindspot.http_fleet_1h AS
 SELECT
-    toStartOfHour(start_time) AS hour,
+    toStartOfHour(time) AS hour,
     service, service_version, side,
     if(route = '', path, route) AS route,
     if(status = 0, 'none', concat(toString(intDiv(status, 100)), 'xx')) AS status_class,
@@ -219,8 +228,8 @@ SELECT
     toUInt8(startsWith(user_agent, 'Mozilla/')) AS browser,
     toUInt64(count()) AS requests,
     toUInt64(countIf(status >= 500 OR status = 0)) AS errors,
-    sum(request_size) AS request_bytes,
-    sum(response_size) AS response_bytes,
+    sum(request_bytes) AS request_bytes,
+    sum(response_bytes) AS response_bytes,
     sumForEachState(blindspot_latency_bucket(duration_ns)) AS latency_hist
 FROM blindspot.http_requests
 GROUP BY hour, service, service_version, side, route, status_class, gray_header, browser;
@@ -244,10 +253,10 @@ TTL day + INTERVAL {retention_days} DAY
 SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.http_peers_1d_mv TO blindspot.http_peers_1d AS
-SELECT toDate(start_time) AS day, host, service, side,
+SELECT toDate(time) AS day, host, service, side,
        toUInt8(startsWith(user_agent, 'Mozilla/')) AS browser,
        if(user_agent = '', '(none)', substring(splitByChar('/', user_agent)[1], 1, 64)) AS ua_product,
-       if(side = 'client' AND upstream != '', upstream, replaceRegexpOne(IPv6NumToString(remote_addr), '^::ffff:', '')) AS peer,
+       if(side = 'client' AND upstream_host != '', upstream_host, replaceRegexpOne(IPv6NumToString(remote_addr), '^::ffff:', '')) AS peer,
        toUInt64(count()) AS requests
 FROM blindspot.http_requests
 GROUP BY day, host, service, side, browser, ua_product, peer;
