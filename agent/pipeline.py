@@ -156,7 +156,7 @@ class Pipeline:
 
     def export_metrics(self) -> None:
         """Move counter deltas into Prometheus (the hot path only bumps plain ints)."""
-        current = {**self.counts, **self.kernel_counters()}
+        current = {**self.kernel_counters(), **self.counts}
         for key, value in current.items():
             delta = int(value) - self._exported.get(key, 0)
             if delta <= 0:
@@ -180,7 +180,7 @@ class Pipeline:
         """Deltas since the last report, as pipeline_counters rows (zeros included: a quiet host
         and a broken one must look different)."""
         now = time.time_ns()
-        current = {**self.counts, **self.kernel_counters()}
+        current = {**self.kernel_counters(), **self.counts}  # the pipeline's own counts win
         for name in REPORTED:
             value = int(current.get(name, 0))
             delta = value - self._reported.get(name, 0)

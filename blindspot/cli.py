@@ -13,8 +13,8 @@ from blindspot import __version__
 from blindspot import config as config_mod
 
 DESCRIPTION = """\
-Blindspot records what services do on the wire, from the kernel: every TCP connection (and, with
-the Go source, every Go net/http request), kept in ClickHouse tables you query with SQL.
+Blindspot records what services do on the wire, from the kernel: every TCP connection and every
+Go net/http request, kept in ClickHouse tables you query with SQL.
 
   blindspot run                     trace this host into the embedded engine (chDB), live view
   blindspot query "SELECT ..."      ad-hoc SQL on the embedded data, also while `run` is running
@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", metavar="HOST:PORT",
                      help="Prometheus /metrics address (default 127.0.0.1:9435; 'off' to disable)")
     run.add_argument("--no-live", action="store_true", help="log counters instead of the live view")
+    run.add_argument("--no-http", action="store_true", help="trace TCP only, not Go net/http requests")
+    run.add_argument("--go-uprobes", action="store_true",
+                     help="also route patterns and outbound->inbound links via Go uprobes (costly: ~19 us/hit)")
+    run.add_argument("--http-headers", metavar="NAMES",
+                     help="request headers to capture, comma-separated (default: x-gray-version, "
+                     "x-request-id, traceparent, user-agent, host; never Authorization/Cookie unless named)")
 
     q = sub.add_parser(
         "query", help="run SQL on the embedded data",
@@ -92,6 +98,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.metrics_address = args.metrics_address
     if args.snapshot_interval:
         cfg.pipeline.snapshot_interval_s = args.snapshot_interval
+    if args.no_http:
+        cfg.http_enabled = False
+    if args.go_uprobes:
+        cfg.http.go_uprobes = True
+    if args.http_headers:
+        cfg.http.headers = tuple(h.strip().lower() for h in args.http_headers.split(",") if h.strip())
     if os.geteuid() != 0:
         print("blindspot run: needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): see README, Privileges",
               file=sys.stderr)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.http_source import HttpConfig
 from agent.pipeline import PipelineConfig
 from agent.tcp_source import TcpSourceConfig
 
@@ -27,7 +28,9 @@ class Config:
     data_dir: str = "/var/lib/blindspot"
     retention_days: int = 30
     metrics_address: str = "127.0.0.1:9435"  # "off" to disable
+    http_enabled: bool = True  # Go net/http requests (syscall tracepoints on Go processes only)
     tcp: TcpSourceConfig = field(default_factory=TcpSourceConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
@@ -43,6 +46,8 @@ def _coerce(value: str, to: Any, name: str) -> Any:
             return int(value)
         if to in (float, "float"):
             return float(value)
+        if isinstance(to, str) and to.startswith("tuple[str"):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
         return value
     except ValueError as e:
         raise ConfigError(f"{name}: cannot read {value!r} as {to}") from e
@@ -59,7 +64,8 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str, env: dict[str, str]) -
             _apply(current, sub, f"{env_name}_", env)
             continue
         if f.name in values:
-            setattr(obj, f.name, values[f.name])
+            v = values[f.name]
+            setattr(obj, f.name, tuple(v) if isinstance(v, list) else v)
         if env_name in env:
             setattr(obj, f.name, _coerce(env[env_name], f.type, env_name))
     unknown = set(values) - {f.name for f in dataclasses.fields(obj)}

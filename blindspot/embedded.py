@@ -1,6 +1,7 @@
 """``blindspot run``: the embedded pipeline on one machine with no servers.
 
-    TcpSource (kernel) ─► Pipeline ─► ClickHouseSink ─► chDB on --data-dir
+    TcpSource  (kernel) ─┐
+    HttpSource (kernel) ─┴► Pipeline ─► ClickHouseSink ─► chDB on --data-dir
                                          ▲
     blindspot query ── <data-dir>/query.sock (this process owns the folder)
 """
@@ -12,7 +13,8 @@ import signal
 import threading
 import time
 
-from agent.pipeline import Pipeline
+from agent.http_source import HttpSource
+from agent.pipeline import Pipeline, Source
 from agent.tcp_source import TcpSource
 from blindspot import live, metrics
 from blindspot.config import Config
@@ -41,14 +43,22 @@ def run(cfg: Config, duration_s: float | None = None, show_live: bool = True) ->
     cfg.pipeline.component = "embedded"
     pipeline: Pipeline | None = None
     try:
-        tcp = TcpSource(cfg.tcp, emit=lambda kind, row: pipeline.emit(kind, row))  # type: ignore[union-attr]
+        def emit(kind: str, row: dict) -> None:
+            pipeline.emit(kind, row)  # type: ignore[union-attr]
+
+        tcp = TcpSource(cfg.tcp, emit=emit)
         cfg.pipeline.host = cfg.pipeline.host or tcp.host
-        pipeline = Pipeline([tcp], sink, cfg.pipeline)
+        sources: list[Source] = [tcp]
+        if cfg.http_enabled:
+            cfg.http.hostname = cfg.pipeline.host
+            sources.append(HttpSource(emit, cfg.http))
+        pipeline = Pipeline(sources, sink, cfg.pipeline)
         view = threading.Thread(target=live.show, args=(pipeline, stop), name="live", daemon=True)
         if show_live:
             view.start()
         t0 = time.monotonic()
-        log.info("tracing TCP on %s; data in %s; Ctrl-C to stop", cfg.pipeline.host, cfg.data_dir)
+        log.info("tracing %s on %s; data in %s; Ctrl-C to stop", " + ".join(s.name for s in sources),
+                 cfg.pipeline.host, cfg.data_dir)
         pipeline.run(stop, duration_s)
         stop.set()
         if view.is_alive():

@@ -1,0 +1,86 @@
+"""ctypes mirrors of the records in bpf/http_event.h, and its constants (parsed from the header)."""
+
+from __future__ import annotations
+
+import ctypes as C
+import re
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
+HEADER = BPF_DIR / "http_event.h"
+
+
+def _header_defines(path: Path = HEADER) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in re.finditer(r"^#define\s+(BS_\w+)\s+\(?(\d+)u?(?:\s*<<\s*(\d+)\))?", path.read_text(), re.M):
+        value = int(m.group(2))
+        out[m.group(1)] = value << int(m.group(3)) if m.group(3) else value
+    return out
+
+
+_D = _header_defines()
+HEAD_MAX = _D["BS_HTTP_HEAD_MAX"]
+STATUS_MAX = _D["BS_HTTP_STATUS_MAX"]
+ROUTE_MAX = _D["BS_HTTP_ROUTE_MAX"]
+
+
+def event_class(head_max: int = HEAD_MAX) -> type[C.Structure]:
+    """struct http_event for a given BS_HTTP_HEAD_MAX (the agent may compile another size)."""
+
+    class HttpEvent(C.Structure):
+        _fields_ = [
+            ("kind", C.c_uint32),
+            ("pid", C.c_uint32),
+            ("tid", C.c_uint32),
+            ("fd", C.c_int32),
+            ("start_ns", C.c_uint64),
+            ("resp_start_ns", C.c_uint64),
+            ("end_ns", C.c_uint64),
+            ("req_bytes", C.c_uint64),
+            ("resp_bytes", C.c_uint64),
+            ("goroutine", C.c_uint64),
+            ("saddr", C.c_uint8 * 16),
+            ("daddr", C.c_uint8 * 16),
+            ("sport", C.c_uint16),
+            ("dport", C.c_uint16),
+            ("family", C.c_uint16),
+            ("head_len", C.c_uint16),
+            ("status_len", C.c_uint16),
+            ("route_len", C.c_uint16),
+            ("role", C.c_uint8),
+            ("end_reason", C.c_uint8),
+            ("held_byte", C.c_uint8),
+            ("_pad", C.c_uint8),
+            ("flags", C.c_uint32),
+            ("_pad2", C.c_uint32),
+            ("comm", C.c_char * 16),
+            ("status", C.c_char * STATUS_MAX),
+            ("route", C.c_char * ROUTE_MAX),
+            ("head", C.c_char * head_max),
+        ]
+
+    assert C.sizeof(HttpEvent) == 296 + head_max  # pinned by _Static_assert in the header
+    return HttpEvent
+
+
+class HttpProc(C.Structure):
+    _fields_ = [("kind", C.c_uint32), ("pid", C.c_uint32), ("ts_ns", C.c_uint64)]
+
+
+assert C.sizeof(HttpProc) == 16
+
+KIND_EXCHANGE, KIND_PROC_EXEC, KIND_PROC_EXIT = (
+    _D["BS_HTTP_EXCHANGE"], _D["BS_HTTP_PROC_EXEC"], _D["BS_HTTP_PROC_EXIT"])
+ROLE_CLIENT, ROLE_SERVER = _D["BS_HTTP_CLIENT"], _D["BS_HTTP_SERVER"]
+END_REASONS = {_D["BS_HTTP_END_IDLE"]: "idle", _D["BS_HTTP_END_NEXT"]: "next", _D["BS_HTTP_END_CLOSE"]: "close",
+               _D["BS_HTTP_END_QUIET"]: "quiet"}
+END_QUIET = _D["BS_HTTP_END_QUIET"]
+F_HEAD_TRUNC = _D["BS_HTTP_F_HEAD_TRUNC"]
+F_ADDR = _D["BS_HTTP_F_ADDR"]
+F_GO_SERVER = _D["BS_HTTP_F_GO_SERVER"]
+F_GO_CLIENT = _D["BS_HTTP_F_GO_CLIENT"]
+F_HELD_BYTE = _D["BS_HTTP_F_HELD_BYTE"]
+STAT_EMITTED, STAT_LOST_RINGBUF, STAT_LOST_MAP_FULL, STAT_UPROBE_HITS = (
+    _D["BS_HTTP_STAT_EMITTED"], _D["BS_HTTP_STAT_LOST_RINGBUF"], _D["BS_HTTP_STAT_LOST_MAP_FULL"],
+    _D["BS_HTTP_STAT_UPROBE_HITS"])
+STAT_N = _D["BS_HTTP_STAT_N"]

@@ -1,0 +1,77 @@
+"""Finding Go processes: at start by scanning /proc, later from exec events (the BPF program reports
+every sched_process_exec; this module decides which are Go). Service name and version come from, in
+order: the agent's configuration (by comm), the process environment (OTEL_SERVICE_NAME / SERVICE_NAME,
+SERVICE_VERSION / OTEL_RESOURCE_ATTRIBUTES service.version), the Go build info."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import go_binary
+from agent.go_binary import GoBinary, NotGo
+
+ENV_KEYS = (b"OTEL_SERVICE_NAME", b"SERVICE_NAME", b"SERVICE_VERSION", b"OTEL_RESOURCE_ATTRIBUTES")
+
+
+@dataclass
+class GoProcess:
+    pid: int
+    exe: str  # /proc/<pid>/exe: opens the binary even from another mount namespace
+    comm: str
+    binary: GoBinary
+    service: str
+    version: str
+    inode: tuple[int, int]  # (st_dev, st_ino) of the binary: uprobes attach per file
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    out = {}
+    for kv in raw.split(b"\0"):
+        k, sep, v = kv.partition(b"=")
+        if sep and k in ENV_KEYS:
+            out[k] = v
+    return out
+
+
+def service_identity(binary: GoBinary, env: dict[bytes, bytes], comm: str,
+                     configured: dict[str, tuple[str, str]] | None = None) -> tuple[str, str]:
+    if configured and comm in configured:
+        return configured[comm]
+    name = (env.get(b"OTEL_SERVICE_NAME") or env.get(b"SERVICE_NAME") or b"").decode("utf-8", "replace")
+    version = env.get(b"SERVICE_VERSION", b"").decode("utf-8", "replace")
+    if not version:
+        for attr in env.get(b"OTEL_RESOURCE_ATTRIBUTES", b"").decode("utf-8", "replace").split(","):
+            k, _, v = attr.partition("=")
+            if k.strip() == "service.version":
+                version = v.strip()
+    if not name:
+        name = binary.main_path.rsplit("/", 1)[-1] or comm
+    if not version:
+        v = binary.main_version
+        if v in ("", "(devel)"):
+            v = binary.settings.get("vcs.revision", "")[:12] or v
+        version = v
+    return name[:128], version[:128]
+
+
+def inspect_pid(pid: int, want_offsets: bool,
+                configured: dict[str, tuple[str, str]] | None = None) -> GoProcess | None:
+    exe = f"/proc/{pid}/exe"
+    try:
+        st = os.stat(exe)
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        binary = go_binary.inspect(exe, want_offsets=want_offsets)
+    except (OSError, NotGo, ValueError, KeyError, IndexError):
+        return None
+    name, version = service_identity(binary, _environ(pid), comm, configured)
+    return GoProcess(pid, exe, comm, binary, name, version, (st.st_dev, st.st_ino))
+
+
+def scan_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]

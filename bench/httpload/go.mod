@@ -1,0 +1,3 @@
+module blindspot.bench/httpload
+
+go 1.21

@@ -1,0 +1,456 @@
+// SPDX-License-Identifier: Apache-2.0
+// HTTP/1 request lifecycles from the read/write syscall tracepoints of traced processes, plus two
+// optional Go uprobes for what the bytes do not show (the ServeMux route, and which goroutine made an
+// outbound request). The syscall path is cheap (a hash lookup per syscall of untraced processes) and
+// reads only the first bytes of a request/response head; one record per exchange goes to user space,
+// which parses the head. Losses are counted in `stats`.
+//
+// Options come as -D defines from agent/http_source.py:
+//   BS_HTTP_MAX_CONNS, BS_RINGBUF_PAGES, BS_HTTP_HEAD_MAX    sizes
+//   BS_OFF_TASK_FILES, BS_OFF_FILES_FDT, BS_OFF_FDT_MAX_FDS, byte offsets of kernel struct fields,
+//   BS_OFF_FDT_FD, BS_OFF_FILE_PRIVATE, BS_OFF_FILE_F_OP,    from the running kernel's BTF
+//   BS_OFF_SOCKET_SK, BS_OFF_SKC_*                           (fd -> struct sock -> addresses)
+//   BS_SOCKET_FILE_OPS                                       &socket_file_ops (kallsyms), 0 = unchecked
+//   BS_GO_UPROBES                                            compile the Go uprobe programs
+#include <uapi/linux/ptrace.h>
+#include "http_event.h"
+
+struct go_proc {
+	// Go struct field offsets for this process's binary (DWARF or per-version table); -1 = unknown.
+	__s16 response_conn, response_req, conn_rwc, req_pattern, req_pat, pattern_str;
+	__s16 persistconn_conn, tcpconn_fd, netfd_sysfd;
+	__u16 _pad;
+};
+
+struct inflight {
+	__u64 buf;
+	__u64 count; // bytes asked for: Go's server background read asks for exactly 1
+	__s32 fd;
+	__u32 is_write;
+};
+
+struct conn_state {
+	struct http_event ev; // the exchange in progress; copied to the ring buffer when it ends
+	__u8 active;
+	__u8 addr_done;
+	__u8 held;      // a 1-byte read after a response: maybe the first byte of the next head
+	__u8 held_byte;
+	__u32 _pad;
+};
+
+struct go_client_mark {
+	__u64 goroutine;
+};
+
+BPF_HASH(pids, __u32, struct go_proc, 4096);                    // traced tgids (user space fills)
+BPF_HASH(inflight_io, __u64, struct inflight, 16384);           // pid_tgid -> syscall in progress
+BPF_HASH(conns, __u64, struct conn_state, BS_HTTP_MAX_CONNS);   // tgid<<32|fd -> connection
+BPF_HASH(client_marks, __u64, struct go_client_mark, 16384);    // tgid<<32|fd -> goroutine of roundTrip
+BPF_HASH(flushed, __u64, __u64, 16384);                         // tgid<<32|fd -> start_ns user space emitted
+BPF_PERCPU_ARRAY(zero_conn, struct conn_state, 1);              // template for new entries
+BPF_PERCPU_ARRAY(stats, __u64, BS_HTTP_STAT_N);
+BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES);
+
+// Clamp a length so the verifier can see the bound: the empty asm keeps clang from folding the
+// check into an earlier comparison on another register.
+#define BOUND(n, max)                             \
+	do {                                      \
+		asm volatile("" : "+r"(n));       \
+		if ((n) > (max))                  \
+			(n) = (max);              \
+	} while (0)
+
+static __always_inline void count(int slot)
+{
+	__u64 *v = stats.lookup(&slot);
+	if (v)
+		(*v)++;
+}
+
+static __always_inline void emit(struct conn_state *st, __u8 reason)
+{
+	// User space emits exchanges that went idle without an end seen here (a keep-alive client
+	// connection waiting for its next request); it leaves a marker so they are not sent twice.
+	__u64 key = ((__u64)st->ev.pid << 32) | (__u32)st->ev.fd;
+	__u64 *done = flushed.lookup(&key);
+	if (done) {
+		__u64 was = *done;
+		flushed.delete(&key);
+		if (was == st->ev.start_ns) {
+			st->active = 0;
+			return;
+		}
+	}
+	st->ev.end_reason = reason;
+	if (!st->ev.end_ns) // no response: it ended when the connection did (a handler panic, a reset)
+		st->ev.end_ns = bpf_ktime_get_ns();
+	if (events.ringbuf_output(&st->ev, sizeof(st->ev), 0) == 0)
+		count(BS_HTTP_STAT_EMITTED);
+	else
+		count(BS_HTTP_STAT_LOST_RINGBUF);
+	st->active = 0;
+}
+
+// Request heads start with a method and a space; only the methods net/http and common clients send.
+static __always_inline int is_method(const char *p)
+{
+	switch (p[0]) {
+	case 'G': return p[1] == 'E' && p[2] == 'T' && p[3] == ' ';
+	case 'P': return (p[1] == 'O' && p[2] == 'S' && p[3] == 'T') || (p[1] == 'U' && p[2] == 'T' && p[3] == ' ') ||
+		         (p[1] == 'A' && p[2] == 'T' && p[3] == 'C');
+	case 'H': return p[1] == 'E' && p[2] == 'A' && p[3] == 'D';
+	case 'D': return p[1] == 'E' && p[2] == 'L' && p[3] == 'E';
+	case 'O': return p[1] == 'P' && p[2] == 'T' && p[3] == 'I';
+	case 'C': return p[1] == 'O' && p[2] == 'N' && p[3] == 'N';
+	case 'T': return p[1] == 'R' && p[2] == 'A' && p[3] == 'C';
+	}
+	return 0;
+}
+
+static __always_inline int is_response(const char *p)
+{
+	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1' && p[6] == '.';
+}
+
+// fd -> struct file -> struct socket -> struct sock: the connection's addresses, read once per
+// connection. All offsets come from BTF.
+static __always_inline void read_addrs(struct conn_state *st, int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	void *files = 0, *fdt = 0, **fdarr = 0, *file = 0, *sock = 0, *sk = 0, *fops = 0;
+	unsigned int max_fds = 0;
+	bpf_probe_read_kernel(&files, sizeof(files), (char *)task + BS_OFF_TASK_FILES);
+	if (!files)
+		return;
+	bpf_probe_read_kernel(&fdt, sizeof(fdt), (char *)files + BS_OFF_FILES_FDT);
+	if (!fdt)
+		return;
+	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + BS_OFF_FDT_MAX_FDS);
+	if ((unsigned int)fd >= max_fds)
+		return;
+	bpf_probe_read_kernel(&fdarr, sizeof(fdarr), (char *)fdt + BS_OFF_FDT_FD);
+	bpf_probe_read_kernel(&file, sizeof(file), (char *)(fdarr + fd));
+	if (!file)
+		return;
+#if BS_SOCKET_FILE_OPS
+	bpf_probe_read_kernel(&fops, sizeof(fops), (char *)file + BS_OFF_FILE_F_OP);
+	if ((__u64)fops != BS_SOCKET_FILE_OPS)
+		return;
+#endif
+	bpf_probe_read_kernel(&sock, sizeof(sock), (char *)file + BS_OFF_FILE_PRIVATE);
+	if (!sock)
+		return;
+	bpf_probe_read_kernel(&sk, sizeof(sk), (char *)sock + BS_OFF_SOCKET_SK);
+	if (!sk)
+		return;
+	__u16 family = 0, dport = 0, num = 0;
+	bpf_probe_read_kernel(&family, sizeof(family), (char *)sk + BS_OFF_SKC_FAMILY);
+	bpf_probe_read_kernel(&dport, sizeof(dport), (char *)sk + BS_OFF_SKC_DPORT);
+	bpf_probe_read_kernel(&num, sizeof(num), (char *)sk + BS_OFF_SKC_NUM);
+	if (family == 2) {
+		bpf_probe_read_kernel(st->ev.saddr, 4, (char *)sk + BS_OFF_SKC_RCV_SADDR);
+		bpf_probe_read_kernel(st->ev.daddr, 4, (char *)sk + BS_OFF_SKC_DADDR);
+	} else if (family == 10) {
+		bpf_probe_read_kernel(st->ev.saddr, 16, (char *)sk + BS_OFF_SKC_V6_RCV_SADDR);
+		bpf_probe_read_kernel(st->ev.daddr, 16, (char *)sk + BS_OFF_SKC_V6_DADDR);
+	} else {
+		return;
+	}
+	st->ev.family = family;
+	st->ev.sport = num;
+	st->ev.dport = __builtin_bswap16(dport);
+	st->ev.flags |= BS_HTTP_F_ADDR;
+}
+
+static __always_inline void io_enter(int fd, const void *buf, __u64 count, __u32 is_write)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (!pids.lookup(&tgid))
+		return;
+	struct inflight in = {.buf = (__u64)buf, .count = count, .fd = fd, .is_write = is_write};
+	inflight_io.update(&id, &in);
+}
+
+static __always_inline void start_exchange(struct conn_state *st, __u32 tgid, __u32 tid, int fd, long ret,
+					   const void *buf, __u8 role, __u64 now)
+{
+	__u32 flags = st->ev.flags & BS_HTTP_F_ADDR;
+	st->ev.kind = BS_HTTP_EXCHANGE;
+	st->ev.pid = tgid;
+	st->ev.tid = tid;
+	st->ev.fd = fd;
+	st->ev.start_ns = now;
+	st->ev.resp_start_ns = 0;
+	st->ev.end_ns = 0;
+	st->ev.req_bytes = ret;
+	st->ev.resp_bytes = 0;
+	st->ev.goroutine = 0;
+	st->ev.status_len = 0;
+	st->ev.route_len = 0;
+	st->ev.role = role;
+	st->ev.end_reason = 0;
+	st->ev.held_byte = 0;
+	if (role == BS_HTTP_SERVER && st->held) {
+		flags |= BS_HTTP_F_HELD_BYTE;
+		st->ev.held_byte = st->held_byte;
+		st->ev.req_bytes += 1;
+	}
+	st->held = 0;
+	__u64 n = ret;
+	if (n > BS_HTTP_HEAD_MAX) {
+		n = BS_HTTP_HEAD_MAX;
+		flags |= BS_HTTP_F_HEAD_TRUNC;
+	}
+	BOUND(n, BS_HTTP_HEAD_MAX);
+	bpf_probe_read_user(st->ev.head, n, buf);
+	st->ev.head_len = n;
+	st->ev.flags = flags;
+	bpf_get_current_comm(st->ev.comm, sizeof(st->ev.comm));
+	if (role == BS_HTTP_CLIENT) {
+		// The goroutine that called persistConn.roundTrip for this connection (Go uprobe).
+		__u64 key = ((__u64)tgid << 32) | (__u32)fd;
+		struct go_client_mark *m = client_marks.lookup(&key);
+		if (m) {
+			st->ev.goroutine = m->goroutine;
+			st->ev.flags |= BS_HTTP_F_GO_CLIENT;
+			client_marks.delete(&key);
+		}
+	}
+	st->active = 1;
+}
+
+static __always_inline void io_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct inflight *in = inflight_io.lookup(&id);
+	if (!in)
+		return;
+	struct inflight io = *in;
+	inflight_io.delete(&id);
+	__u32 tgid = id >> 32;
+	__u64 key = ((__u64)tgid << 32) | (__u32)io.fd;
+	struct conn_state *st = conns.lookup(&key);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (ret <= 0) {
+		// A server reading for its next request (EAGAIN/EOF) after a response: that response is over.
+		// Reads of exactly 1 byte are Go's background read while a handler runs: not an end.
+		if (st && st->active && !io.is_write && io.count > 1 && st->ev.role == BS_HTTP_SERVER &&
+		    st->ev.resp_bytes > 0)
+			emit(st, BS_HTTP_END_IDLE);
+		return;
+	}
+	char p[8] = {};
+	__u64 pn = ret;
+	BOUND(pn, 8);
+	bpf_probe_read_user(p, pn, (void *)io.buf);
+
+	int head = ret >= 4 && is_method(p);
+	if (!head && st && st->held && !io.is_write && ret >= 3) {
+		// The Go server's 1-byte background read may have taken the next head's first byte.
+		char q[4] = {st->held_byte, p[0], p[1], p[2]};
+		head = is_method(q);
+		if (!head)
+			st->held = 0;
+	}
+	if (head) {
+		__u8 role = io.is_write ? BS_HTTP_CLIENT : BS_HTTP_SERVER;
+		if (!st) {
+			int z = 0;
+			struct conn_state *tmpl = zero_conn.lookup(&z);
+			if (!tmpl)
+				return;
+			tmpl->active = 0;
+			tmpl->held = 0;
+			tmpl->addr_done = 0;
+			tmpl->ev.flags = 0;
+			if (conns.insert(&key, tmpl) != 0) {
+				count(BS_HTTP_STAT_LOST_MAP_FULL);
+				return;
+			}
+			st = conns.lookup(&key);
+			if (!st)
+				return;
+		} else if (st->active) {
+			emit(st, BS_HTTP_END_NEXT);
+		}
+		if (!st->addr_done) {
+			read_addrs(st, io.fd);
+			st->addr_done = 1;
+		}
+		start_exchange(st, tgid, (__u32)id, io.fd, ret, (void *)io.buf, role, now);
+		return;
+	}
+	if (!st)
+		return;
+	// Go's server reads 1 byte in the background while a handler runs; when the next request arrives
+	// before that read is cancelled, it takes the head's first byte. Hold it for the next read.
+	if (st->ev.role == BS_HTTP_SERVER && !io.is_write && io.count == 1 && (!st->active || st->ev.resp_bytes > 0)) {
+		st->held = 1;
+		st->held_byte = p[0];
+		return;
+	}
+	if (!st->active)
+		return;
+	// Bytes moved toward the peer that answers belong to the response, the others to the request.
+	int response_dir = (st->ev.role == BS_HTTP_SERVER) == (io.is_write != 0);
+	if (!response_dir) {
+		st->ev.req_bytes += ret;
+		return;
+	}
+	if (st->ev.resp_bytes == 0) {
+		if (!(ret >= 7 && is_response(p)))
+			return;
+		st->ev.resp_start_ns = now;
+		__u64 n = ret;
+		BOUND(n, BS_HTTP_STATUS_MAX);
+		bpf_probe_read_user(st->ev.status, n, (void *)io.buf);
+		st->ev.status_len = n;
+	}
+	st->ev.resp_bytes += ret;
+	st->ev.end_ns = now;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { io_enter(args->fd, args->buf, args->count, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { io_enter(args->fd, args->buf, args->count, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { io_enter(args->fd, args->ubuf, args->size, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { io_enter(args->fd, args->buff, args->len, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { io_exit(args->ret); return 0; }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!pids.lookup(&tgid))
+		return 0;
+	__u64 key = ((__u64)tgid << 32) | (__u32)args->fd;
+	struct conn_state *st = conns.lookup(&key);
+	if (!st)
+		return 0;
+	if (st->active)
+		emit(st, BS_HTTP_END_CLOSE);
+	conns.delete(&key);
+	client_marks.delete(&key);
+	flushed.delete(&key);
+	return 0;
+}
+
+// Every exec: user space decides whether the new program is Go (build info) and should be traced.
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	struct http_proc *r = events.ringbuf_reserve(sizeof(struct http_proc));
+	if (!r) {
+		count(BS_HTTP_STAT_LOST_RINGBUF);
+		return 0;
+	}
+	r->kind = BS_HTTP_PROC_EXEC;
+	r->pid = bpf_get_current_pid_tgid() >> 32;
+	r->ts_ns = bpf_ktime_get_ns();
+	events.ringbuf_submit(r, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if ((__u32)id != tgid || !pids.lookup(&tgid))
+		return 0; // a thread, or not ours: only the group leader's exit ends the process
+	struct http_proc *r = events.ringbuf_reserve(sizeof(struct http_proc));
+	if (!r) {
+		count(BS_HTTP_STAT_LOST_RINGBUF);
+		return 0;
+	}
+	r->kind = BS_HTTP_PROC_EXIT;
+	r->pid = tgid;
+	r->ts_ns = bpf_ktime_get_ns();
+	events.ringbuf_submit(r, 0);
+	return 0;
+}
+
+#if BS_GO_UPROBES
+// Go register ABI (amd64, Go >= 1.17): receiver/first args in RAX, RBX, ...; R14 holds the current g.
+
+// *net.TCPConn (the data word of a net.Conn interface) -> its file descriptor.
+static __always_inline int go_conn_fd(const struct go_proc *gp, void *tcpconn)
+{
+	void *netfd = 0;
+	long sysfd = -1;
+	if (!tcpconn || gp->tcpconn_fd < 0 || gp->netfd_sysfd < 0)
+		return -1;
+	bpf_probe_read_user(&netfd, sizeof(netfd), (char *)tcpconn + gp->tcpconn_fd);
+	if (!netfd)
+		return -1;
+	bpf_probe_read_user(&sysfd, sizeof(sysfd), (char *)netfd + gp->netfd_sysfd);
+	return (int)sysfd;
+}
+
+// net/http.(*response).finishRequest: the handler has returned, the final flush is still to come.
+// Here the request carries its ServeMux pattern, and R14 is the goroutine that ran the handler.
+int uprobe_finish_request(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct go_proc *gp = pids.lookup(&tgid);
+	if (!gp || gp->response_conn < 0 || gp->conn_rwc < 0)
+		return 0;
+	count(BS_HTTP_STAT_UPROBE_HITS);
+	void *w = (void *)ctx->ax, *c = 0, *tcpconn = 0, *req = 0;
+	bpf_probe_read_user(&c, sizeof(c), (char *)w + gp->response_conn);
+	if (!c)
+		return 0;
+	bpf_probe_read_user(&tcpconn, sizeof(tcpconn), (char *)c + gp->conn_rwc + 8); // iface data word
+	int fd = go_conn_fd(gp, tcpconn);
+	if (fd < 0)
+		return 0;
+	__u64 key = ((__u64)tgid << 32) | (__u32)fd;
+	struct conn_state *st = conns.lookup(&key);
+	if (!st || !st->active || st->ev.role != BS_HTTP_SERVER)
+		return 0;
+	st->ev.goroutine = ctx->r14;
+	st->ev.flags |= BS_HTTP_F_GO_SERVER;
+	if (gp->response_req < 0)
+		return 0;
+	bpf_probe_read_user(&req, sizeof(req), (char *)w + gp->response_req);
+	if (!req)
+		return 0;
+	struct { const char *p; long n; } s = {};
+	if (gp->req_pattern >= 0) { // Go 1.23+: Request.Pattern
+		bpf_probe_read_user(&s, sizeof(s), (char *)req + gp->req_pattern);
+	} else if (gp->req_pat >= 0 && gp->pattern_str >= 0) { // Go 1.22: Request.pat.str
+		void *pat = 0;
+		bpf_probe_read_user(&pat, sizeof(pat), (char *)req + gp->req_pat);
+		if (pat)
+			bpf_probe_read_user(&s, sizeof(s), (char *)pat + gp->pattern_str);
+	}
+	if (s.p && s.n > 0) {
+		__u64 n = s.n;
+		BOUND(n, BS_HTTP_ROUTE_MAX);
+		bpf_probe_read_user(st->ev.route, n, s.p);
+		st->ev.route_len = n;
+	}
+	return 0;
+}
+
+// net/http.(*persistConn).roundTrip: runs on the goroutine that called Client.Do, before the
+// connection's write loop sends the request head. Mark the connection with that goroutine.
+int uprobe_persistconn_roundtrip(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct go_proc *gp = pids.lookup(&tgid);
+	if (!gp || gp->persistconn_conn < 0)
+		return 0;
+	count(BS_HTTP_STAT_UPROBE_HITS);
+	void *pc = (void *)ctx->ax, *tcpconn = 0;
+	bpf_probe_read_user(&tcpconn, sizeof(tcpconn), (char *)pc + gp->persistconn_conn + 8);
+	int fd = go_conn_fd(gp, tcpconn);
+	if (fd < 0)
+		return 0;
+	__u64 key = ((__u64)tgid << 32) | (__u32)fd;
+	struct go_client_mark m = {.goroutine = ctx->r14};
+	client_marks.update(&key, &m);
+	return 0;
+}
+#endif

@@ -1,0 +1,3 @@
+module blindspot.test/gohttp
+
+go 1.21
