@@ -2,6 +2,7 @@
 -- Key: who served (host, service, version, side), what (route, status class), the X-Gray-Version header
 -- the request arrived with (gray-release routing) and whether a browser made it (User-Agent Mozilla/...).
 -- Latency as fixed-bucket counts (blindspot_latency_bucket), so percentiles and heatmaps read no raw rows.
+-- Per-host tables sort by host first: dashboards read them only with a host picked (else *_fleet_*).
 
 CREATE TABLE IF NOT EXISTS blindspot.http_1m
 (
@@ -22,7 +23,7 @@ CREATE TABLE IF NOT EXISTS blindspot.http_1m
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toDate(minute)
-ORDER BY (service, host, service_version, side, route, minute, status_class, gray_header, browser)
+ORDER BY (host, service, service_version, side, route, minute, status_class, gray_header, browser)
 TTL minute + INTERVAL 3 DAY
 SETTINGS non_replicated_deduplication_window = 10000;
 
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS blindspot.http_1h
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toDate(hour)
-ORDER BY (service, host, service_version, side, route, hour, status_class, gray_header, browser)
+ORDER BY (host, service, service_version, side, route, hour, status_class, gray_header, browser)
 TTL hour + INTERVAL {retention_days} DAY
 SETTINGS non_replicated_deduplication_window = 10000;
 
@@ -96,7 +97,7 @@ CREATE TABLE IF NOT EXISTS blindspot.http_peers_1h
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toDate(hour)
-ORDER BY (service, host, side, hour, browser, ua_product, peer)
+ORDER BY (host, service, side, hour, browser, ua_product, peer)
 TTL hour + INTERVAL {retention_days} DAY
 SETTINGS non_replicated_deduplication_window = 10000;
 
@@ -201,7 +202,7 @@ CREATE TABLE IF NOT EXISTS blindspot.http_peers_1d
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(day)
-ORDER BY (service, host, side, day, browser, ua_product, peer)
+ORDER BY (host, service, side, day, browser, ua_product, peer)
 TTL day + INTERVAL {retention_days} DAY
 SETTINGS non_replicated_deduplication_window = 10000;
 
