@@ -30,5 +30,11 @@ lint: setup
 bench: setup
 	bash scripts/bench.sh
 
+## kafka-up / kafka-down: the local single-node Kafka broker (127.0.0.1:19092) for fleet mode.
+kafka-up:
+	bash scripts/kafka.sh start
+kafka-down:
+	bash scripts/kafka.sh stop
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import ctypes as C
-import re
-from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
+from agent._bpf_abi import BPF_DIR, header_defines
+
 HEADER = BPF_DIR / "http_event.h"
 
 
-def _header_defines(path: Path = HEADER) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for m in re.finditer(r"^#define\s+(BS_\w+)\s+\(?(\d+)u?(?:\s*<<\s*(\d+)\))?", path.read_text(), re.M):
-        value = int(m.group(2))
-        out[m.group(1)] = value << int(m.group(3)) if m.group(3) else value
-    return out
-
-
-_D = _header_defines()
+_D = header_defines(HEADER)
 HEAD_MAX = _D["BS_HTTP_HEAD_MAX"]
 STATUS_MAX = _D["BS_HTTP_STATUS_MAX"]
 ROUTE_MAX = _D["BS_HTTP_ROUTE_MAX"]

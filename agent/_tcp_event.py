@@ -7,13 +7,12 @@ offset and the total size against this class, so the two cannot drift apart sile
 from __future__ import annotations
 
 import ctypes as C
-import re
 import struct
 from collections import namedtuple
-from pathlib import Path
 from typing import Any, TypeAlias
 
-BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
+from agent._bpf_abi import BPF_DIR, header_defines, struct_format
+
 HEADER = BPF_DIR / "tcp_event.h"
 
 
@@ -45,23 +44,10 @@ class TcpEvent(C.Structure):
     ]
 
 
-def _struct_format(cls: type[C.Structure]) -> str:
-    """A ``struct`` format with the same layout as ``cls`` (natural alignment, no hidden padding)."""
-    codes = {C.c_uint64: "Q", C.c_int64: "q", C.c_uint32: "I", C.c_int32: "i", C.c_uint16: "H", C.c_uint8: "B"}
-    out = "<"
-    fields: list[tuple[str, Any]] = cls._fields_  # type: ignore[assignment]
-    for _name, typ in fields:
-        if issubclass(typ, C.Array):
-            out += f"{typ._length_}s"  # byte arrays and char[] come out as bytes
-        else:
-            out += codes[typ]
-    return out
-
-
 # Reading fields off a ctypes object costs far more than unpacking a tuple: the hot path unpacks.
 _Record = namedtuple("TcpRecord", [name for name, _ in TcpEvent._fields_], rename=True)  # type: ignore[misc]
 TcpRecord: TypeAlias = Any  # a namedtuple with TcpEvent's field names (built at import: typed loosely)
-_UNPACK = struct.Struct(_struct_format(TcpEvent))
+_UNPACK = struct.Struct(struct_format(TcpEvent._fields_))  # type: ignore[arg-type]
 assert _UNPACK.size == C.sizeof(TcpEvent)
 
 
@@ -70,16 +56,7 @@ def unpack(buf: bytes | bytearray | memoryview) -> TcpRecord:
     return _Record._make(_UNPACK.unpack_from(buf))
 
 
-def _header_defines(path: Path = HEADER) -> dict[str, int]:
-    """``#define BS_NAME value`` lines of the header, so constants have one source."""
-    out: dict[str, int] = {}
-    for m in re.finditer(r"^#define\s+(BS_\w+)\s+\(?(\d+)u?(?:\s*<<\s*(\d+)\))?", path.read_text(), re.M):
-        value = int(m.group(2))
-        out[m.group(1)] = value << int(m.group(3)) if m.group(3) else value
-    return out
-
-
-_D = _header_defines()
+_D = header_defines(HEADER)
 TCP_EVENT_SIZE = 144  # pinned by _Static_assert in the header
 assert C.sizeof(TcpEvent) == TCP_EVENT_SIZE
 

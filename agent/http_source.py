@@ -28,6 +28,7 @@ from typing import Any
 
 from agent import _http_event as ev
 from agent import btf, go_procs, http_parse
+from agent._bpf_abi import struct_format
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
 from agent.go_procs import GoProcess
 from agent.tcp_decode import Clock, address
@@ -89,7 +90,7 @@ def _kernel_defines() -> list[str]:
 
 
 # struct http_event up to head[] (bpf/http_event.h); checked against the ctypes mirror at import.
-_FIXED = struct.Struct("<IIIiQQQQQQ16s16sHHHHHHBBBBII16s32s128s")
+_FIXED = struct.Struct(struct_format(ev.event_class(256)._fields_[:-1]))  # type: ignore[attr-defined,arg-type]
 assert _FIXED.size == ev.event_class(256).head.offset  # type: ignore[attr-defined]
 
 

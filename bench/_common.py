@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,15 +42,27 @@ class EmbeddedAgent:
             [str(BLINDSPOT), "run", "--data-dir", str(self.data_dir), "--no-live", "--metrics-address", "off"],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **env},
         )
+        # Ready once a connection made after start-up is in the table: tables exist before the BPF
+        # programs are compiled and attached.
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                if self.rows("SELECT count() AS n FROM blindspot.pipeline_counters")[0]["n"] is not None:
-                    break
-            except Exception:  # not up yet: no socket, or tables not created
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        with srv:
+            while not self._seen(port):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(self.log.read_text()) from None
+                    raise RuntimeError(self.log.read_text())
+                socket.create_connection(("127.0.0.1", port)).close()
+                srv.accept()[0].close()
                 time.sleep(0.5)
+
+    def _seen(self, port: int) -> bool:
+        try:
+            return bool(self.rows("SELECT 1 FROM blindspot.tcp_connections WHERE local_port = {p:UInt16} LIMIT 1",
+                                  p=port))
+        except Exception:  # not up yet: no socket, or tables not created
+            return False
 
     def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         out = query_via_socket(socket_path(self.data_dir), sql, FORMATS["json"], params)

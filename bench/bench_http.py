@@ -32,6 +32,7 @@ GO = os.environ.get("BLINDSPOT_BENCH_GO", "go1.26.8")
 def agent_main(pid: int, uprobes: bool) -> None:
     """Child: trace ``pid``; on each stdin line print {"rows": n, **counters}."""
     from agent.http_source import HttpConfig, HttpSource
+    from agent.pipeline import PipelineConfig
 
     rows = [0]
 
@@ -45,8 +46,10 @@ def agent_main(pid: int, uprobes: bool) -> None:
     os.set_blocking(sys.stdin.fileno(), False)
     print(json.dumps({"ready": True}), flush=True)
     buf = b""
+    drain_s = PipelineConfig().poll_ms / 1000
     while True:
-        src.poll(100)
+        src.poll(0)  # as agent/pipeline.py does: drain, then sleep (no wake-up per record)
+        time.sleep(drain_s)
         try:
             chunk = os.read(sys.stdin.fileno(), 4096)
         except BlockingIOError:
@@ -57,7 +60,8 @@ def agent_main(pid: int, uprobes: bool) -> None:
         while b"\n" in buf:
             _, buf = buf.split(b"\n", 1)
             for _ in range(10):  # drain what is already in the ring buffer
-                src.poll(50)
+                src.poll(0)
+                time.sleep(drain_s)
             print(json.dumps({"rows": rows[0], **src.counters()}), flush=True)
     src.close()
 

@@ -18,6 +18,9 @@ Go net/http request, kept in ClickHouse tables you query with SQL.
 
   blindspot run                     trace this host into the embedded engine (chDB), live view
   blindspot query "SELECT ..."      ad-hoc SQL on the embedded data, also while `run` is running
+  blindspot agent --kafka HOST:PORT fleet mode: trace this host, publish to Kafka
+  blindspot ingest --kafka HOST:PORT (--clickhouse URL | --data-dir DIR)
+                                    fleet mode: Kafka -> ClickHouse, each record once
 """
 
 EPILOG = """\
@@ -77,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="query parameter: --param port=443 fills {port:UInt16} in the SQL")
     q.add_argument("sql", help="the SQL statement ('-' reads it from standard input)")
+    _add_fleet_commands(sub)
     _add_grafana(sub)
     return parser
 
@@ -150,6 +154,59 @@ def _query_directly(data_dir: Path, sql: str, fmt: str, params: dict[str, str]) 
         return None
 
 
+# --- fleet mode: agent -> Kafka -> ingest -> ClickHouse (agent/fleet.py, ingest/worker.py) -------------
+def _add_fleet_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from ingest.worker import add_arguments
+
+    a = sub.add_parser(
+        "agent", help="trace this host and publish to Kafka (needs root)",
+        description="Trace this host's TCP connections and publish every record to Kafka, one topic per "
+        "record kind, keyed by host. TLS/SASL settings: --kafka-config FILE (librdkafka properties) or "
+        "BLINDSPOT_RDKAFKA_* environment variables. SIGTERM flushes before exiting.",
+    )
+    _add_common(a)
+    a.add_argument("--kafka", required=True, metavar="BOOTSTRAP", help="Kafka bootstrap servers")
+    a.add_argument("--kafka-config", metavar="FILE", help="librdkafka properties file (TLS, SASL, ...)")
+    a.add_argument("--topic-prefix", default="", help="prefix of every topic name (same on ingest)")
+    a.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this long")
+    a.add_argument("--snapshot-interval", type=float, metavar="SECONDS")
+    a.add_argument("--metrics-address", metavar="HOST:PORT", help="Prometheus /metrics ('off' to disable)")
+
+    i = sub.add_parser(
+        "ingest", help="consume Kafka and write into ClickHouse, each record once",
+        description="An ingest worker: consumer group on the record topics, batches into ClickHouse (a "
+        "server with --clickhouse, or the embedded engine in --data-dir), offsets committed only after "
+        "ClickHouse accepted a batch. Bad messages go to the dead-letter topic. Run several for more "
+        "throughput; SIGTERM flushes and commits.",
+    )
+    i.add_argument("-v", "--verbose", action="count", default=0)
+    add_arguments(i)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agent import fleet
+    from agent.kafka_sink import KafkaSinkConfig, client_settings
+
+    cfg = config_mod.load(args.config)
+    if args.metrics_address:
+        cfg.metrics_address = args.metrics_address
+    if args.snapshot_interval:
+        cfg.pipeline.snapshot_interval_s = args.snapshot_interval
+    if os.geteuid() != 0:
+        print("blindspot agent: needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)", file=sys.stderr)
+        return 2
+    kafka = KafkaSinkConfig(args.kafka, topic_prefix=args.topic_prefix,
+                            extra=client_settings(args.kafka_config))
+    fleet.run(cfg, kafka, duration_s=args.duration)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingest import worker
+
+    return worker.main(args)
+
+
 # --- grafana (issue 5): `blindspot grafana provision --url URL` ------------------------------------
 def _add_grafana(sub: Any) -> None:
     from blindspot import grafana_provision
@@ -171,7 +228,7 @@ def cmd_grafana(args: argparse.Namespace) -> int:
 # --- end grafana -------------------------------------------------------------------------------------
 
 
-COMMANDS = {"run": cmd_run, "query": cmd_query, "grafana": cmd_grafana}
+COMMANDS = {"run": cmd_run, "query": cmd_query, "agent": cmd_agent, "ingest": cmd_ingest, "grafana": cmd_grafana}
 
 
 def main(argv: list[str] | None = None) -> int:

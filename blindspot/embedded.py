@@ -13,9 +13,8 @@ import signal
 import threading
 import time
 
-from agent.http_source import HttpSource
-from agent.pipeline import Pipeline, Source
-from agent.tcp_source import TcpSource
+from agent.pipeline import Pipeline
+from agent.sources import build_sources
 from blindspot import live, metrics
 from blindspot.config import Config
 from blindspot.query_server import QueryServer
@@ -39,19 +38,13 @@ def run(cfg: Config, duration_s: float | None = None, show_live: bool = True) ->
     queries = QueryServer(cfg.data_dir, service).start()
     metrics.serve(cfg.metrics_address)
 
-    cfg.pipeline.host = cfg.pipeline.host or cfg.host or cfg.tcp.host
     cfg.pipeline.component = "embedded"
     pipeline: Pipeline | None = None
     try:
         def emit(kind: str, row: dict) -> None:
             pipeline.emit(kind, row)  # type: ignore[union-attr]
 
-        tcp = TcpSource(cfg.tcp, emit=emit)
-        cfg.pipeline.host = cfg.pipeline.host or tcp.host
-        sources: list[Source] = [tcp]
-        if cfg.http_enabled:
-            cfg.http.hostname = cfg.pipeline.host
-            sources.append(HttpSource(emit, cfg.http))
+        sources = build_sources(cfg, emit)
         pipeline = Pipeline(sources, sink, cfg.pipeline)
         view = threading.Thread(target=live.show, args=(pipeline, stop), name="live", daemon=True)
         if show_live:
@@ -63,7 +56,7 @@ def run(cfg: Config, duration_s: float | None = None, show_live: bool = True) ->
         stop.set()
         if view.is_alive():
             view.join()
-        c = {**pipeline.counts, **pipeline.kernel_counters()}
+        c = pipeline.all_counters()
         log.info("stopped after %.1fs: %d connections, %d rows written, %d dropped, %d lost in kernel",
                  time.monotonic() - t0, c.get("captured:tcp_connection", 0), c.get("rows_written", 0),
                  c.get("dropped_queue_full", 0) + c.get("dropped_sink", 0),

@@ -9,7 +9,8 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # --- Debian packages -------------------------------------------------------------------------
 # python3-bpfcc/bpfcc-tools: bcc (PyPI's "bcc" is an unrelated package); bpftool: reads kernel struct
 # offsets from BTF; linux-headers-amd64: bcc needs *some* headers to compile; wrk: load for bench/.
-DEB_PKGS=(python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 wrk)
+# openjdk-17-jre-headless/maven: scripts/kafka.sh assembles the local Kafka broker from Maven Central jars.
+DEB_PKGS=(python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 wrk openjdk-17-jre-headless maven)
 missing=()
 for p in "${DEB_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -56,4 +57,6 @@ site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 if [[ -d /usr/lib/python3/dist-packages/bcc && ! -e $site/bcc ]]; then
   ln -s /usr/lib/python3/dist-packages/bcc "$site/bcc"
 fi
+# Kafka jars for the fleet tests and `make kafka-up` (cached outside the tree; skipped when cached).
+bash scripts/kafka.sh fetch
 log "ready: $VENV/bin/blindspot"
