@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from blindspot import __version__
 from blindspot import config as config_mod
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query parameter: --param port=443 fills {port:UInt16} in the SQL")
     q.add_argument("sql", help="the SQL statement ('-' reads it from standard input)")
     _add_fleet_commands(sub)
+    _add_grafana(sub)
     return parser
 
 
@@ -205,7 +207,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return worker.main(args)
 
 
-COMMANDS = {"run": cmd_run, "query": cmd_query, "agent": cmd_agent, "ingest": cmd_ingest}
+# --- grafana (issue 5): `blindspot grafana provision --url URL` ------------------------------------
+def _add_grafana(sub: Any) -> None:
+    from blindspot import grafana_provision
+
+    g = sub.add_parser("grafana", help="Grafana: provision our data source and dashboards",
+                       description="Grafana dashboards for Blindspot data (see docs/grafana.md).")
+    actions = g.add_subparsers(dest="grafana_action", required=True, metavar="ACTION")
+    prov = actions.add_parser(
+        "provision", help="create or update the data source, folder and dashboards in a Grafana",
+        description=grafana_provision.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    grafana_provision.add_arguments(prov)
+    prov.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+
+
+def cmd_grafana(args: argparse.Namespace) -> int:
+    from blindspot import grafana_provision
+
+    return grafana_provision.main(args)
+# --- end grafana -------------------------------------------------------------------------------------
+
+
+COMMANDS = {"run": cmd_run, "query": cmd_query, "agent": cmd_agent, "ingest": cmd_ingest, "grafana": cmd_grafana}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,3 @@
+module blindspot.demo/loadgen
+
+go 1.21
