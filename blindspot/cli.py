@@ -21,6 +21,8 @@ Go net/http request, kept in ClickHouse tables you query with SQL.
   blindspot agent --kafka HOST:PORT fleet mode: trace this host, publish to Kafka
   blindspot ingest --kafka HOST:PORT (--clickhouse URL | --data-dir DIR)
                                     fleet mode: Kafka -> ClickHouse, each record once
+  blindspot grafana provision --url URL
+                                    data source and dashboards into an existing Grafana
 """
 
 EPILOG = """\
@@ -38,6 +40,24 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file")
     p.add_argument("--data-dir", metavar="DIR", help="embedded data folder (default /var/lib/blindspot)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+
+
+def _add_http_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-http", action="store_true", help="trace TCP only, not Go net/http requests")
+    p.add_argument("--go-uprobes", action="store_true",
+                   help="also route patterns and outbound->inbound links via Go uprobes (costly: ~19 us/hit)")
+    p.add_argument("--http-headers", metavar="NAMES",
+                   help="request headers to capture, comma-separated (default: x-gray-version, "
+                   "x-request-id, traceparent, user-agent, host; never Authorization/Cookie unless named)")
+
+
+def _apply_http_flags(cfg: config_mod.Config, args: argparse.Namespace) -> None:
+    if args.no_http:
+        cfg.http_enabled = False
+    if args.go_uprobes:
+        cfg.http.go_uprobes = True
+    if args.http_headers:
+        cfg.http.headers = tuple(h.strip().lower() for h in args.http_headers.split(",") if h.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,12 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", metavar="HOST:PORT",
                      help="Prometheus /metrics address (default 127.0.0.1:9435; 'off' to disable)")
     run.add_argument("--no-live", action="store_true", help="log counters instead of the live view")
-    run.add_argument("--no-http", action="store_true", help="trace TCP only, not Go net/http requests")
-    run.add_argument("--go-uprobes", action="store_true",
-                     help="also route patterns and outbound->inbound links via Go uprobes (costly: ~19 us/hit)")
-    run.add_argument("--http-headers", metavar="NAMES",
-                     help="request headers to capture, comma-separated (default: x-gray-version, "
-                     "x-request-id, traceparent, user-agent, host; never Authorization/Cookie unless named)")
+    _add_http_flags(run)
 
     q = sub.add_parser(
         "query", help="run SQL on the embedded data",
@@ -102,12 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.metrics_address = args.metrics_address
     if args.snapshot_interval:
         cfg.pipeline.snapshot_interval_s = args.snapshot_interval
-    if args.no_http:
-        cfg.http_enabled = False
-    if args.go_uprobes:
-        cfg.http.go_uprobes = True
-    if args.http_headers:
-        cfg.http.headers = tuple(h.strip().lower() for h in args.http_headers.split(",") if h.strip())
+    _apply_http_flags(cfg, args)
     if os.geteuid() != 0:
         print("blindspot run: needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): see README, Privileges",
               file=sys.stderr)
@@ -160,7 +170,8 @@ def _add_fleet_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
 
     a = sub.add_parser(
         "agent", help="trace this host and publish to Kafka (needs root)",
-        description="Trace this host's TCP connections and publish every record to Kafka, one topic per "
+        description="Trace this host's TCP connections and Go HTTP requests and publish every record to "
+        "Kafka, one topic per "
         "record kind, keyed by host. TLS/SASL settings: --kafka-config FILE (librdkafka properties) or "
         "BLINDSPOT_RDKAFKA_* environment variables. SIGTERM flushes before exiting.",
     )
@@ -171,6 +182,7 @@ def _add_fleet_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     a.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this long")
     a.add_argument("--snapshot-interval", type=float, metavar="SECONDS")
     a.add_argument("--metrics-address", metavar="HOST:PORT", help="Prometheus /metrics ('off' to disable)")
+    _add_http_flags(a)
 
     i = sub.add_parser(
         "ingest", help="consume Kafka and write into ClickHouse, each record once",
@@ -192,6 +204,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         cfg.metrics_address = args.metrics_address
     if args.snapshot_interval:
         cfg.pipeline.snapshot_interval_s = args.snapshot_interval
+    _apply_http_flags(cfg, args)
     if os.geteuid() != 0:
         print("blindspot agent: needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)", file=sys.stderr)
         return 2
