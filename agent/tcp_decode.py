@@ -23,8 +23,12 @@ class Clock:
     offset_ns: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
 
     def refresh(self) -> None:
-        # Re-read every poll: NTP may slew the wall clock while the agent runs.
-        self.offset_ns = time.time_ns() - time.monotonic_ns()
+        """Follow real wall-clock adjustments (NTP steps and slews add up), but not the jitter of
+        reading two clocks one after the other: rows converted in one run must order as the kernel
+        saw them, to the nanosecond."""
+        offset = time.time_ns() - time.monotonic_ns()
+        if abs(offset - self.offset_ns) > 100_000:
+            self.offset_ns = offset
 
     def wall(self, mono_ns: int) -> int:
         return mono_ns + self.offset_ns if mono_ns else 0

@@ -87,3 +87,14 @@ def test_decode_open_skips_handshakes_and_closed() -> None:
     row = decode_open(_event(start_ns=1, flags=ev.F_ESTABLISHED, app_bytes_sent=7, role=ev.ROLE_SERVER), **kw)
     assert row is not None and row["bytes_sent"] == 7 and row["role"] == "server"
     assert row["conn_id"] == conn_id("b", 0xFFFF8881, 1)
+
+
+def test_clock_ignores_read_jitter_but_follows_steps() -> None:
+    c = Clock()
+    first = c.offset_ns
+    for _ in range(10_000):
+        c.refresh()
+    assert c.offset_ns == first  # two clock reads jitter by ~100s of ns: never move the offset for that
+    c.offset_ns -= 5_000_000  # as if the wall clock had been stepped 5 ms since
+    c.refresh()
+    assert abs(c.offset_ns - first) < 100_000
