@@ -42,7 +42,9 @@ def main() -> None:
     try:
         load(tool, port, 1)  # warm-up
         untraced = load(tool, port, a.seconds)
-        agent = EmbeddedAgent(BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S="1")
+        # TCP source only: the load tool is a Go program, and the HTTP source would trace its every
+        # read and write (bench_http measures that cost).
+        agent = EmbeddedAgent(BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S="1", BLINDSPOT_HTTP_ENABLED="0")
         try:
             cpu0, t_sat = cpu_seconds(agent.proc.pid), time.time_ns()
             traced = load(tool, port, a.seconds)
