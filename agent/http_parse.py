@@ -7,6 +7,7 @@ with U+FFFD in their place (the only change); everything else is stored as it ca
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -85,6 +86,7 @@ _NUM = re.compile(r"^\d+$")
 _TOKEN = re.compile(r"^(?=.*\d)[A-Za-z0-9_\-]{24,}$")
 
 
+@functools.lru_cache(maxsize=8192)  # a service's paths repeat: skip the regexes for known ones
 def template_path(path: str, max_segments: int = 12) -> str:
     """A low-cardinality route for a path when no registered pattern is known: identifiers become
     placeholders (/users/123 -> /users/{id}). Deep paths are cut at ``max_segments``."""
