@@ -42,7 +42,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
 
 
-def _add_http_flags(p: argparse.ArgumentParser) -> None:
+def _add_tracing_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of every command that traces this host (`run`, `agent`)."""
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this long")
+    p.add_argument("--snapshot-interval", type=float, metavar="SECONDS",
+                   help="how often open connections are written to tcp_connections_open (default 10)")
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   help="Prometheus /metrics address (default 127.0.0.1:9435; 'off' to disable)")
     p.add_argument("--no-http", action="store_true", help="trace TCP only, not Go net/http requests")
     p.add_argument("--go-uprobes", action="store_true",
                    help="also route patterns and outbound->inbound links via Go uprobes (costly: ~19 us/hit)")
@@ -51,13 +57,23 @@ def _add_http_flags(p: argparse.ArgumentParser) -> None:
                    "x-request-id, traceparent, user-agent, host; never Authorization/Cookie unless named)")
 
 
-def _apply_http_flags(cfg: config_mod.Config, args: argparse.Namespace) -> None:
+def _apply_tracing_flags(cfg: config_mod.Config, args: argparse.Namespace, command: str) -> bool:
+    """Apply the flags over the config; False (after saying why) if this process cannot trace."""
+    if args.metrics_address:
+        cfg.metrics_address = args.metrics_address
+    if args.snapshot_interval:
+        cfg.pipeline.snapshot_interval_s = args.snapshot_interval
     if args.no_http:
         cfg.http_enabled = False
     if args.go_uprobes:
         cfg.http.go_uprobes = True
     if args.http_headers:
         cfg.http.headers = tuple(h.strip().lower() for h in args.http_headers.split(",") if h.strip())
+    if os.geteuid() != 0:
+        print(f"blindspot {command}: needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): see README, "
+              "Privileges", file=sys.stderr)
+        return False
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,19 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run", help="trace this host into the embedded engine (needs root)",
-        description="Trace this host's TCP connections with eBPF and write them into the embedded "
+        description="Trace this host's TCP connections and Go HTTP requests with eBPF and write them into the "
+        "embedded "
         "ClickHouse engine (chDB) in --data-dir. Shows live counters and the latest closed "
         "connections. Ctrl-C (or --duration) stops it after flushing everything.",
     )
     _add_common(run)
-    run.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this long")
-    run.add_argument("--snapshot-interval", type=float, metavar="SECONDS",
-                     help="how often open connections are written to tcp_connections_open (default 10)")
+    _add_tracing_flags(run)
     run.add_argument("--retention-days", type=int, metavar="N", help="TTL of new tables (default 30)")
-    run.add_argument("--metrics-address", metavar="HOST:PORT",
-                     help="Prometheus /metrics address (default 127.0.0.1:9435; 'off' to disable)")
     run.add_argument("--no-live", action="store_true", help="log counters instead of the live view")
-    _add_http_flags(run)
 
     q = sub.add_parser(
         "query", help="run SQL on the embedded data",
@@ -113,14 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.data_dir = args.data_dir
     if args.retention_days:
         cfg.retention_days = args.retention_days
-    if args.metrics_address:
-        cfg.metrics_address = args.metrics_address
-    if args.snapshot_interval:
-        cfg.pipeline.snapshot_interval_s = args.snapshot_interval
-    _apply_http_flags(cfg, args)
-    if os.geteuid() != 0:
-        print("blindspot run: needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): see README, Privileges",
-              file=sys.stderr)
+    if not _apply_tracing_flags(cfg, args, "run"):
         return 2
     embedded.run(cfg, duration_s=args.duration, show_live=not args.no_live)
     return 0
@@ -179,10 +184,7 @@ def _add_fleet_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     a.add_argument("--kafka", required=True, metavar="BOOTSTRAP", help="Kafka bootstrap servers")
     a.add_argument("--kafka-config", metavar="FILE", help="librdkafka properties file (TLS, SASL, ...)")
     a.add_argument("--topic-prefix", default="", help="prefix of every topic name (same on ingest)")
-    a.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this long")
-    a.add_argument("--snapshot-interval", type=float, metavar="SECONDS")
-    a.add_argument("--metrics-address", metavar="HOST:PORT", help="Prometheus /metrics ('off' to disable)")
-    _add_http_flags(a)
+    _add_tracing_flags(a)
 
     i = sub.add_parser(
         "ingest", help="consume Kafka and write into ClickHouse, each record once",
@@ -200,13 +202,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agent.kafka_sink import KafkaSinkConfig, client_settings
 
     cfg = config_mod.load(args.config)
-    if args.metrics_address:
-        cfg.metrics_address = args.metrics_address
-    if args.snapshot_interval:
-        cfg.pipeline.snapshot_interval_s = args.snapshot_interval
-    _apply_http_flags(cfg, args)
-    if os.geteuid() != 0:
-        print("blindspot agent: needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)", file=sys.stderr)
+    if not _apply_tracing_flags(cfg, args, "agent"):
         return 2
     kafka = KafkaSinkConfig(args.kafka, topic_prefix=args.topic_prefix,
                             extra=client_settings(args.kafka_config))
