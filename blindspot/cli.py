@@ -86,9 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run", help="trace this host into the embedded engine (needs root)",
-        description="Trace this host's TCP connections and Go HTTP requests with eBPF and write them into the "
-        "embedded "
-        "ClickHouse engine (chDB) in --data-dir. Shows live counters and the latest closed "
+        description="Trace this host's TCP connections and Go HTTP requests with eBPF and write them into "
+        "the embedded ClickHouse engine (chDB) in --data-dir. Shows live counters and the latest closed "
         "connections. Ctrl-C (or --duration) stops it after flushing everything.",
     )
     _add_common(run)
