@@ -11,11 +11,10 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
 
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
 from agent.pipeline import Pipeline
-from agent.sources import build_sources
+from agent.sources import build_pipeline, settle_host
 from blindspot import metrics
 from blindspot.config import Config
 
@@ -28,17 +27,10 @@ def run(cfg: Config, kafka: KafkaSinkConfig, duration_s: float | None = None) ->
         signal.signal(sig, lambda *_: stop.set())
     metrics.serve(cfg.metrics_address)
     cfg.pipeline.component = "agent"
-    pipeline: Pipeline | None = None
-
-    def emit(kind: str, row: dict[str, Any]) -> None:
-        assert pipeline is not None
-        pipeline.emit(kind, row)
-
-    sources = build_sources(cfg, emit)  # the same sources as `blindspot run`
-    sink = KafkaSink(kafka, host=cfg.pipeline.host)  # its asynchronous drops: Pipeline.all_counters
-    pipeline = Pipeline(sources, sink, cfg.pipeline)
+    sink = KafkaSink(kafka, host=settle_host(cfg))  # its asynchronous drops: Pipeline.all_counters
+    pipeline = build_pipeline(cfg, sink)  # the same sources as `blindspot run`
     t0 = time.monotonic()
-    log.info("tracing %s on %s; publishing to Kafka at %s", " + ".join(s.name for s in sources),
+    log.info("tracing %s on %s; publishing to Kafka at %s", " + ".join(s.name for s in pipeline.sources),
              cfg.pipeline.host, kafka.bootstrap_servers)
     try:
         pipeline.run(stop, duration_s)  # its shutdown flushes every batch into the sink

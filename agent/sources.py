@@ -1,25 +1,32 @@
-"""The kernel sources a host agent runs, built from configuration: one place for `blindspot run`
+"""A host agent's sources and pipeline, built from configuration: one place for `blindspot run`
 (blindspot/embedded.py) and `blindspot agent` (agent/fleet.py), so both trace the same things."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from agent.http_source import HttpSource
-from agent.pipeline import Source
-from agent.tcp_source import Emit, TcpSource
+from agent.pipeline import Pipeline, Sink, Source
+from agent.tcp_source import TcpSource
 
 if TYPE_CHECKING:
     from blindspot.config import Config
 
 
-def build_sources(cfg: Config, emit: Emit) -> list[Source]:
-    """TCP always; Go HTTP unless disabled. Settles the host name every record carries."""
-    tcp = TcpSource(cfg.tcp, emit=emit)
-    cfg.pipeline.host = cfg.pipeline.host or cfg.host or cfg.tcp.host or tcp.host
-    tcp.host = cfg.pipeline.host
-    sources: list[Source] = [tcp]
+def settle_host(cfg: Config) -> str:
+    """The host name every record carries: configured, else the machine's."""
+    cfg.pipeline.host = cfg.pipeline.host or cfg.host or cfg.tcp.host or os.uname().nodename
+    cfg.tcp.host = cfg.http.hostname = cfg.pipeline.host
+    return cfg.pipeline.host
+
+
+def build_pipeline(cfg: Config, sink: Sink) -> Pipeline:
+    """TCP always; Go HTTP unless disabled; every source emitting into the returned pipeline."""
+    settle_host(cfg)
+    pipeline = Pipeline([], sink, cfg.pipeline)
+    sources: list[Source] = [TcpSource(cfg.tcp, emit=pipeline.emit)]
     if cfg.http_enabled:
-        cfg.http.hostname = cfg.pipeline.host
-        sources.append(HttpSource(emit, cfg.http))
-    return sources
+        sources.append(HttpSource(pipeline.emit, cfg.http))
+    pipeline.sources = sources
+    return pipeline

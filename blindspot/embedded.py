@@ -14,7 +14,7 @@ import threading
 import time
 
 from agent.pipeline import Pipeline
-from agent.sources import build_sources
+from agent.sources import build_pipeline
 from blindspot import live, metrics
 from blindspot.config import Config
 from blindspot.query_server import QueryServer
@@ -39,18 +39,13 @@ def run(cfg: Config, duration_s: float | None = None, show_live: bool = True) ->
     metrics.serve(cfg.metrics_address)
 
     cfg.pipeline.component = "embedded"
-    pipeline: Pipeline | None = None
     try:
-        def emit(kind: str, row: dict) -> None:
-            pipeline.emit(kind, row)  # type: ignore[union-attr]
-
-        sources = build_sources(cfg, emit)
-        pipeline = Pipeline(sources, sink, cfg.pipeline)
+        pipeline = build_pipeline(cfg, sink)
         view = threading.Thread(target=live.show, args=(pipeline, stop), name="live", daemon=True)
         if show_live:
             view.start()
         t0 = time.monotonic()
-        log.info("tracing %s on %s; data in %s; Ctrl-C to stop", " + ".join(s.name for s in sources),
+        log.info("tracing %s on %s; data in %s; Ctrl-C to stop", " + ".join(s.name for s in pipeline.sources),
                  cfg.pipeline.host, cfg.data_dir)
         pipeline.run(stop, duration_s)
         stop.set()
