@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
-from bench._common import REPO, EmbeddedAgent, build_go, cpu_seconds
+from bench._common import REPO, build_go, cpu_seconds
+from tests.embedded_agent import running_agent
 
 COUNT_SQL = """SELECT count() AS n FROM blindspot.tcp_connections
 WHERE (local_port = {p:UInt16} OR remote_port = {p:UInt16}) AND end_time >= fromUnixTimestamp64Nano({t:Int64})"""
@@ -44,8 +47,9 @@ def main() -> None:
         untraced = load(tool, port, a.seconds)
         # TCP source only: the load tool is a Go program, and the HTTP source would trace its every
         # read and write (bench_http measures that cost).
-        agent = EmbeddedAgent(BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S="1", BLINDSPOT_HTTP_ENABLED="0")
-        try:
+        data_dir = Path(tempfile.mkdtemp(prefix="blindspot-bench-"))
+        with running_agent(data_dir, snapshot_interval_s=10, BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S="1",
+                           BLINDSPOT_HTTP_ENABLED="0") as agent:
             cpu0, t_sat = cpu_seconds(agent.proc.pid), time.time_ns()
             traced = load(tool, port, a.seconds)
             time.sleep(2)
@@ -62,11 +66,8 @@ def main() -> None:
                 t0 = time.time_ns()
                 r = load(tool, port, a.seconds, rate)
                 want = 2 * r["connections"]
-                rows = agent.rows(COUNT_SQL, p=port, t=t0)[0]["n"]
-                deadline = time.monotonic() + 15
-                while int(rows) < want and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                    rows = agent.rows(COUNT_SQL, p=port, t=t0)[0]["n"]
+                rows = agent.wait_rows(COUNT_SQL, lambda r, want=want: int(r[0]["n"]) >= want, timeout_s=15,
+                                       p=port, t=t0)[0]["n"]
                 lost = int(agent.rows(LOSS_SQL)[0]["lost"])
                 ok = int(rows) == want and lost == 0 and r["failed"] == 0
                 print(f"fixed rate {rate:6d}/s  achieved {r['rate']:8.0f}/s  rows {rows}/{want}  "
@@ -76,8 +77,6 @@ def main() -> None:
                 if r["rate"] < 0.95 * rate:
                     break  # the load tool itself cannot go faster on this machine
             print(f"highest zero-loss rate recorded: {best} conn/s (2 rows each)")
-        finally:
-            agent.stop()
     finally:
         server.terminate()
 

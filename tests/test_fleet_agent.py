@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BLINDSPOT, REPO
+from tests.embedded_agent import BLINDSPOT, REPO
 from tests.kafka_fixture import create_topics, kafka_bootstrap, prefix
 from tests.test_fleet_pipeline import engine, start_worker, stored
 from tests.test_tcp_lifecycle import run_client, start_server

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from blindspot import grafana_sql as gs
-from tests.conftest import REPO, Agent
+from tests.embedded_agent import REPO, Agent
 from tests.test_grafana_dashboards import _ch_kind, _check_shape, dashboards
 from tests.traffic import CLIENT_COMM, SERVER_COMM
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, Agent, running_agent
+from tests.embedded_agent import REPO, Agent, running_agent
 from tests.traffic import CLIENT_COMM, SERVER_COMM, reply_size
 
 pytestmark = pytest.mark.root
