@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes as C
 
+import numpy as np
+
 from agent._bpf_abi import BPF_DIR, header_defines
 
 HEADER = BPF_DIR / "http_event.h"
@@ -52,6 +54,20 @@ def event_class(head_max: int = HEAD_MAX) -> type[C.Structure]:
 
     assert C.sizeof(HttpEvent) == 296 + head_max  # pinned by _Static_assert in the header
     return HttpEvent
+
+
+def event_dtype(head_max: int = HEAD_MAX) -> np.dtype:
+    """The same struct as a numpy dtype (char arrays as uint8 arrays), for decoding in bulk."""
+    cls = event_class(head_max)
+    names, formats, offsets = [], [], []
+    for name, ctype in cls._fields_:  # type: ignore[attr-defined]
+        names.append(name)
+        offsets.append(getattr(cls, name).offset)
+        if issubclass(ctype, C.Array):
+            formats.append((np.uint8, (ctype._length_,)))
+        else:
+            formats.append(np.dtype(ctype).newbyteorder("<"))
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": C.sizeof(cls)})
 
 
 class HttpProc(C.Structure):

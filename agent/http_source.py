@@ -15,10 +15,9 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import hashlib
-import json
+import mmap
 import os
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,12 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from agent import _http_event as ev
 from agent import btf, go_procs, http_parse
-from agent._bpf_abi import load_bpf, struct_format
+from agent._bpf_abi import load_bpf
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
 from agent.go_procs import GoProcess
-from agent.tcp_decode import Clock, address
+from agent.http_decode import DecodeContext, Decoded, decode
+from agent.ringbuf import FixedRingReader
+from agent.tcp_decode import Clock
 from blindspot.records import HTTP_REQUEST
 
 KIND = HTTP_REQUEST.name
@@ -39,6 +43,7 @@ BPF_SOURCE = ev.BPF_DIR / "http_trace.c"
 GO_OFFSET_KEYS = ("response_conn", "response_req", "conn_rwc", "req_pattern", "req_pat", "pattern_str",
                   "persistconn_conn", "tcpconn_fd", "netfd_sysfd")
 Emit = Callable[[str, dict], None]
+EmitTable = Callable[[str, pa.Table], None]
 
 # Kernel struct fields on the fd -> socket -> addresses walk, read from BTF.
 _KERNEL_FIELDS = {
@@ -66,9 +71,13 @@ class HttpConfig:
     max_value: int = http_parse.MAX_VALUE
     head_max: int = 1024  # bytes of each request head captured (power of two, 256..4096)
     max_conns: int = 16384
-    ringbuf_pages: int = 1024  # 4 MiB
+    ringbuf_pages: int = 2048  # 8 MiB: ~6,000 exchanges, read when 1/8 full or at each decode
     link_wait_s: float = 2.0  # how long an outbound row waits for its inbound one
     quiet_s: float = 1.0  # an exchange with nothing moved for this long after its response has ended
+    # Decoding has a fixed cost per batch (~3 ms here), so records wait to be decoded together: at
+    # most this long (the pipeline's batches wait 1 s anyway) or this many.
+    decode_interval_s: float = 1.0
+    decode_max_rows: int = 8192
     services: dict[str, tuple[str, str]] = field(default_factory=dict)  # comm -> (service, version)
     pids: tuple[int, ...] = ()  # trace only these; empty = every Go process
     exe_prefix: str = ""  # trace only binaries under this path (tests: the Go build cache)
@@ -89,30 +98,23 @@ def _kernel_defines() -> list[str]:
     return out
 
 
-# struct http_event up to head[] (bpf/http_event.h); checked against the ctypes mirror at import.
-_FIXED = struct.Struct(struct_format(ev.event_class(256)._fields_[:-1]))  # type: ignore[attr-defined,arg-type]
-assert _FIXED.size == ev.event_class(256).head.offset  # type: ignore[attr-defined]
-
-
-def _addr(raw: bytes, family: int) -> str:
-    return address(family, raw) if family in (socket.AF_INET, socket.AF_INET6) else "::"
-
-
 class HttpSource:
-    """Source shape: open(), poll(timeout_ms) -> emit(kind, row) per record, counters(), close()."""
+    """Source shape: open(), poll(timeout_ms), counters(), close(). Each poll decodes what the kernel
+    sent as one batch and hands it to ``emit_table(kind, table)``, or row by row to ``emit(kind, row)``
+    without it; rows held back for linking always go through ``emit``."""
 
     name = "http"
     kinds = (KIND,)
 
-    def __init__(self, emit: Emit, config: HttpConfig | None = None):
+    def __init__(self, emit: Emit, config: HttpConfig | None = None, emit_table: EmitTable | None = None):
         self.cfg = config or HttpConfig()
         self._emit = emit
+        self._emit_table = emit_table
         self.bpf: Any = None
         self.procs: dict[int, GoProcess] = {}
         self._uprobes: dict[tuple[int, int], list[bytes]] = {}  # binary inode -> uprobe event names
         self._uprobe_users: dict[tuple[int, int], set[int]] = {}
         self._allow = frozenset(h.lower() for h in self.cfg.headers)
-        self._extra = tuple(h for h in self._allow if h not in http_parse.HEADER_COLUMNS)
         self._c = {"captured": 0, "parse_errors": 0, "procs_attached": 0, "procs_detached": 0,
                    "linked": 0, "link_timeouts": 0}
         # Go linking: recent server rows by (pid, goroutine), outbound rows waiting for theirs.
@@ -123,7 +125,17 @@ class HttpSource:
         self._salt = int.from_bytes(hashlib.blake2b(self.cfg.hostname.encode(), digest_size=8).digest(), "little")
         self._last_sweep = 0.0
         self._swept: set[tuple[int, int]] = set()  # (conn key, start_ns) emitted by _sweep_quiet
-        self._event_cls = ev.event_class(self.cfg.head_max)
+        self._swept_events: list[np.ndarray] = []
+        self._dtype = ev.event_dtype(self.cfg.head_max)
+        self._ring: FixedRingReader | None = None
+        self._ctx = DecodeContext(self.cfg.hostname, self._salt, tuple(sorted(self._allow)), self.cfg.max_value,
+                                  self._service)
+        self._pending: list[np.ndarray] = []  # read from the ring, not decoded yet
+        self._pending_rows = 0
+        self._last_decode = time.monotonic()
+        # Exited processes, kept until a later decode: their last records may still be pending.
+        self._gone: dict[int, tuple[GoProcess, int]] = {}
+        self._decodes = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -138,7 +150,8 @@ class HttpSource:
             *_kernel_defines(),
         ]
         self.bpf = load_bpf(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
-        self.bpf["events"].open_ring_buffer(self._on_record)
+        self._ring = FixedRingReader(self.bpf["events"].map_fd, self.cfg.ringbuf_pages * mmap.PAGESIZE, self._dtype)
+        self.bpf["proc_events"].open_ring_buffer(self._on_proc)
         if self.cfg.go_uprobes:  # load (verify) once, before any process needs them
             for prog in ("uprobe_finish_request", "uprobe_persistconn_roundtrip"):
                 self.bpf.load_func(prog.encode(), BPF.KPROBE)
@@ -149,9 +162,12 @@ class HttpSource:
         if self.bpf is None:
             return
         self.poll(0)
-        self._flush_waiting(force=True)
         for pid in list(self.procs):
             self._detach(pid)
+        self._decode()  # what the detaches swept
+        self._flush_waiting(force=True)
+        assert self._ring is not None
+        self._ring.close()
         self.bpf.cleanup()
         self.bpf = None
 
@@ -169,14 +185,25 @@ class HttpSource:
         return out
 
     def poll(self, timeout_ms: int) -> None:
-        assert self.bpf is not None
+        """Process exec/exit now; read the exchange ring once it is 1/8 full, and decode what was read
+        every ``decode_interval_s``. ``timeout_ms`` is there for the Source shape: the pipeline polls
+        with 0 on a timer, and the exchange ring never wakes anyone (BPF_RB_NO_WAKEUP)."""
+        assert self.bpf is not None and self._ring is not None
         self._clock.refresh()
-        self.bpf.ring_buffer_poll(timeout_ms)
+        if self._ring.pending_bytes() >= self._ring.size // 8:
+            self._read_ring()  # early, so the ring never fills between decodes
+        self.bpf.ring_buffer_poll(0)  # exec/exit; an exited process stays known until its records are decoded
         now = time.monotonic()
         if now - self._last_sweep >= self.cfg.quiet_s / 4:
             self._last_sweep = now
             self._sweep_quiet()
+        if now - self._last_decode >= self.cfg.decode_interval_s or self._pending_rows >= self.cfg.decode_max_rows:
+            self._decode()
         self._flush_waiting()
+
+    def flush(self) -> None:
+        """Decode and hand on everything the kernel has sent so far, now."""
+        self._decode()
 
     # --- processes ------------------------------------------------------------------------------
     def traced(self, pid: int) -> bool:
@@ -232,6 +259,7 @@ class HttpSource:
             return
         self._sweep_quiet(exited=pid)  # a process exits without close(): its open exchanges end here
         del self.procs[pid]
+        self._gone[pid] = (p, self._decodes)
         self._c["procs_detached"] += 1
         try:
             del self.bpf["pids"][C.c_uint32(pid)]
@@ -288,96 +316,77 @@ class HttpSource:
                 continue
             flushed[k] = C.c_uint64(e.start_ns)
             self._swept.add(mark)
-            ev_copy = self._event_cls()
-            C.memmove(C.addressof(ev_copy), C.addressof(e), C.sizeof(ev_copy))
-            ev_copy.end_reason = ev.END_QUIET
-            self._on_exchange(bytes(ev_copy))
+            record = np.frombuffer(bytes(e), self._dtype).copy()
+            record["end_reason"] = ev.END_QUIET
+            self._swept_events.append(record)
         self._swept &= live
 
     # --- records --------------------------------------------------------------------------------
-    def _on_record(self, _ctx, data, size) -> None:
-        kind = C.cast(data, C.POINTER(C.c_uint32)).contents.value
-        if kind == ev.KIND_EXCHANGE:
-            self._on_exchange(C.string_at(data, size))
-        elif kind == ev.KIND_PROC_EXEC:
-            self._consider(C.cast(data, C.POINTER(ev.HttpProc)).contents.pid)
-        elif kind == ev.KIND_PROC_EXIT:
-            self._detach(C.cast(data, C.POINTER(ev.HttpProc)).contents.pid)
+    def _on_proc(self, _ctx, data, _size) -> None:  # type: ignore[no-untyped-def]
+        rec = C.cast(data, C.POINTER(ev.HttpProc)).contents
+        if rec.kind == ev.KIND_PROC_EXEC:
+            self._consider(rec.pid)
+        elif rec.kind == ev.KIND_PROC_EXIT:
+            self._detach(rec.pid)
 
-    def _wall(self, mono_ns: int) -> int:
-        return self._clock.wall(mono_ns)
+    def _service(self, pid: int) -> tuple[str, str, str]:
+        p = self.procs.get(pid) or self._gone.get(pid, (None, 0))[0]
+        return (p.service, p.version, p.binary.go_version) if p else ("", "", "")
 
-    def _on_exchange(self, raw: bytes) -> None:
-        # One struct.unpack of the fixed part: ctypes field access per field costs more than parsing.
-        (_, pid, tid, fd, start_ns, _resp_start, end_ns, req_bytes, resp_bytes, goroutine, saddr, daddr, sport,
-         dport, family, head_len, status_len, route_len, role, end_reason, held_byte, _, flags, _, comm, status_b,
-         route_b) = _FIXED.unpack_from(raw)
-        head = raw[_FIXED.size : _FIXED.size + head_len]
-        if flags & ev.F_HELD_BYTE:
-            head = bytes([held_byte]) + head
-        req = http_parse.parse_request_head(head, self._allow, self.cfg.max_value)
-        if req is None:
-            self._c["parse_errors"] += 1
+    def _read_ring(self) -> None:
+        assert self._ring is not None
+        events = self._ring.read()
+        if len(events):
+            self._pending.append(events)
+            self._pending_rows += len(events)
+
+    def _decode(self) -> None:
+        """Everything in the ring, read before and swept so far, as one batch."""
+        self._last_decode = time.monotonic()
+        self._read_ring()
+        batch = self._pending + self._swept_events
+        self._pending, self._pending_rows, self._swept_events = [], 0, []
+        if batch:
+            # Concatenated as bytes: numpy's structured concatenate is slow for padded dtypes.
+            raw = np.concatenate([b.view(np.uint8).reshape(len(b), -1) for b in batch])
+            self._dispatch(decode(raw.view(self._dtype).ravel(), self._ctx, self._clock.offset_ns))
+        self._decodes += 1
+        for pid in [p for p, (_, at) in self._gone.items() if at <= self._decodes - 2]:
+            del self._gone[pid]
+
+    def _dispatch(self, dec: Decoded) -> None:
+        self._c["parse_errors"] += dec.parse_errors
+        table, g = dec.table, dec.goroutine
+        if not table.num_rows:
             return
-        p = self.procs.get(pid)
-        status = http_parse.parse_status(status_b[:status_len])
-        server = role == ev.ROLE_SERVER
-        route_source = "template"
-        route = http_parse.template_path(req.path)
-        if route_len:
-            route = http_parse.route_from_pattern(route_b[:route_len].decode("utf-8", "replace"))
-            route_source = "pattern"
-        start, end = self._wall(start_ns), self._wall(end_ns)
-        hdr = req.headers
-        row = {
-            "time": start,
-            "end_time": end or start,
-            "duration_ns": max(0, end_ns - start_ns) if end_ns else 0,
-            "host": self.cfg.hostname,
-            "service": p.service if p else "",
-            "service_version": p.version if p else "",
-            "go_version": p.binary.go_version if p else "",
-            "pid": pid,
-            "tid": tid,
-            "comm": comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
-            "side": "server" if server else "client",
-            "method": req.method,
-            "path": req.path,
-            "route": route,
-            "route_source": route_source,
-            "status": status,
-            "request_bytes": req_bytes,
-            "response_bytes": resp_bytes,
-            "family": 4 if family == socket.AF_INET else 6,
-            "local_addr": _addr(saddr, family),
-            "local_port": sport,
-            "remote_addr": _addr(daddr, family),
-            "remote_port": dport,
-            "upstream_host": "" if server else hdr.get("host", ""),
-            **{col: hdr.get(name, "") for name, col in http_parse.HEADER_COLUMNS.items()},
-            "extra_headers": json.dumps({k: hdr[k] for k in self._extra if k in hdr}, ensure_ascii=False)
-            if self._extra else "",
-            "head_truncated": int(bool(flags & ev.F_HEAD_TRUNC) or not req.complete),
-            "end_reason": ev.END_REASONS.get(end_reason, ""),
-            "request_id": self._request_id(pid, fd, start_ns, role),
-            "parent_request_id": 0,
-        }
-        self._c["captured"] += 1
-        if server:
-            if goroutine:
-                key = (pid, goroutine)
+        self._c["captured"] += table.num_rows
+        if self.cfg.go_uprobes and g.any():
+            # Linking (uprobes only): remember served requests by goroutine, hold back outbound ones
+            # until the inbound request that made them is known.
+            now = time.monotonic()
+            server = dec.role == ev.ROLE_SERVER
+            keys = set()
+            for i in np.flatnonzero(server & (g != 0)).tolist():
+                key = (int(dec.pid[i]), int(g[i]))
+                end = int(dec.end_ns[i]) or int(dec.start_ns[i])
                 q = self._servers.setdefault(key, deque(maxlen=64))
-                q.append((start_ns, end_ns or start_ns, row["request_id"], time.monotonic()))
+                q.append((int(dec.start_ns[i]), end, int(dec.request_id[i]), now))
+                keys.add(key)
+            outbound = ~server & (g != 0)
+            if outbound.any():
+                rows = HTTP_REQUEST.to_rows(table.filter(pa.array(outbound)))
+                for i, row in zip(np.flatnonzero(outbound).tolist(), rows, strict=True):
+                    pid, gi, start = int(dec.pid[i]), int(g[i]), int(dec.start_ns[i])
+                    if not self._link(row, pid, gi, start):
+                        self._waiting.append((now, pid, gi, start, row))
+                table = table.filter(pa.array(~outbound))
+            for key in keys:
                 self._match_waiting(key)
-            self._emit(KIND, row)
-        elif goroutine:
-            if not self._link(row, pid, goroutine, start_ns):
-                self._waiting.append((time.monotonic(), pid, goroutine, start_ns, row))
+        if self._emit_table is not None:
+            self._emit_table(KIND, table)
         else:
-            self._emit(KIND, row)
-
-    def _request_id(self, pid: int, fd: int, start_ns: int, role: int) -> int:
-        return (hash((self._salt, pid, fd, start_ns, role)) & 0xFFFFFFFFFFFFFFFF) or 1
+            for row in HTTP_REQUEST.to_rows(table):
+                self._emit(KIND, row)
 
     # --- linking outbound to inbound (Go uprobes) -----------------------------------------------
     def _link(self, row: dict, pid: int, g: int, start_ns: int) -> bool:

@@ -63,6 +63,16 @@ class RecordKind:
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
 
 
+    def to_rows(self, table: pa.Table) -> list[dict[str, Any]]:
+        """``table``'s rows as records (the inverse of to_arrow: times back to int nanoseconds)."""
+        cols = {}
+        for c in self.columns:
+            col = table.column(c.name)
+            cols[c.name] = (col.cast(pa.int64()) if pa.types.is_timestamp(c.type) else col).to_pylist()
+        names = list(cols)
+        return [dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True)]
+
+
 def _s(name: str, max_len: int = 256) -> Column:
     return Column(name, pa.string(), max_len)
 

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0
- * Records sent from bpf/http_trace.c to agent/http_source.py through one ring buffer. Every record
- * starts with a __u32 kind. User space mirrors them in agent/_http_event.py;
+ * Records sent from bpf/http_trace.c to agent/http_source.py: struct http_event through ring buffer
+ * `events` (one size, read in bulk), struct http_proc through `proc_events`. Every record starts
+ * with a __u32 kind. User space mirrors them in agent/_http_event.py;
  * tests/test_http_unit.py checks the sizes agree.
  */
 #ifndef BLINDSPOT_HTTP_EVENT_H

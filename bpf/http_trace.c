@@ -49,7 +49,8 @@ BPF_HASH(client_marks, __u64, struct go_client_mark, 16384);    // tgid<<32|fd -
 BPF_HASH(flushed, __u64, __u64, 16384);                         // tgid<<32|fd -> start_ns user space emitted
 BPF_PERCPU_ARRAY(zero_conn, struct conn_state, 1);              // template for new entries
 BPF_PERCPU_ARRAY(stats, __u64, BS_HTTP_STAT_N);
-BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES); // struct http_event only: user space reads it at a fixed stride
+BPF_RINGBUF_OUTPUT(proc_events, 64);            // struct http_proc
 
 // Clamp a length so the verifier can see the bound: the empty asm keeps clang from folding the
 // check into an earlier comparison on another register.
@@ -84,7 +85,8 @@ static __always_inline void emit(struct conn_state *st, __u8 reason)
 	st->ev.end_reason = reason;
 	if (!st->ev.end_ns) // no response: it ended when the connection did (a handler panic, a reset)
 		st->ev.end_ns = bpf_ktime_get_ns();
-	if (events.ringbuf_output(&st->ev, sizeof(st->ev), 0) == 0)
+	// No wake-up: user space drains on a timer, never sleeps on this ring.
+	if (events.ringbuf_output(&st->ev, sizeof(st->ev), BPF_RB_NO_WAKEUP) == 0)
 		count(BS_HTTP_STAT_EMITTED);
 	else
 		count(BS_HTTP_STAT_LOST_RINGBUF);
@@ -341,7 +343,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 // Every exec: user space decides whether the new program is Go (build info) and should be traced.
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
-	struct http_proc *r = events.ringbuf_reserve(sizeof(struct http_proc));
+	struct http_proc *r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
 	if (!r) {
 		count(BS_HTTP_STAT_LOST_RINGBUF);
 		return 0;
@@ -349,7 +351,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	r->kind = BS_HTTP_PROC_EXEC;
 	r->pid = bpf_get_current_pid_tgid() >> 32;
 	r->ts_ns = bpf_ktime_get_ns();
-	events.ringbuf_submit(r, 0);
+	proc_events.ringbuf_submit(r, 0);
 	return 0;
 }
 
@@ -359,7 +361,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	__u32 tgid = id >> 32;
 	if ((__u32)id != tgid || !pids.lookup(&tgid))
 		return 0; // a thread, or not ours: only the group leader's exit ends the process
-	struct http_proc *r = events.ringbuf_reserve(sizeof(struct http_proc));
+	struct http_proc *r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
 	if (!r) {
 		count(BS_HTTP_STAT_LOST_RINGBUF);
 		return 0;
@@ -367,7 +369,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	r->kind = BS_HTTP_PROC_EXIT;
 	r->pid = tgid;
 	r->ts_ns = bpf_ktime_get_ns();
-	events.ringbuf_submit(r, 0);
+	proc_events.ringbuf_submit(r, 0);
 	return 0;
 }
 

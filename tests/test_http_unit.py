@@ -8,14 +8,8 @@ import ctypes as C
 import pytest
 
 from agent import _http_event as ev
-from agent.http_parse import (
-    HEADER_COLUMNS,
-    MAX_VALUE,
-    parse_request_head,
-    parse_status,
-    route_from_pattern,
-    template_path,
-)
+from agent.http_decode import parse_request_head, parse_status
+from agent.http_parse import HEADER_COLUMNS, MAX_VALUE, route_from_pattern, template_path
 
 
 def test_request_head_fields_and_allow_list() -> None:
