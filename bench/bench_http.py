@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -31,8 +33,11 @@ GO = os.environ.get("BLINDSPOT_BENCH_GO", "go1.26.8")
 
 def agent_main(pid: int, uprobes: bool) -> None:
     """Child: trace ``pid``; on each stdin line print {"rows": n, **counters}."""
+    import pyarrow.compute as pc
+
     from agent.http_source import HttpConfig, HttpSource
     from agent.pipeline import PipelineConfig
+    from blindspot import wire
 
     rows = [0]
 
@@ -40,7 +45,13 @@ def agent_main(pid: int, uprobes: bool) -> None:
         if row["pid"] == pid and row["side"] == "server":
             rows[0] += 1
 
-    src = HttpSource(emit, HttpConfig(go_uprobes=uprobes, pids=(pid,), quiet_s=0.5))
+    def emit_table(_kind: str, table: pa.Table) -> None:
+        # What the fleet agent does with a batch besides publishing it: Arrow IPC (blindspot/wire.py).
+        wire.ipc_bytes(table)
+        mine = pc.and_(pc.equal(table["pid"], pid), pc.equal(table["side"], "server"))
+        rows[0] += pc.sum(mine.cast("int64")).as_py() or 0
+
+    src = HttpSource(emit, HttpConfig(go_uprobes=uprobes, pids=(pid,), quiet_s=0.5), emit_table=emit_table)
     src.open()
     assert src.traced(pid)
     os.set_blocking(sys.stdin.fileno(), False)
@@ -59,9 +70,10 @@ def agent_main(pid: int, uprobes: bool) -> None:
         buf += chunk
         while b"\n" in buf:
             _, buf = buf.split(b"\n", 1)
-            for _ in range(10):  # drain what is already in the ring buffer
+            for _ in range(10):  # let exchanges still open end (quiet), then decode everything
                 src.poll(0)
                 time.sleep(drain_s)
+            src.flush()
             print(json.dumps({"rows": rows[0], **src.counters()}), flush=True)
     src.close()
 
