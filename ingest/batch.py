@@ -1,4 +1,8 @@
-"""batch: accumulate records per kind and cut batches by row count and age."""
+"""batch: accumulate records per kind and cut batches by row count and age.
+
+A batch is a list of records, or an Arrow table of the kind's schema when a source hands on whole
+tables (agent/http_source.py); records added to the same batch are converted and appended then.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +10,68 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow as pa
+
+from blindspot.records import KINDS
+
+Batch = list[dict[str, Any]] | pa.Table
+
+
+def batch_len(batch: Batch) -> int:
+    return batch.num_rows if isinstance(batch, pa.Table) else len(batch)
+
 
 class Batcher:
     def __init__(self, max_rows: int, max_age_s: float) -> None:
         self.max_rows = max_rows
         self.max_age_s = max_age_s
         self._rows: dict[str, list[dict[str, Any]]] = {}
+        self._tables: dict[str, list[pa.Table]] = {}
+        self._count: dict[str, int] = {}
         self._since: dict[str, float] = {}
 
-    def add(self, kind: str, row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    def add(self, kind: str, row: dict[str, Any]) -> Batch | None:
         """Add a row; return a full batch of ``kind`` when one is cut."""
-        rows = self._rows.get(kind)
-        if rows is None:
-            rows = self._rows[kind] = []
-            self._since[kind] = time.monotonic()
-        rows.append(row)
-        if len(rows) >= self.max_rows:
-            return self._take(kind)
-        return None
+        self._start(kind)
+        self._rows.setdefault(kind, []).append(row)
+        return self._counted(kind, 1)
 
-    def due(self, now: float | None = None) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    def add_table(self, kind: str, table: pa.Table) -> Batch | None:
+        """Add a table of ``kind``'s rows; return a full batch of ``kind`` when one is cut."""
+        if not table.num_rows:
+            return None
+        self._start(kind)
+        self._tables.setdefault(kind, []).append(table)
+        return self._counted(kind, table.num_rows)
+
+    def due(self, now: float | None = None) -> Iterator[tuple[str, Batch]]:
         """Batches older than ``max_age_s``."""
         now = time.monotonic() if now is None else now
         for kind in [k for k, t in self._since.items() if now - t >= self.max_age_s]:
             yield kind, self._take(kind)
 
-    def drain(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        for kind in list(self._rows):
+    def drain(self) -> Iterator[tuple[str, Batch]]:
+        for kind in list(self._since):
             yield kind, self._take(kind)
 
     def pending(self) -> int:
-        return sum(len(r) for r in self._rows.values())
+        return sum(self._count.values())
 
-    def _take(self, kind: str) -> list[dict[str, Any]]:
+    def _start(self, kind: str) -> None:
+        if kind not in self._since:
+            self._since[kind] = time.monotonic()
+
+    def _counted(self, kind: str, n: int) -> Batch | None:
+        self._count[kind] = self._count.get(kind, 0) + n
+        return self._take(kind) if self._count[kind] >= self.max_rows else None
+
+    def _take(self, kind: str) -> Batch:
         self._since.pop(kind, None)
-        return self._rows.pop(kind, [])
+        self._count.pop(kind, None)
+        rows = self._rows.pop(kind, [])
+        tables = self._tables.pop(kind, [])
+        if not tables:
+            return rows
+        if rows:
+            tables.append(KINDS[kind].to_arrow(rows))
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
