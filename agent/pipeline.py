@@ -22,10 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import pyarrow as pa
+
 from blindspot import metrics
 from blindspot.records import KINDS, PIPELINE_COUNTER, RecordKind
 from ingest import IngestError, TransientError
-from ingest.batch import Batcher
+from ingest.batch import Batch, Batcher, batch_len
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,12 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    """Takes one batch of one kind; returns once it is accepted (raises ingest errors otherwise).
+    """Takes one batch of one kind (records, or an Arrow table of the kind's schema); returns once it
+    is accepted (raises ingest errors otherwise).
     A sink that loses records after ``write`` returned (asynchronous delivery, e.g. Kafka) also has
     ``counts() -> {"dropped": n, ...}``; the pipeline reports those drops as ``dropped_sink``."""
 
-    def write(self, kind: RecordKind, rows: list[dict[str, Any]]) -> object: ...
+    def write(self, kind: RecordKind, rows: Batch) -> object: ...
 
 
 @dataclass
@@ -69,7 +72,7 @@ class Pipeline:
         self.sink = sink
         self.config = config
         self.batcher = Batcher(config.batch_max_rows, config.batch_max_age_s)
-        self.handoff: queue.Queue[tuple[RecordKind, list[dict[str, Any]]] | None] = queue.Queue(
+        self.handoff: queue.Queue[tuple[RecordKind, Batch] | None] = queue.Queue(
             config.queue_batches
         )
         self.counts: Counter[str] = Counter()
@@ -90,13 +93,22 @@ class Pipeline:
         if batch is not None:
             self._hand_off(kind_name, batch)
 
-    def _hand_off(self, kind_name: str, rows: list[dict[str, Any]]) -> None:
+    def emit_table(self, kind_name: str, table: pa.Table) -> None:
+        """Many records at once, already columnar (a source that decodes in batches)."""
+        self.counts["captured"] += table.num_rows
+        self.counts[f"captured:{kind_name}"] += table.num_rows
+        batch = self.batcher.add_table(kind_name, table)
+        if batch is not None:
+            self._hand_off(kind_name, batch)
+
+    def _hand_off(self, kind_name: str, rows: Batch) -> None:
         try:
             self.handoff.put_nowait((KINDS[kind_name], rows))
         except queue.Full:
-            self.counts["dropped_queue_full"] += len(rows)
-            metrics.DROPPED.labels("queue_full").inc(len(rows))
-            log.warning("sink is behind: dropped %d %s records (queue full)", len(rows), kind_name)
+            n = batch_len(rows)
+            self.counts["dropped_queue_full"] += n
+            metrics.DROPPED.labels("queue_full").inc(n)
+            log.warning("sink is behind: dropped %d %s records (queue full)", n, kind_name)
         metrics.QUEUE_BATCHES.set(self.handoff.qsize())
 
     def kernel_counters(self) -> dict[str, int]:
@@ -120,18 +132,19 @@ class Pipeline:
             if item is None:
                 return
             kind, rows = item
+            n = batch_len(rows)
             t0 = time.perf_counter()
             try:
                 self.sink.write(kind, rows)
             except IngestError as e:
                 reason = "shutdown" if isinstance(e, TransientError) else "sink_error"
-                self.counts["dropped_sink"] += len(rows)
-                metrics.DROPPED.labels(reason).inc(len(rows))
-                log.error("dropped %d %s rows (%s): %s", len(rows), kind.name, reason, e)
+                self.counts["dropped_sink"] += n
+                metrics.DROPPED.labels(reason).inc(n)
+                log.error("dropped %d %s rows (%s): %s", n, kind.name, reason, e)
                 continue
-            self.counts["rows_written"] += len(rows)
-            metrics.ROWS_WRITTEN.labels(kind.table).inc(len(rows))
-            metrics.BATCH_ROWS.observe(len(rows))
+            self.counts["rows_written"] += n
+            metrics.ROWS_WRITTEN.labels(kind.table).inc(n)
+            metrics.BATCH_ROWS.observe(n)
             metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
 
     # --- the loop ------------------------------------------------------------------------

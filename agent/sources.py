@@ -27,6 +27,6 @@ def build_pipeline(cfg: Config, sink: Sink) -> Pipeline:
     pipeline = Pipeline([], sink, cfg.pipeline)
     sources: list[Source] = [TcpSource(cfg.tcp, emit=pipeline.emit)]
     if cfg.http_enabled:
-        sources.append(HttpSource(pipeline.emit, cfg.http))
+        sources.append(HttpSource(pipeline.emit, cfg.http, emit_table=pipeline.emit_table))
     pipeline.sources = sources
     return pipeline

@@ -114,12 +114,16 @@ def to_table(kind: RecordKind, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=kind.arrow_schema)
 
 
-def encode_batch(kind: RecordKind, rows: Sequence[Mapping[str, Any]]) -> list[tuple[bytes, int]]:
-    """Message values (``bs-enc: arrow``) for ``rows`` with their record counts, each under
-    MAX_BATCH_ROWS and MAX_MESSAGE_BYTES. All rows should share one host (the message key)."""
+def encode_batch(kind: RecordKind, rows: Sequence[Mapping[str, Any]] | pa.Table) -> list[tuple[bytes, int]]:
+    """Message values (``bs-enc: arrow``) for ``rows`` (records, or a table of ``kind``'s schema)
+    with their record counts, each under MAX_BATCH_ROWS and MAX_MESSAGE_BYTES. All rows should share
+    one host (the message key)."""
     out: list[tuple[bytes, int]] = []
     for i in range(0, len(rows), MAX_BATCH_ROWS):
-        table = to_table(kind, rows[i:i + MAX_BATCH_ROWS])
+        if isinstance(rows, pa.Table):
+            table = rows.slice(i, MAX_BATCH_ROWS)
+        else:
+            table = to_table(kind, rows[i:i + MAX_BATCH_ROWS])
         pending = [table]
         while pending:
             t = pending.pop()

@@ -79,12 +79,14 @@ def wait_for(cond: Callable[[], bool], timeout_s: float = 60, what: str = "") ->
 
 
 def publish(bootstrap: str, prefix: str, rows: list[dict[str, Any]], single: int = 0) -> dict[str, int]:
-    """As the agent does: pipeline batches of 500 (Arrow messages); the last ``single`` rows one by one
-    (msgpack messages), so both encodings travel."""
+    """As the agent does: pipeline batches of 500 (Arrow messages), every other one handed over as a
+    table (as batch-decoding sources do); the last ``single`` rows one by one (msgpack messages), so
+    both encodings travel."""
     sink = KafkaSink(KafkaSinkConfig(bootstrap, topic_prefix=prefix), registry=CollectorRegistry())
     batched = rows[:len(rows) - single]
     for i in range(0, len(batched), 500):
-        sink.write(TCP_CONNECTION, batched[i:i + 500])
+        batch = batched[i:i + 500]
+        sink.write(TCP_CONNECTION, wire.to_table(TCP_CONNECTION, batch) if i // 500 % 2 else batch)
     for r in rows[len(rows) - single:]:
         sink.emit("tcp_connection", r)
     assert sink.close(30) == 0

@@ -17,6 +17,7 @@ from collections import Counter as _Tally
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent.kafka_sink.config import KafkaSinkConfig
@@ -77,16 +78,13 @@ class KafkaSink:
             return
         self._published[kind_name].inc()
 
-    def write(self, kind: RecordKind, rows: list[dict[str, Any]]) -> None:
-        """The agent pipeline's sink interface (agent/pipeline.py): a batch of one kind becomes a few
-        Arrow messages (one host each, at most wire.MAX_BATCH_ROWS rows): columnar from the agent on,
-        so ingest workers do no per-record decoding (docs/wire-format.md)."""
-        by_host: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            h = r.get("host")
-            by_host.setdefault(h if isinstance(h, str) else self.host, []).append(r)
+    def write(self, kind: RecordKind, rows: list[dict[str, Any]] | pa.Table) -> None:
+        """The agent pipeline's sink interface (agent/pipeline.py): a batch of one kind (records, or a
+        table of the kind's schema) becomes a few Arrow messages (one host each, at most
+        wire.MAX_BATCH_ROWS rows): columnar from the agent on, so ingest workers do no per-record
+        decoding (docs/wire-format.md)."""
         topic, headers = self._topics[kind.name], wire.headers_for(kind, wire.ENC_ARROW)
-        for host, host_rows in by_host.items():
+        for host, host_rows in self._by_host(rows):
             try:
                 values = wire.encode_batch(kind, host_rows)
             except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
@@ -95,7 +93,7 @@ class KafkaSink:
                 log.error("cannot encode %d %s records as a batch (%s); sending them singly", len(host_rows),
                           kind.name, e)
                 for r in host_rows:
-                    self.emit(kind.name, r)
+                    self.emit(kind.name, r)  # type: ignore[arg-type]  # records: a table always encodes
                 continue
             key = host.encode()
             for value, n in values:
@@ -105,6 +103,19 @@ class KafkaSink:
                     self._drop("queue_full", n)
                     continue
                 self._published[kind.name].inc(n)
+
+    def _by_host(self, rows: list[dict[str, Any]] | pa.Table) -> list[tuple[str, Any]]:
+        """The batch split by its rows' host (the message key); one part in the usual case."""
+        if isinstance(rows, pa.Table):
+            hosts = rows.column("host").unique().to_pylist() if rows.num_rows else []
+            if len(hosts) <= 1:
+                return [(hosts[0] if hosts else self.host, rows)]
+            return [(h, rows.filter(pc.equal(rows.column("host"), h))) for h in hosts]
+        by_host: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            h = r.get("host")
+            by_host.setdefault(h if isinstance(h, str) else self.host, []).append(r)
+        return list(by_host.items())
 
     def _batch_cb(self, kind_name: str, n: int) -> Any:
         delivered = self._m.delivered.labels(kind_name)
