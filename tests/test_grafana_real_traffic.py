@@ -67,8 +67,11 @@ def traffic(agent: Agent) -> dict[str, Any]:
                    cwd=REPO, check=True, timeout=60, capture_output=True)
     agent.wait_rows("SELECT count() AS n FROM blindspot.tcp_connections WHERE comm = {c:String}",
                     lambda r: int(r[0]["n"]) >= n + 1, c=CLIENT_COMM)
-    agent.wait_rows("SELECT count() AS n FROM blindspot.tcp_connections_open WHERE comm = {c:String}",
-                    lambda r: int(r[0]["n"]) >= 1, c=CLIENT_COMM)
+    # Panels read the latest snapshot up to "now" cut to the second, so wait for a few snapshots of the
+    # held connection; and for a counters report (every 2 s) for the completeness panel.
+    agent.wait_rows("SELECT count(DISTINCT snapshot_time) AS n FROM blindspot.tcp_connections_open "
+                    "WHERE comm = {c:String}", lambda r: int(r[0]["n"]) >= 3, c=CLIENT_COMM)
+    agent.wait_rows("SELECT count() AS n FROM blindspot.pipeline_counters", lambda r: int(r[0]["n"]) >= 1)
     yield {"n": n}
     held.wait(timeout=60)
     server.wait(timeout=60)
