@@ -25,7 +25,8 @@ from agent import _http_event as ev
 from agent.http_parse import HEADER_COLUMNS, MAX_PATH, MAX_VALUE, METHODS, route_from_pattern, template_path
 from blindspot.records import HTTP_REQUEST
 
-_METHOD_PATTERNS = [np.frombuffer(m + b" ", np.uint8) for m in sorted(METHODS)]
+# "METHOD " as the first bytes of a little-endian u64, with the mask of its length (all fit in 8).
+_METHOD_KEYS = [(int.from_bytes(m + b" ", "little"), (1 << (8 * len(m) + 8)) - 1, len(m) + 1) for m in sorted(METHODS)]
 _METHOD_NAMES = pa.array([""] + [m.decode() for m in sorted(METHODS)], pa.string())
 _HTTP1 = np.frombuffer(b"HTTP/1.", np.uint8)
 CR, LF, SP, TAB, QUESTION, HASH, SLASH = 13, 10, 32, 9, 63, 35, 47
@@ -52,16 +53,19 @@ def utf8(values: pa.Array) -> pa.Array:
         return pa.array([b.decode("utf-8", "replace") for b in values.to_pylist()], pa.string())
 
 
-def _slices(rows: np.ndarray, at: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Array:
-    """One binary value per row of ``rows`` (2-D uint8, C-contiguous): rows[at[k], start[k]:end[k]]
-    for the rows listed in ``at``, empty for the others."""
-    n, width = rows.shape
+def _slices(rows: np.ndarray, at: np.ndarray, start: np.ndarray, end: np.ndarray, *, size: int | None = None,
+            src: np.ndarray | None = None) -> pa.Array:
+    """A binary array of ``size`` values (default: one per row of ``rows``, a 2-D C-contiguous uint8
+    array): value at[k] is rows[src[k], start[k]:end[k]] (src defaults to at), the others empty."""
+    n = rows.shape[0] if size is None else size
+    width = rows.shape[1]
+    src = at if src is None else src
     lengths = np.zeros(n, np.int64)
     lengths[at] = end - start
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     first = np.zeros(n, np.int64)
-    first[at] = at * width + start
+    first[at] = src * width + start
     src = np.repeat(first - offsets[:-1], lengths) + np.arange(offsets[-1])
     data = rows.reshape(-1)[src]
     return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)])
@@ -90,6 +94,15 @@ def _strip(rows: np.ndarray, r: np.ndarray, s: np.ndarray, e: np.ndarray) -> tup
     return s, e
 
 
+NAME_WORDS = 2  # header names up to 15 bytes (+ ':') are compared as two u64 words
+
+
+def _line_bytes(flat: np.ndarray, starts: np.ndarray, k: int) -> np.ndarray:
+    """``k`` bytes from each start of ``flat``, lower-cased (long header names only)."""
+    g = flat[np.minimum(starts[:, None] + np.arange(k), flat.size - 1)]
+    return np.where((g >= 65) & (g <= 90), g + 32, g)
+
+
 def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max_value: int) -> Heads:
     """Request line and the headers ``names`` (lower case) of each head: row i of ``rows`` (2-D
     uint8, C-contiguous) holds ``lengths[i]`` bytes of it, whatever follows is ignored.
@@ -102,9 +115,11 @@ def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max
     n, width = rows.shape
     cols = np.arange(width)
     lengths = lengths.astype(np.int64)
-    # Every CRLF inside a head, in row-major order.
-    crlf = (rows[:, :-1] == CR) & (rows[:, 1:] == LF) & (cols[1:] < lengths[:, None])
-    r, c = np.nonzero(crlf)
+    # Every CRLF inside a head, in row-major order (found from the CRs: one pass over the bytes).
+    flat = rows.reshape(-1)
+    r, c = np.divmod(np.flatnonzero(flat == CR), width)
+    crlf = (flat[np.minimum(r * width + c + 1, flat.size - 1)] == LF) & (c + 1 < lengths[r])
+    r, c = r[crlf], c[crlf]
     line_rows, first = _first_per_row(r)
     line_end = lengths.copy()  # the request line ends at the first CRLF, or with the capture
     line_end[line_rows] = c[first]
@@ -113,12 +128,13 @@ def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max
     w = int(line_end.max()) + 1 if n else 1
     head = rows[:, :w]
     lcols = cols[:w]
+    first8 = np.zeros((n, 8), np.uint8)
+    first8[:, : min(w, 8)] = head[:, :8]
+    key = first8.view("<u8").ravel()
     method = np.zeros(n, np.int64)
-    for i, pat in enumerate(_METHOD_PATTERNS, 1):
-        k = len(pat)
-        if w >= k:
-            method[(method == 0) & (line_end >= k) & (head[:, :k] == pat).all(1)] = i
-    target = np.array([0] + [len(p) for p in _METHOD_PATTERNS])[method]  # first byte after "METHOD "
+    for i, (value, mask, k) in enumerate(_METHOD_KEYS, 1):
+        method[((key & np.uint64(mask)) == np.uint64(value)) & (line_end >= k)] = i
+    target = np.array([0] + [k for _, _, k in _METHOD_KEYS])[method]  # first byte after "METHOD "
     in_line = (lcols >= target[:, None]) & (lcols < line_end[:, None])
     spaces = (head == SP) & in_line
     target_end = np.where(spaces.any(1), spaces.argmax(1), line_end)
@@ -158,16 +174,32 @@ def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max
     lr, ls, le = lr[keep], ls[keep], le[keep]
     headers: dict[str, pa.Array] = {}
     if names:
-        k = max(len(nm) for nm in names) + 1
-        g = rows[lr[:, None], np.minimum(ls[:, None] + np.arange(k), width - 1)]
-        g = np.where((g >= 65) & (g <= 90), g + 32, g)  # ASCII lower case
+        # The first 16 bytes of every line, lower-cased, as two u64 words: one masked compare per name.
+        padded = np.concatenate([flat, np.zeros(NAME_WORDS * 8, np.uint8)])
+        g = np.lib.stride_tricks.sliding_window_view(padded, NAME_WORDS * 8)[lr * width + ls]
+        g = np.where((g >= 65) & (g <= 90), g + 32, g).view("<u8")  # ASCII lower case
+        found = []
         for nm in names:
-            pat = np.frombuffer(nm.encode("latin-1") + b":", np.uint8)
-            hit = np.flatnonzero((le - ls >= len(pat)) & (g[:, : len(pat)] == pat).all(1))
+            pat = nm.encode("latin-1") + b":"
+            match = le - ls >= len(pat)
+            if len(pat) > NAME_WORDS * 8:  # longer names: compare byte by byte
+                match &= (_line_bytes(flat, lr * width + ls, len(pat)) == np.frombuffer(pat.lower(), np.uint8)).all(1)
+            else:
+                for word in range(NAME_WORDS):
+                    chunk = pat[word * 8 : word * 8 + 8]
+                    if chunk:
+                        mask = np.uint64((1 << (8 * len(chunk))) - 1)
+                        match &= (g[:, word] & mask) == np.uint64(int.from_bytes(chunk, "little"))
+            hit = np.flatnonzero(match)
             hit_rows, hit_first = _first_per_row(lr[hit])
             j = hit[hit_first]
-            vs, ve = _strip(rows, hit_rows, ls[j] + len(pat), le[j])
-            headers[nm] = utf8(_slices(rows, hit_rows, vs, np.minimum(ve, vs + max_value)))
+            found.append((hit_rows, ls[j] + len(pat), le[j]))
+        # All names' values in one array (one strip, one gather, one UTF-8 check), then split by name.
+        src, vs, ve = (np.concatenate(part) for part in zip(*found, strict=True))
+        at = np.concatenate([rows_ + i * n for i, (rows_, _, _) in enumerate(found)])
+        vs, ve = _strip(rows, src, vs, ve)
+        values = utf8(_slices(rows, at, vs, np.minimum(ve, vs + max_value), size=n * len(names), src=src))
+        headers = {nm: values.slice(i * n, n) for i, nm in enumerate(names)}
     return Heads(ok, method_text, utf8(path), utf8(version), complete, headers)
 
 
@@ -206,23 +238,34 @@ def parse_status(buf: bytes) -> int:
     return int(_statuses(row, np.array([min(len(buf), 32)]))[0])
 
 
-def _per_distinct(keys: np.ndarray, fn: Callable[[object], str]) -> pa.Array:
-    """fn of each row's key, computed once per distinct key (a void or scalar numpy column)."""
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    return pa.array([fn(u) for u in uniq], pa.string()).take(pa.array(inverse.ravel()))
+def _per_distinct(words: np.ndarray, fn: Callable[[int], str]) -> pa.Array:
+    """fn(row index) for each row of ``words`` (n x m uint64 keys), computed once per distinct key:
+    a service's addresses, comms and pids repeat across its requests."""
+    n = len(words)
+    if n and (words == words[0]).all():  # one value (a server's own address, one comm): no sort
+        return pa.repeat(pa.scalar(fn(0), pa.string()), n)
+    order = np.lexsort(words.T[::-1])
+    ordered = words[order]
+    new = np.ones(n, bool)
+    new[1:] = (ordered[1:] != ordered[:-1]).any(1)
+    inverse = np.empty(n, np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return pa.array([fn(int(i)) for i in order[new]], pa.string()).take(pa.array(inverse))
+
+
+def _words(raw: np.ndarray) -> np.ndarray:
+    """Rows of bytes (n x 8k uint8) as n x k uint64 keys."""
+    return np.ascontiguousarray(raw).view("<u8")
 
 
 def _addresses(family: np.ndarray, raw: np.ndarray) -> pa.Array:
-    keys = np.concatenate([family.astype("<u2").view(np.uint8).reshape(-1, 2), raw], axis=1)
-    keys = np.ascontiguousarray(keys).view(f"V{keys.shape[1]}").ravel()
+    keys = np.concatenate([family.astype(np.uint64)[:, None], _words(raw)], axis=1)
 
-    def text(k: object) -> str:
-        b = bytes(k)  # type: ignore[call-overload]
-        fam = int.from_bytes(b[:2], "little")
-        if fam == socket.AF_INET:
-            return socket.inet_ntop(socket.AF_INET, b[2:6])
-        if fam == socket.AF_INET6:
-            return socket.inet_ntop(socket.AF_INET6, b[2:18])
+    def text(i: int) -> str:
+        if family[i] == socket.AF_INET:
+            return socket.inet_ntop(socket.AF_INET, raw[i, :4].tobytes())
+        if family[i] == socket.AF_INET6:
+            return socket.inet_ntop(socket.AF_INET6, raw[i].tobytes())
         return "::"
 
     return _per_distinct(keys, text)
@@ -347,8 +390,7 @@ def decode(events: np.ndarray, ctx: DecodeContext, wall_offset_ns: int) -> Decod
         "go_version": go_version,
         "pid": pa.array(pid, pa.uint32()),
         "tid": pa.array(events["tid"], pa.uint32()),
-        "comm": _per_distinct(np.ascontiguousarray(events["comm"]).view("V16").ravel(),
-                              lambda c: _comm(bytes(c))),  # type: ignore[call-overload]
+        "comm": _per_distinct(_words(events["comm"]), lambda i: _comm(events["comm"][i].tobytes())),
         "side": pc.if_else(pa.array(server), "server", "client"),
         "method": heads.method,
         "path": heads.path,

@@ -51,7 +51,7 @@ def agent_main(pid: int, uprobes: bool) -> None:
         mine = pc.and_(pc.equal(table["pid"], pid), pc.equal(table["side"], "server"))
         rows[0] += pc.sum(mine.cast("int64")).as_py() or 0
 
-    src = HttpSource(emit, HttpConfig(go_uprobes=uprobes, pids=(pid,), quiet_s=0.5), emit_table=emit_table)
+    src = HttpSource(emit, HttpConfig(go_uprobes=uprobes, pids=(pid,)), emit_table=emit_table)
     src.open()
     assert src.traced(pid)
     os.set_blocking(sys.stdin.fileno(), False)

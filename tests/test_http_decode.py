@@ -115,10 +115,13 @@ def test_held_first_byte_is_put_back() -> None:
 
 
 def test_extra_headers_go_to_json_and_secrets_stay_out() -> None:
-    ctx = DecodeContext("h", 1, (*sorted(HEADER_COLUMNS), "x-tenant"), 8, lambda p: ("", "", ""))
-    head = b"GET / HTTP/1.1\r\nX-Tenant: acme-corporation\r\nAuthorization: Bearer s3cr3t\r\nCookie: a=b\r\n\r\n"
+    long_name = "x-forwarded-client-cert-hash"  # longer than the 16 bytes compared as words
+    ctx = DecodeContext("h", 1, (*sorted(HEADER_COLUMNS), "x-tenant", long_name), 8, lambda p: ("", "", ""))
+    head = (b"GET / HTTP/1.1\r\nX-Tenant: acme-corporation\r\nAuthorization: Bearer s3cr3t\r\nCookie: a=b\r\n"
+            b"X-Forwarded-Client-Cert-Hash: abc\r\nX-Forwarded-Client-Cert-Hasp: no\r\n\r\n")
     rows, _ = rows_of(record(head), ctx=ctx)
-    assert rows[0]["extra_headers"] == '{"x-tenant": "acme-cor"}'  # bounded to max_value bytes
+    # bounded to max_value bytes; names compared whole, case-insensitively
+    assert rows[0]["extra_headers"] == '{"x-tenant": "acme-cor", "x-forwarded-client-cert-hash": "abc"}'
     assert "s3cr3t" not in repr(rows[0]) and "a=b" not in repr(rows[0])
 
 
