@@ -77,7 +77,7 @@ class HttpConfig:
     # Decoding has a fixed cost per batch (~3 ms here), so records wait to be decoded together: at
     # most this long (the pipeline's batches wait 1 s anyway) or this many.
     decode_interval_s: float = 1.0
-    decode_max_rows: int = 8192
+    decode_max_rows: int = 4096  # bounds one decode (~15 ms here), so the ring is read again soon
     services: dict[str, tuple[str, str]] = field(default_factory=dict)  # comm -> (service, version)
     pids: tuple[int, ...] = ()  # trace only these; empty = every Go process
     exe_prefix: str = ""  # trace only binaries under this path (tests: the Go build cache)
