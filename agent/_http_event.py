@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes as C
+from typing import Any
 
 import numpy as np
 
@@ -59,14 +60,14 @@ def event_class(head_max: int = HEAD_MAX) -> type[C.Structure]:
 def event_dtype(head_max: int = HEAD_MAX) -> np.dtype:
     """The same struct as a numpy dtype (char arrays as uint8 arrays), for decoding in bulk."""
     cls = event_class(head_max)
-    names, formats, offsets = [], [], []
-    for name, ctype in cls._fields_:  # type: ignore[attr-defined]
+    names: list[str] = []
+    formats: list[Any] = []
+    offsets: list[int] = []
+    for name, ctype in cls._fields_:  # type: ignore[attr-defined,misc]
         names.append(name)
         offsets.append(getattr(cls, name).offset)
-        if issubclass(ctype, C.Array):
-            formats.append((np.uint8, (ctype._length_,)))
-        else:
-            formats.append(np.dtype(ctype).newbyteorder("<"))
+        length = getattr(ctype, "_length_", None)  # a C array
+        formats.append((np.uint8, (length,)) if length is not None else np.dtype(ctype).newbyteorder("<"))
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": C.sizeof(cls)})
 
 

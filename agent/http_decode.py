@@ -188,8 +188,8 @@ def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max
                 for word in range(NAME_WORDS):
                     chunk = pat[word * 8 : word * 8 + 8]
                     if chunk:
-                        mask = np.uint64((1 << (8 * len(chunk))) - 1)
-                        match &= (g[:, word] & mask) == np.uint64(int.from_bytes(chunk, "little"))
+                        word_mask = np.uint64((1 << (8 * len(chunk))) - 1)
+                        match &= (g[:, word] & word_mask) == np.uint64(int.from_bytes(chunk, "little"))
             hit = np.flatnonzero(match)
             hit_rows, hit_first = _first_per_row(lr[hit])
             j = hit[hit_first]

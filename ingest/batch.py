@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 
 from blindspot.records import KINDS
 
-Batch = list[dict[str, Any]] | pa.Table
+Batch: TypeAlias = list[dict[str, Any]] | pa.Table
 
 
 def batch_len(batch: Batch) -> int:
