@@ -115,6 +115,7 @@ class HttpSource:
         self._uprobes: dict[tuple[int, int], list[bytes]] = {}  # binary inode -> uprobe event names
         self._uprobe_users: dict[tuple[int, int], set[int]] = {}
         self._allow = frozenset(h.lower() for h in self.cfg.headers)
+        self._kernel: dict[str, int] = {}
         self._c = {"captured": 0, "parse_errors": 0, "procs_attached": 0, "procs_detached": 0,
                    "linked": 0, "link_timeouts": 0}
         # Go linking: recent server rows by (pid, goroutine), outbound rows waiting for theirs.
@@ -166,23 +167,25 @@ class HttpSource:
             self._detach(pid)
         self._decode()  # what the detaches swept
         self._flush_waiting(force=True)
+        self.counters()  # keep the kernel's last values
         assert self._ring is not None
         self._ring.close()
         self.bpf.cleanup()
         self.bpf = None
 
     def counters(self) -> dict[str, int]:
-        out = dict(self._c)
+        """Cumulative counters; the kernel's as last read once closed (they never go backwards)."""
         if self.bpf is not None:
             stats = self.bpf["stats"]
             tot = [sum(stats[C.c_int(i)]) for i in range(ev.STAT_N)]
-            out["kernel_emitted"] = tot[ev.STAT_EMITTED]
-            out["lost_kernel"] = tot[ev.STAT_LOST_RINGBUF] + tot[ev.STAT_LOST_MAP_FULL]
-            out["lost_ringbuf"] = tot[ev.STAT_LOST_RINGBUF]
-            out["lost_map_full"] = tot[ev.STAT_LOST_MAP_FULL]
-            out["uprobe_hits"] = tot[ev.STAT_UPROBE_HITS]
-        out["procs_traced"] = len(self.procs)
-        return out
+            self._kernel = {
+                "kernel_emitted": tot[ev.STAT_EMITTED],
+                "lost_kernel": tot[ev.STAT_LOST_RINGBUF] + tot[ev.STAT_LOST_MAP_FULL],
+                "lost_ringbuf": tot[ev.STAT_LOST_RINGBUF],
+                "lost_map_full": tot[ev.STAT_LOST_MAP_FULL],
+                "uprobe_hits": tot[ev.STAT_UPROBE_HITS],
+            }
+        return {**self._c, **self._kernel, "procs_traced": len(self.procs)}
 
     def poll(self, timeout_ms: int) -> None:
         """Process exec/exit now; read the exchange ring once it is 1/8 full, and decode what was read

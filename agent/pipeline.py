@@ -220,17 +220,16 @@ class Pipeline:
                         current.get("lost_ringbuf", 0), current.get("lost_map_full", 0))
 
     def shutdown(self) -> None:
-        """Drain the kernel, flush every batch, and wait for the writer."""
+        """Close every source (each drains its kernel side and hands on what it still holds), report
+        the counters, flush every batch, and wait for the writer."""
         for s in self.sources:
             try:
-                s.poll(0)
+                s.close()
             except Exception:
-                log.debug("drain of %s failed", s.name, exc_info=True)
+                log.exception("closing source %s failed; records it still held are lost", s.name)
         if self._writer.is_alive():
             self.report_counters()
             for kind_name, rows in self.batcher.drain():
                 self.handoff.put((KINDS[kind_name], rows))  # blocking: shutdown waits for the sink
             self.handoff.put(None)
             self._writer.join()
-        for s in self.sources:
-            s.close()
