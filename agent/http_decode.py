@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from agent import _http_event as ev
 from agent.http_parse import HEADER_COLUMNS, MAX_PATH, MAX_VALUE, METHODS, route_from_pattern, template_path
+from agent.tcp_decode import address
 from blindspot.records import HTTP_REQUEST
 
 # "METHOD " as the first bytes of a little-endian u64, with the mask of its length (all fit in 8).
@@ -262,11 +263,8 @@ def _addresses(family: np.ndarray, raw: np.ndarray) -> pa.Array:
     keys = np.concatenate([family.astype(np.uint64)[:, None], _words(raw)], axis=1)
 
     def text(i: int) -> str:
-        if family[i] == socket.AF_INET:
-            return socket.inet_ntop(socket.AF_INET, raw[i, :4].tobytes())
-        if family[i] == socket.AF_INET6:
-            return socket.inet_ntop(socket.AF_INET6, raw[i].tobytes())
-        return "::"
+        fam = int(family[i])
+        return address(fam, raw[i].tobytes()) if fam in (socket.AF_INET, socket.AF_INET6) else "::"
 
     return _per_distinct(keys, text)
 
