@@ -48,6 +48,21 @@ def _run_via_socket(agent: Agent, sql: str) -> tuple[list[str], list[list[Any]]]
     return [_ch_kind(d["type"]) for d in desc], [[r[n] for n in names] for r in rows]
 
 
+def _variables(agent: Agent, board: dict[str, Any], pick: dict[str, list[str]] | None = None
+               ) -> tuple[gs.QueryContext, dict[str, list[str]]]:
+    """The board's template variables resolved in order, as Grafana does (each variable's query sees
+    the choices before it): every one "All" unless ``pick`` names its values. Returns the panels'
+    query context over the last hour and each variable's options."""
+    base = gs.context_for(3600)
+    current: dict[str, Any] = {}
+    opts: dict[str, list[str]] = {}
+    for v in board["templating"]["list"]:
+        ctx = gs.QueryContext(base.time_from, base.time_to, base.interval_ms, current, opts)
+        opts[v["name"]] = [str(next(iter(r.values()))) for r in agent.rows(gs.expand(v["query"], ctx))]
+        current[v["name"]] = (pick or {}).get(v["name"], gs.ALL)
+    return gs.QueryContext(base.time_from, base.time_to, base.interval_ms, current, opts), opts
+
+
 @pytest.fixture(scope="module")
 def traffic(agent: Agent) -> dict[str, Any]:
     n = 20
@@ -80,16 +95,9 @@ def traffic(agent: Agent) -> dict[str, Any]:
 @pytest.mark.parametrize("board_name", list(TCP_PANELS))
 def test_tcp_panels_on_real_traffic(agent: Agent, traffic: dict[str, Any], board_name: str) -> None:
     board = dashboards()[board_name]
-    base = gs.context_for(3600)
-    current: dict[str, Any] = {}
-    opts: dict[str, list[str]] = {}
-    for v in board["templating"]["list"]:
-        ctx = gs.QueryContext(base.time_from, base.time_to, base.interval_ms, current, opts)
-        opts[v["name"]] = [str(next(iter(r.values()))) for r in agent.rows(gs.expand(v["query"], ctx))]
-        current[v["name"]] = gs.ALL
+    ctx, opts = _variables(agent, board)
     if board_name == "connections":
         assert SERVER_COMM in opts["service"] and CLIENT_COMM in opts["service"]
-    ctx = gs.QueryContext(base.time_from, base.time_to, base.interval_ms, current, opts)
     wanted = TCP_PANELS[board_name]
     checked = 0
     for p in board["panels"]:
@@ -193,18 +201,11 @@ def gray_traffic(agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.mark.parametrize("board_name", ["latency", "gray-release", "overview"])
 def test_http_panels_on_real_traffic(agent: Agent, gray_traffic: Any, board_name: str) -> None:
     board = dashboards()[board_name]
-    base = gs.context_for(3600)
-    current: dict[str, Any] = {}
-    opts: dict[str, list[str]] = {}
-    for v in board["templating"]["list"]:
-        ctx = gs.QueryContext(base.time_from, base.time_to, base.interval_ms, current, opts)
-        opts[v["name"]] = [str(next(iter(r.values()))) for r in agent.rows(gs.expand(v["query"], ctx))]
-        current[v["name"]] = [GRAY_SERVICE] if v["name"] == "service" else gs.ALL
+    ctx, opts = _variables(agent, board, {"service": [GRAY_SERVICE]})
     assert GRAY_SERVICE in opts["service"]
     if board_name == "gray-release":
         assert ROUTER_SERVICE not in opts["service"]  # one version: not a gray release
         assert {"v1", "v2"} <= set(opts["version"])
-    ctx = gs.QueryContext(base.time_from, base.time_to, base.interval_ms, current, opts)
     for p in board["panels"]:
         sql = gs.expand(p["targets"][0]["rawSql"], ctx)
         kinds, rows = _run_via_socket(agent, sql)
