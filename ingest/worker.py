@@ -49,6 +49,7 @@ __all__ = ["Worker", "WorkerStats", "main"]
 log = logging.getLogger(__name__)
 INTENT = "bs1:pending:"
 DATABASE = "blindspot"
+LEAVE_GROUP_TIMEOUT_S = 10.0  # serving the revoke at stop: a commit round trip, or a lost assignment
 T = TypeVar("T")
 
 
@@ -221,8 +222,20 @@ class Worker:
         except _Stopping:
             log.warning("stopped while retrying: uncommitted batches will be replayed by the next owner")
         finally:
-            consumer.close()  # leaves the group (revoke callback runs; nothing left to flush)
+            self._leave_group(consumer)
             self._dlq.close()
+
+    def _leave_group(self, consumer: Any) -> None:
+        """Leave the group, then close. A rebalance still queued when close() runs can block
+        librdkafka's assign() in the rebalance callback forever, holding the GIL (librdkafka #4884;
+        seen here when a worker that stopped polling is stopped). So unsubscribe first and serve the
+        revoke (or lost) callback through poll() until nothing is assigned; messages polled meanwhile
+        are not committed, so the next owner reads them again."""
+        consumer.unsubscribe()
+        deadline = time.monotonic() + LEAVE_GROUP_TIMEOUT_S
+        while consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(0.1)
+        consumer.close()
 
     def _add(self, m: Any) -> None:
         key = (m.topic(), m.partition())
