@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import cpu_seconds  # noqa: E402
 from tests import gobuild  # noqa: E402
+from tests.procs import spawn  # noqa: E402
 
 GO = os.environ.get("BLINDSPOT_BENCH_GO", "go1.26.8")
 
@@ -81,7 +82,7 @@ def agent_main(pid: int, uprobes: bool) -> None:
 class Agent:
     def __init__(self, pid: int, uprobes: bool) -> None:
         args = [sys.executable, "-m", "bench.bench_http", "--agent", str(pid)] + (["--uprobes"] if uprobes else [])
-        self.p = subprocess.Popen(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.p = spawn(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True)
         assert json.loads(self.p.stdout.readline())["ready"]  # type: ignore[union-attr]
 
@@ -129,7 +130,7 @@ def main() -> None:
         return
     LOADGEN = build_loadgen()
     build = gobuild.build(GO, "plain")
-    srv = subprocess.Popen([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
+    srv = spawn([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
     port = int(srv.stdout.readline().rsplit(":", 1)[1])  # type: ignore[union-attr]
     url = f"http://127.0.0.1:{port}/hello"
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench._common import REPO, build_go, cpu_seconds
 from tests.embedded_agent import running_agent
+from tests.procs import spawn
 
 COUNT_SQL = """SELECT count() AS n FROM blindspot.tcp_connections
 WHERE (local_port = {p:UInt16} OR remote_port = {p:UInt16}) AND end_time >= fromUnixTimestamp64Nano({t:Int64})"""
@@ -39,7 +40,7 @@ def main() -> None:
     ap.add_argument("--rates", default="1000,2000,4000,6000,8000")
     a = ap.parse_args()
     tool = str(build_go(REPO / "bench" / "tcpload", "tcpload"))
-    server = subprocess.Popen([tool, "-mode", "server"], stdout=subprocess.PIPE, text=True)
+    server = spawn([tool, "-mode", "server"], stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
     port = int(server.stdout.readline())
     try:

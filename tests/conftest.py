@@ -8,6 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import procs
+
+# Hermetic: the agents and workers the suite starts read no config of this machine's
+# (/etc/blindspot/blindspot.toml, BLINDSPOT_* variables of the shell), only what each test gives them.
+_TEST_KNOBS = ("BLINDSPOT_TEST_", "BLINDSPOT_GO_CACHE", "BLINDSPOT_GO_VERSIONS", "BLINDSPOT_CACHE")
+for _k in [k for k in os.environ if k.startswith("BLINDSPOT_") and not k.startswith(_TEST_KNOBS)]:
+    del os.environ[_k]
+os.environ["BLINDSPOT_CONFIG"] = os.devnull  # an empty file: defaults, then each test's overrides
 from tests.embedded_agent import Agent, running_agent
 
 
@@ -24,3 +32,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
     with running_agent(tmp_path_factory.mktemp("blindspot-data")) as a:
         yield a
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    since = procs.mark()
+    yield
+    procs.reap(since)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_process_outlives_the_session() -> Iterator[None]:
+    yield
+    left = procs.reap(0)
+    if left:  # a fixture that forgot its own: make it visible, but it is dead now
+        print(f"\nkilled {len(left)} process(es) left running by fixtures: {left}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from blindspot.query_server import FORMATS, QueryError, query_via_socket, socket_path
+from tests.procs import spawn
 
 REPO = Path(__file__).resolve().parents[1]
 BLINDSPOT = Path(sys.executable).with_name("blindspot")
@@ -64,7 +65,7 @@ def running_agent(data_dir: Path, snapshot_interval_s: float = 1.0, **env_overri
     env = {**os.environ, "BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "2", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "0.2",
            **env_overrides}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
+        proc = spawn(
             [str(BLINDSPOT), "run", "--data-dir", str(data_dir), "--snapshot-interval", str(snapshot_interval_s),
              "--no-live", "--metrics-address", "127.0.0.1:0", "-v"],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,

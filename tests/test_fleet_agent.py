@@ -17,6 +17,7 @@ import pytest
 
 from tests.embedded_agent import BLINDSPOT, REPO
 from tests.kafka_fixture import create_topics, kafka_bootstrap, prefix
+from tests.procs import spawn
 from tests.test_fleet_pipeline import engine, start_worker, stored
 from tests.test_tcp_lifecycle import run_client, start_server
 from tests.traffic import CLIENT_COMM, SERVER_COMM, reply_size
@@ -38,7 +39,7 @@ def fleet_agent(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> Iterator[s
     log = tmp_path / "agent.log"
     env = {**os.environ, "BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "2", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "0.2"}
     with log.open("wb") as f:
-        proc = subprocess.Popen([str(BLINDSPOT), "agent", "--kafka", kafka_bootstrap, "--topic-prefix", prefix,
+        proc = spawn([str(BLINDSPOT), "agent", "--kafka", kafka_bootstrap, "--topic-prefix", prefix,
                                  "--metrics-address", "off", "--snapshot-interval", "1", "-v"],
                                 stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     proc.log = log  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ from agent.kafka_sink import KafkaSink, KafkaSinkConfig
 from blindspot.query_server import FORMATS, query_via_socket, socket_path
 from blindspot.records import TCP_CONNECTION
 from tests.kafka_fixture import REPO, create_topics, kafka_bootstrap, make_rows, prefix, query_dir
+from tests.procs import spawn
 
 __all__ = ["kafka_bootstrap", "prefix"]
 pytestmark = pytest.mark.kafka
@@ -50,7 +51,7 @@ class WorkerProc:
     def __init__(self, bootstrap: str, prefix: str, data_dir: Path, log: Path, group: str) -> None:
         self.log = log
         with log.open("ab") as f:
-            self.proc = subprocess.Popen(
+            self.proc = spawn(
                 [sys.executable, "-m", "ingest.worker", "--kafka", bootstrap, "--data-dir", str(data_dir),
                  "--topic-prefix", prefix, "--group", group, "--batch-rows", "300", "--batch-age", "0.2",
                  "--metrics-address", "off"],

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from blindspot import grafana_sql as gs
+from tests import gobuild
 from tests.embedded_agent import REPO, Agent
+from tests.procs import spawn
 from tests.test_grafana_dashboards import _ch_kind, _check_shape, dashboards
 from tests.traffic import CLIENT_COMM, SERVER_COMM
 
@@ -36,7 +38,7 @@ TCP_PANELS = {
 
 
 def _traffic(*args: str, **kw: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tests.traffic", *args], stdout=subprocess.PIPE, text=True,
+    return spawn([sys.executable, "-m", "tests.traffic", *args], stdout=subprocess.PIPE, text=True,
                             cwd=REPO, **kw)
 
 
@@ -116,7 +118,7 @@ def test_connection_numbers_match_the_traffic(agent: Agent, traffic: dict[str, A
     """One host, one service picked: the panels count exactly the client connections made."""
     board = dashboards()["connections"]
     base = gs.context_for(3600)
-    host = agent.rows("SELECT hostName() AS h")[0]["h"]
+    host = agent.rows("SELECT any(host) AS h FROM blindspot.tcp_connections")[0]["h"]  # the agent's own name
     ctx = gs.QueryContext(base.time_from, base.time_to, base.interval_ms,
                           {"host": [host], "service": [CLIENT_COMM]}, {})
     by_title = {p["title"]: p["targets"][0]["rawSql"] for p in board["panels"]}
@@ -146,17 +148,13 @@ HTTP_MAY_BE_EMPTY = {"Routing matrix, last hour of the range: X-Gray-Version -> 
                      "Requests routed against their header, last hour of the range"}
 
 
-def _go_build(out: Any) -> dict[str, str]:
-    bins = {}
-    for prog in ("server", "router"):
-        bins[prog] = str(out / prog)
-        subprocess.run(["go", "build", "-o", bins[prog], f"./{prog}"], cwd=REPO / "tests/go", check=True,
-                       timeout=240, capture_output=True, env={**os.environ, "GOFLAGS": "-mod=mod"})
-    return bins
+def _go_build() -> dict[str, str]:
+    b = gobuild.build(gobuild.GO_VERSIONS[-1], "plain")  # deterministic and cached (tests/gobuild.py)
+    return {prog: str(b.bin(prog)) for prog in ("server", "router")}
 
 
 def _start(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                          env={**os.environ, **env})
     assert p.stdout is not None
     line = p.stdout.readline()
@@ -166,7 +164,7 @@ def _start(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str],
 
 @pytest.fixture(scope="module")
 def gray_traffic(agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    bins = _go_build(tmp_path_factory.mktemp("gobin"))
+    bins = _go_build()
     procs = []
     try:
         shop = {"OTEL_SERVICE_NAME": GRAY_SERVICE}

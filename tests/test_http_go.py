@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests import gobuild
+from tests.procs import spawn
 
 pytestmark = [pytest.mark.root, pytest.mark.go]
 
@@ -188,8 +189,7 @@ def cap() -> Iterator[Capture]:
 def start(cap: Capture, argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     import os
 
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                         env={**os.environ, **(env or {})})
+    p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})})
     line = p.stdout.readline()  # type: ignore[union-attr]
     assert line.startswith("LISTEN"), line
     cap.wait_traced(p.pid)
@@ -213,7 +213,8 @@ def check_server_row(row: dict[str, Any], s: Sent, port: int, pid: int, build: g
         "status": s.status, "request_bytes": s.req_bytes, "response_bytes": s.resp_bytes,
         "local_addr": "127.0.0.1", "local_port": port, "remote_addr": "127.0.0.1", "remote_port": s.client_port,
         "family": 4, "x_request_id": s.rid, "host_header": f"127.0.0.1:{port}", "upstream_host": "",
-        "service": "server", "service_version": "(devel)", "go_version": build.go, "parent_request_id": 0,
+        "service": "server", "service_version": build.service_version("server"),
+        "go_version": build.build_info("server")["go"], "parent_request_id": 0,
     }
     for k in ("user_agent", "x_gray_version", "traceparent"):
         hk = {"user_agent": "User-Agent", "x_gray_version": "X-Gray-Version", "traceparent": "traceparent"}[k]
@@ -305,8 +306,7 @@ def test_server_and_client_rows_exact(cap: Capture, builds: list[gobuild.GoBuild
         assert odd_row["traceparent"] == LONG_TRACEPARENT[:256]
 
         # Client side: the Go client (exec'd after the agent) makes requests through its Transport.
-        cli = subprocess.Popen([str(build.bin("client")), "-c", "3"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
+        cli = spawn([str(build.bin("client")), "-c", "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         cap.wait_traced(cli.pid)  # it reads all of stdin before sending anything
         plan = [("GET", "/hello", 0), ("GET", "/status/503", 0), ("GET", "/bytes/5000", 0),
                 ("POST", "/echo", 3000), ("GET", "/nowhere", 0), ("GET", "/users/99", 0)] * 2

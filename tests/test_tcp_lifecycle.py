@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.embedded_agent import REPO, Agent, running_agent
+from tests.procs import spawn
 from tests.traffic import CLIENT_COMM, SERVER_COMM, reply_size
 
 pytestmark = pytest.mark.root
@@ -31,7 +32,7 @@ ORDER BY role, local_port
 
 
 def start_server(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.traffic", "server", *args],
+    proc = spawn([sys.executable, "-m", "tests.traffic", "server", *args],
                             stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout is not None
     return proc, json.loads(proc.stdout.readline())
@@ -126,7 +127,7 @@ def test_ipv6_connection(agent: Agent) -> None:
 def test_long_lived_connection_visible_while_open(agent: Agent) -> None:
     hold_s = 3.0
     server, info = start_server("--count", "1")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.traffic", "client", "--port", str(info["port"]),
+    proc = spawn([sys.executable, "-m", "tests.traffic", "client", "--port", str(info["port"]),
                              "--sizes", "777", "--hold", str(hold_s)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout is not None
     local_port = json.loads(proc.stdout.readline())["connected"]
@@ -171,12 +172,12 @@ def test_connections_and_listeners_older_than_the_agent(tmp_path: Path) -> None:
     before it still gives accepted sockets their owner (read from /proc at start-up)."""
     server, info = start_server("--count", "2")
     go = tmp_path / "go"
-    old = subprocess.Popen([sys.executable, "-m", "tests.traffic", "client", "--port", str(info["port"]),
+    old = spawn([sys.executable, "-m", "tests.traffic", "client", "--port", str(info["port"]),
                             "--sizes", "10", "--wait-file", str(go)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert old.stdout is not None
     old_port = json.loads(old.stdout.readline())["connected"]
     with running_agent(tmp_path / "late-agent") as late:
-        new = subprocess.Popen([sys.executable, "-m", "tests.traffic", "client", "--port", str(info["port"]),
+        new = spawn([sys.executable, "-m", "tests.traffic", "client", "--port", str(info["port"]),
                                 "--sizes", "20", "--wait-file", str(go)], stdout=subprocess.PIPE, text=True, cwd=REPO)
         assert new.stdout is not None
         new_port = json.loads(new.stdout.readline())["connected"]
