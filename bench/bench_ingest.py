@@ -7,7 +7,8 @@
     ingest          records/s Kafka -> ingest worker -> engine, committed (fetch, decode, validate, dedup
                     token, intent and offset commits included), from assignment to the last commit
 
-Target: ingest > 0.5 x min(a, b). Starts the local broker (scripts/kafka.sh start) unless --no-start.
+Target: ingest > 0.5 x min(a, b). Starts a broker of its own (scripts/kafka.sh, free ports, fresh state)
+and stops it at the end, unless --kafka names a running one.
 
     .venv/bin/python -m bench.bench_ingest [--records N] [--kafka 127.0.0.1:19092]
 """
@@ -15,13 +16,17 @@ Target: ingest > 0.5 x min(a, b). Starts the local broker (scripts/kafka.sh star
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import confluent_kafka
@@ -45,16 +50,40 @@ def _count(value: bytes) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=300_000)
-    ap.add_argument("--kafka", default="127.0.0.1:19092")
+    ap.add_argument("--kafka", default="", help="a running broker (default: start one of our own, stopped at the end)")
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--batch-rows", type=int, default=50_000, help="ingest batch (rows)")
     ap.add_argument("--agent-batch", type=int, default=2_000, help="rows per agent pipeline batch")
-    ap.add_argument("--no-start", action="store_true", help="do not start the local broker (scripts/kafka.sh)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if not args.no_start:
-        subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "scripts" / "kafka.sh"), "start"],
-                       check=True)
+    if args.kafka:
+        run(args)
+        return
+    with own_broker() as args.kafka:
+        run(args)
+
+
+@contextlib.contextmanager
+def own_broker() -> Iterator[str]:
+    """A broker of this run's own (free ports, fresh state), stopped when the bench ends however it
+    ends; scripts/kafka.sh also stops it if this process dies first (KAFKA_WATCH_PID)."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    with tempfile.TemporaryDirectory(prefix="bench-kafka-") as state:
+        env = {**os.environ, "KAFKA_PORT": str(ports[0]), "KAFKA_CONTROLLER_PORT": str(ports[1]),
+               "KAFKA_STATE": state, "KAFKA_WATCH_PID": str(os.getpid())}
+        script = str(Path(__file__).resolve().parents[1] / "scripts" / "kafka.sh")
+        try:
+            subprocess.run(["bash", script, "start"], check=True, env=env)
+            yield f"127.0.0.1:{ports[0]}"
+        finally:
+            subprocess.run(["bash", script, "stop"], check=False, env=env)
+
+
+def run(args: argparse.Namespace) -> None:
     n, prefix = args.records, f"bench{uuid.uuid4().hex[:6]}."
     topic = prefix + TCP_CONNECTION.topic
     ensure_topics(KafkaSourceConfig(args.kafka, topic_prefix=prefix, partitions=args.partitions))

@@ -9,7 +9,8 @@
 #   scripts/kafka.sh reset    stop and delete the broker's data (topics, offsets)
 #
 # Environment: KAFKA_PORT (19092), KAFKA_CONTROLLER_PORT (19093), KAFKA_STATE (state dir: data, config,
-# log, pid; /tmp/blindspot-kafka-$KAFKA_PORT), BLINDSPOT_CACHE (jar cache; /var/cache/blindspot when
+# log, pid; /tmp/blindspot-kafka-$KAFKA_PORT), KAFKA_WATCH_PID (stop the broker when that process ends),
+# BLINDSPOT_CACHE (jar cache; /var/cache/blindspot when
 # writable, else ~/.cache/blindspot), KAFKA_HEAP (512m), KAFKA_WAIT (90).
 # Idempotent: start on a running broker only waits; the second start skips Maven and formatting.
 set -euo pipefail
@@ -110,7 +111,14 @@ start() {
   setsid java -Xms128m -Xmx"$HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$HERE/kafka/log4j2.xml" -cp "$LIBS/*" \
     kafka.Kafka "$STATE/server.properties" >>"$LOG" 2>&1 </dev/null &
-  echo $! >"$PIDFILE"
+  local pid=$!
+  echo "$pid" >"$PIDFILE"
+  if [[ -n ${KAFKA_WATCH_PID:-} ]]; then
+    # The owner (a test session, a bench) may die without stopping us: then the broker goes too.
+    setsid bash -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done
+                    kill -TERM "$2" 2>/dev/null; for _ in $(seq 60); do kill -0 "$2" 2>/dev/null || exit 0; sleep 0.5; done
+                    kill -KILL "$2" 2>/dev/null' _ "$KAFKA_WATCH_PID" "$pid" </dev/null >/dev/null 2>&1 &
+  fi
   wait_ready
   log "ready on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"), state $STATE)"
 }

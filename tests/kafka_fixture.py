@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,9 +19,22 @@ import confluent_kafka
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PORT = int(os.environ.get("BLINDSPOT_TEST_KAFKA_PORT", "19092"))
-CONTROLLER_PORT = PORT + 1
-KAFKA_ENV = {**os.environ, "KAFKA_PORT": str(PORT), "KAFKA_CONTROLLER_PORT": str(CONTROLLER_PORT)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# A broker of the session's own, on free ports, with its state in a fresh folder: nothing an earlier run
+# or another process left (a broker on 19092, old topics) changes what the tests see.
+# BLINDSPOT_TEST_KAFKA_PORT picks a fixed port instead (a broker already running there is reused).
+_FIXED = os.environ.get("BLINDSPOT_TEST_KAFKA_PORT")
+PORT = int(_FIXED) if _FIXED else _free_port()
+CONTROLLER_PORT = PORT + 1 if _FIXED else _free_port()
+KAFKA_ENV = {**os.environ, "KAFKA_PORT": str(PORT), "KAFKA_CONTROLLER_PORT": str(CONTROLLER_PORT),
+             "KAFKA_WATCH_PID": str(os.getpid())}  # the broker stops when this pytest dies, however it dies
 
 
 def kafka_sh(cmd: str, timeout: float = 600) -> subprocess.CompletedProcess[bytes]:
@@ -29,14 +43,21 @@ def kafka_sh(cmd: str, timeout: float = 600) -> subprocess.CompletedProcess[byte
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A running broker; stopped at the end only if this session started it."""
+    if not _FIXED:
+        KAFKA_ENV["KAFKA_STATE"] = str(tmp_path_factory.mktemp("kafka"))
     was_running = subprocess.run(["bash", str(REPO / "scripts" / "kafka.sh"), "status"], env=KAFKA_ENV,
                                  capture_output=True).returncode == 0
-    kafka_sh("start")
-    yield f"127.0.0.1:{PORT}"
-    if not was_running:
-        kafka_sh("stop", timeout=60)
+    try:
+        kafka_sh("start")
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"kafka.sh start failed:\n{e.stderr.decode(errors='replace')}") from e
+    try:
+        yield f"127.0.0.1:{PORT}"
+    finally:
+        if not was_running:
+            kafka_sh("stop", timeout=60)
 
 
 @pytest.fixture
