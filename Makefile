@@ -4,7 +4,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 BIN   := $(VENV)/bin
 
-.PHONY: setup run test test-unit lint bench kafka-up kafka-down clean
+.PHONY: setup run test test-fresh test-unit lint bench kafka-up kafka-down clean
 
 setup: $(VENV)/.setup-done
 $(VENV)/.setup-done: scripts/setup.sh pyproject.toml
@@ -17,7 +17,12 @@ run: setup
 
 ## test: the whole suite, as root, against the real kernel, a real Kafka broker and the real engine.
 test: setup
-	bash scripts/test.sh
+	bash scripts/test.sh $(ARGS)
+
+## test-fresh: the suite as a newcomer meets it: a fresh clone of HEAD in a temporary folder, all caches
+## empty, then `make test`; fails if any process it started is still running afterwards.
+test-fresh:
+	bash scripts/test-fresh.sh $(ARGS)
 
 test-unit: setup
 	$(BIN)/pytest -q -m "not root and not kafka" tests
