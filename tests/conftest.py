@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import procs
+from tests.embedded_agent import Agent, running_agent
 
 # Hermetic: the agents and workers the suite starts read no config of this machine's
 # (/etc/blindspot/blindspot.toml, BLINDSPOT_* variables of the shell), only what each test gives them.
@@ -16,7 +17,6 @@ _TEST_KNOBS = ("BLINDSPOT_TEST_", "BLINDSPOT_GO_CACHE", "BLINDSPOT_GO_VERSIONS",
 for _k in [k for k in os.environ if k.startswith("BLINDSPOT_") and not k.startswith(_TEST_KNOBS)]:
     del os.environ[_k]
 os.environ["BLINDSPOT_CONFIG"] = os.devnull  # an empty file: defaults, then each test's overrides
-from tests.embedded_agent import Agent, running_agent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
