@@ -20,18 +20,30 @@ ROLE_NAMES = {ev.ROLE_CLIENT: "client", ev.ROLE_SERVER: "server", ev.ROLE_UNKNOW
 class Clock:
     """Converts the kernel's CLOCK_MONOTONIC ns (bpf_ktime_get_ns) to wall-clock ns since the epoch."""
 
-    offset_ns: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
+    offset_ns: int = field(default_factory=lambda: _offset_sample() or time.time_ns() - time.monotonic_ns())
 
     def refresh(self) -> None:
         """Follow real wall-clock adjustments (NTP steps and slews add up), but not the jitter of
         reading two clocks one after the other: rows converted in one run must order as the kernel
         saw them, to the nanosecond."""
-        offset = time.time_ns() - time.monotonic_ns()
-        if abs(offset - self.offset_ns) > 100_000:
+        offset = _offset_sample()
+        if offset is not None and abs(offset - self.offset_ns) > 100_000:
             self.offset_ns = offset
 
     def wall(self, mono_ns: int) -> int:
         return mono_ns + self.offset_ns if mono_ns else 0
+
+
+def _offset_sample() -> int | None:
+    """wall - monotonic, from reads not split by a preemption: a thread descheduled between its two
+    clock reads (a busy host) would otherwise look like a wall-clock step of milliseconds."""
+    for _ in range(5):
+        m1 = time.monotonic_ns()
+        w = time.time_ns()
+        m2 = time.monotonic_ns()
+        if 0 <= m2 - m1 < 20_000:
+            return w - (m1 + m2) // 2
+    return None
 
 
 def address(family: int, raw: bytes) -> str:

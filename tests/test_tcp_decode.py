@@ -98,3 +98,20 @@ def test_clock_ignores_read_jitter_but_follows_steps() -> None:
     c.offset_ns -= 5_000_000  # as if the wall clock had been stepped 5 ms since
     c.refresh()
     assert abs(c.offset_ns - first) < 100_000
+
+
+def test_clock_ignores_a_preempted_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread descheduled between its two clock reads (a busy host) must not look like a step."""
+    import time as time_mod
+
+    c = Clock()
+    first = c.offset_ns
+    real_mono = time_mod.monotonic_ns
+    calls = iter(range(10**6))
+
+    def late_mono() -> int:  # reads alternate 5 ms apart: each pair is split as by a preemption
+        return real_mono() - (5_000_000 if next(calls) % 2 == 0 else 0)
+
+    monkeypatch.setattr(time_mod, "monotonic_ns", late_mono)
+    c.refresh()
+    assert c.offset_ns == first
