@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -38,7 +37,7 @@ from ingest.clickhouse_sink.service import open_service
 from ingest.kafka_source import KafkaSourceConfig, ensure_topics
 from ingest.schema import migrate
 from ingest.worker import Worker
-from tests.kafka_fixture import make_rows
+from tests.kafka_fixture import free_ports, make_rows
 
 
 def _count(value: bytes) -> int:
@@ -67,11 +66,7 @@ def main() -> None:
 def own_broker() -> Iterator[str]:
     """A broker of this run's own (free ports, fresh state), stopped when the bench ends however it
     ends; scripts/kafka.sh also stops it if this process dies first (KAFKA_WATCH_PID)."""
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = free_ports(2)
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as state:
         env = {**os.environ, "KAFKA_PORT": str(ports[0]), "KAFKA_CONTROLLER_PORT": str(ports[1]),
                "KAFKA_STATE": state, "KAFKA_WATCH_PID": str(os.getpid())}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -21,40 +22,64 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """``n`` ports nobody listens on, below the kernel's ephemeral range: a port inside it can be taken
+    by any outgoing connection meanwhile, and a probe connecting to a closed one can even connect to
+    itself (TCP simultaneous open), which makes the port look taken."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    while len(ports) < n:
+        p = rng.randrange(10_000, max(low, 10_001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+        if p not in ports:
+            ports.append(p)
+    return ports
 
 
 # A broker of the session's own, on free ports, with its state in a fresh folder: nothing an earlier run
 # or another process left (a broker on 19092, old topics) changes what the tests see.
 # BLINDSPOT_TEST_KAFKA_PORT picks a fixed port instead (a broker already running there is reused).
 _FIXED = os.environ.get("BLINDSPOT_TEST_KAFKA_PORT")
-PORT = int(_FIXED) if _FIXED else _free_port()
-CONTROLLER_PORT = PORT + 1 if _FIXED else _free_port()
-KAFKA_ENV = {**os.environ, "KAFKA_PORT": str(PORT), "KAFKA_CONTROLLER_PORT": str(CONTROLLER_PORT),
-             "KAFKA_WATCH_PID": str(os.getpid())}  # the broker stops when this pytest dies, however it dies
+KAFKA_ENV = {**os.environ, "KAFKA_WATCH_PID": str(os.getpid())}  # the broker stops when this pytest dies
+if _FIXED:
+    KAFKA_ENV.update({"KAFKA_PORT": _FIXED, "KAFKA_CONTROLLER_PORT": str(int(_FIXED) + 1)})
 
 
 def kafka_sh(cmd: str, timeout: float = 600) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["bash", str(REPO / "scripts" / "kafka.sh"), cmd], env=KAFKA_ENV,
-                          check=True, timeout=timeout, capture_output=True)
+    try:
+        return subprocess.run(["bash", str(REPO / "scripts" / "kafka.sh"), cmd], env=KAFKA_ENV,
+                              check=True, timeout=timeout, capture_output=True)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"kafka.sh {cmd} failed:\n{e.stderr.decode(errors='replace')}") from e
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A running broker; stopped at the end only if this session started it."""
-    if not _FIXED:
-        KAFKA_ENV["KAFKA_STATE"] = str(tmp_path_factory.mktemp("kafka"))
-    was_running = subprocess.run(["bash", str(REPO / "scripts" / "kafka.sh"), "status"], env=KAFKA_ENV,
-                                 capture_output=True).returncode == 0
-    try:
+    if _FIXED:
+        was_running = subprocess.run(["bash", str(REPO / "scripts" / "kafka.sh"), "status"], env=KAFKA_ENV,
+                                     capture_output=True).returncode == 0
         kafka_sh("start")
-    except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"kafka.sh start failed:\n{e.stderr.decode(errors='replace')}") from e
+    else:
+        was_running = False
+        for attempt in range(3):  # a port taken between the choice and the bind: choose again
+            port, controller = free_ports(2)
+            KAFKA_ENV.update({"KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller),
+                              "KAFKA_STATE": str(tmp_path_factory.mktemp("kafka"))})
+            try:
+                kafka_sh("start")
+                break
+            except RuntimeError:
+                kafka_sh("stop", timeout=60)
+                if attempt == 2:
+                    raise
     try:
-        yield f"127.0.0.1:{PORT}"
+        yield f"127.0.0.1:{KAFKA_ENV['KAFKA_PORT']}"
     finally:
         if not was_running:
             kafka_sh("stop", timeout=60)
