@@ -22,7 +22,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from agent import _http_event as ev
-from agent.http_parse import HEADER_COLUMNS, MAX_PATH, MAX_VALUE, METHODS, route_from_pattern, template_path
+from agent.http_parse import (
+    HEADER_COLUMNS,
+    MAX_PATH,
+    MAX_VALUE,
+    METHODS,
+    redact_path,
+    route_from_pattern,
+    strip_target,
+    template_path,
+)
 from agent.tcp_decode import address
 from blindspot.records import HTTP_REQUEST
 
@@ -104,18 +113,29 @@ def _line_bytes(flat: np.ndarray, starts: np.ndarray, k: int) -> np.ndarray:
     return np.where((g >= 65) & (g <= 90), g + 32, g)
 
 
-def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max_value: int) -> Heads:
+def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max_value: int,
+                cut: np.ndarray | None = None) -> Heads:
     """Request line and the headers ``names`` (lower case) of each head: row i of ``rows`` (2-D
-    uint8, C-contiguous) holds ``lengths[i]`` bytes of it, whatever follows is ignored.
+    uint8, C-contiguous) holds ``lengths[i]`` bytes of it, whatever follows is ignored. ``cut`` marks
+    the heads the capture bound cut (the kernel's BS_HTTP_F_HEAD_TRUNC).
 
     A request line is METHOD SP target SP HTTP/1.x, alone on its line; the path is the target up to
-    '?' or '#' (queries often carry tokens). A header is a line ``name:`` (RFC 9112: no blank before
-    the colon), the first occurrence wins; lines after the blank line are a body, and a line cut by the
-    capture bound (no CRLF after it) is not guessed at.
+    '?' or '#' (queries often carry tokens). A request line cut by the capture bound (a long URL: no
+    CRLF, no version) is still a request when ``cut`` says so: method and path as far as captured,
+    version "". A header is a line ``name:`` (RFC 9112: no blank before the colon), the first
+    occurrence wins; lines after the blank line are a body, and a line cut by the capture bound (no
+    CRLF after it) is not guessed at.
+
+    Total: any bytes, any lengths (clamped to 0..width), any number of rows.
     """
     n, width = rows.shape
+    if width == 0:  # no bytes at all: one zero column keeps every index below in range
+        rows, width = np.zeros((n, 1), np.uint8), 1
+    rows = np.ascontiguousarray(rows, np.uint8)
     cols = np.arange(width)
-    lengths = lengths.astype(np.int64)
+    lengths = np.clip(np.asarray(lengths).astype(np.int64), 0, width)
+    cut = np.zeros(n, bool) if cut is None else np.asarray(cut, bool)
+    max_value = max(int(max_value), 0)
     # Every CRLF inside a head, in row-major order (found from the CRs: one pass over the bytes).
     flat = rows.reshape(-1)
     r, c = np.divmod(np.flatnonzero(flat == CR), width)
@@ -124,9 +144,12 @@ def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max
     line_rows, first = _first_per_row(r)
     line_end = lengths.copy()  # the request line ends at the first CRLF, or with the capture
     line_end[line_rows] = c[first]
+    line_cut = np.ones(n, bool)
+    line_cut[line_rows] = False
+    line_cut &= cut  # no CRLF and the capture was full: the line goes on beyond what we have
 
-    # Request line (searched only as wide as the longest one).
-    w = int(line_end.max()) + 1 if n else 1
+    # Request line (searched only as wide as the longest one; line_end <= width).
+    w = max(int(line_end.max()) if n else 0, 1)
     head = rows[:, :w]
     lcols = cols[:w]
     first8 = np.zeros((n, 8), np.uint8)
@@ -139,12 +162,16 @@ def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max
     in_line = (lcols >= target[:, None]) & (lcols < line_end[:, None])
     spaces = (head == SP) & in_line
     target_end = np.where(spaces.any(1), spaces.argmax(1), line_end)
-    version_start = target_end + 1
+    version_start = np.minimum(target_end + 1, line_end)
     spaces &= lcols > target_end[:, None]
     vw = min(len(_HTTP1), w)
     vcols = np.minimum(version_start[:, None] + np.arange(vw), w - 1)
-    ok = ((method > 0) & (target_end < line_end) & ~spaces.any(1) & (line_end - version_start > len(_HTTP1))
-          & (head[np.arange(n)[:, None], vcols] == _HTTP1[:vw]).all(1))
+    whole = ((target_end < line_end) & ~spaces.any(1) & (line_end - version_start > len(_HTTP1))
+             & (head[np.arange(n)[:, None], vcols] == _HTTP1[:vw]).all(1))
+    # A line the capture cut inside its target: no version to check, the target runs to the end.
+    partial = line_cut & (target_end == line_end) & (line_end > target)
+    ok = (method > 0) & (whole | partial)
+    version_start = np.where(whole, version_start, line_end)  # a cut line has no version
     stop = ((head == QUESTION) | (head == HASH)) & (lcols >= target[:, None]) & (lcols < target_end[:, None])
     path_end = np.where(stop.any(1), stop.argmax(1), target_end)
     path_end = np.minimum(path_end, target + MAX_PATH)
@@ -153,13 +180,10 @@ def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max
     path = _slices(rows, at, target[at], path_end[at])
     version = _slices(rows, at, version_start[at], line_end[at])
     absolute = ok & (rows[np.arange(n), np.minimum(target, width - 1)] != SLASH) & (path_end > target)
-    if absolute.any():  # absolute-form (a proxy request): drop scheme and authority; rare, so per row
+    if absolute.any():  # not origin-form (a proxy request, CONNECT): no authority/userinfo; rare, so per row
         fixed = path.to_pylist()
         for i in np.flatnonzero(absolute).tolist():
-            t = fixed[i]
-            if t.startswith((b"http://", b"https://")):
-                slash = t.find(b"/", t.find(b"//") + 2)
-                fixed[i] = t[slash:] if slash >= 0 else b"/"
+            fixed[i] = strip_target(fixed[i])
         path = pa.array(fixed, pa.binary())
 
     # Header lines: between consecutive CRLFs of one row, before the blank line.
@@ -223,10 +247,13 @@ class RequestHead:
 
 
 def parse_request_head(buf: bytes, allow: frozenset[str] = frozenset(HEADER_COLUMNS),
-                       max_value: int = MAX_VALUE) -> RequestHead | None:
-    """parse_heads for one head (tests, tools)."""
-    rows = np.frombuffer(buf + b"\0", np.uint8)[None, :]
-    h = parse_heads(rows, np.array([len(buf)]), sorted(allow), max_value)
+                       max_value: int = MAX_VALUE, *, truncated: bool | None = None) -> RequestHead | None:
+    """parse_heads for one head (tests, tools). The row is exactly ``buf`` wide, as a full capture
+    is: no padding that could hide an index past the end. ``truncated`` (the kernel's flag) defaults
+    to "buf filled a 1 KiB capture"."""
+    rows = np.frombuffer(buf, np.uint8)[None, :]
+    cut = len(buf) >= ev.HEAD_MAX if truncated is None else truncated
+    h = parse_heads(rows, np.array([len(buf)]), sorted(allow), max_value, np.array([cut]))
     if not h.ok[0]:
         return None
     headers = {k: v[0].as_py() for k, v in h.headers.items() if v[0].as_py()}
@@ -296,6 +323,7 @@ class DecodeContext:
     headers: tuple[str, ...]  # allow-list, lower case
     max_value: int
     service: Callable[[int], tuple[str, str, str]]  # pid -> (service, version, go version)
+    redact_paths: bool = True  # http_parse.redact_path on stored paths (routes are always templated)
 
 
 @dataclass
@@ -312,10 +340,13 @@ class Decoded:
     parse_errors: int
 
 
-def _heads_of(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each record's head bytes as C-contiguous rows, and their lengths."""
-    lengths = events["head_len"].astype(np.int64)
-    rows = np.ascontiguousarray(events["head"][:, : int(lengths.max()) + 1])
+def _heads_of(events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each record's head bytes as C-contiguous rows, their lengths (a corrupt head_len is clamped
+    to the capture) and whether the capture bound cut them."""
+    width = events.dtype["head"].shape[0]
+    lengths = np.minimum(events["head_len"].astype(np.int64), width)
+    cut = ((events["flags"] & ev.F_HEAD_TRUNC) != 0) | (lengths >= width)
+    rows = np.ascontiguousarray(events["head"][:, : int(lengths.max(initial=0)) + 1])
     held = (events["flags"] & ev.F_HELD_BYTE) != 0
     if held.any():  # the head's first byte came in Go's 1-byte background read before it
         shifted = np.zeros((len(events), rows.shape[1] + 1), np.uint8)
@@ -323,7 +354,7 @@ def _heads_of(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shifted[held, 0] = events["held_byte"][held]
         shifted[held, 1:] = rows[held]
         rows, lengths = shifted, lengths + held
-    return rows, lengths
+    return rows, lengths, cut
 
 
 def decode(events: np.ndarray, ctx: DecodeContext, wall_offset_ns: int) -> Decoded:
@@ -332,7 +363,8 @@ def decode(events: np.ndarray, ctx: DecodeContext, wall_offset_ns: int) -> Decod
     if len(events) == 0:
         empty = np.empty(0, np.int64)
         return Decoded(HTTP_REQUEST.arrow_schema.empty_table(), empty, empty, empty, empty, empty, empty, 0)
-    heads = parse_heads(*_heads_of(events), ctx.headers, ctx.max_value)
+    rows, lengths, cut = _heads_of(events)
+    heads = parse_heads(rows, lengths, ctx.headers, ctx.max_value, cut)
     keep = heads.ok
     parse_errors = int(len(events) - np.count_nonzero(keep))
     if parse_errors:
@@ -349,9 +381,12 @@ def decode(events: np.ndarray, ctx: DecodeContext, wall_offset_ns: int) -> Decod
     hdr = {name: heads.headers.get(name, absent) for name in HEADER_COLUMNS}
 
     # Routes: the registered ServeMux pattern where a Go uprobe read one, else the templated path.
-    templated = pc.dictionary_encode(heads.path)
-    route = pa.array([template_path(p) for p in templated.dictionary.to_pylist()], pa.string()).take(
-        templated.indices)
+    # Both, and the redacted path, are worked out once per distinct path.
+    distinct = pc.dictionary_encode(heads.path)
+    paths = distinct.dictionary.to_pylist()
+    route = pa.array([template_path(p) for p in paths], pa.string()).take(distinct.indices)
+    path = (pa.array([redact_path(p) for p in paths], pa.string()).take(distinct.indices) if ctx.redact_paths
+            else heads.path)
     route_len = events["route_len"]
     has_pattern = route_len > 0
     route_source = pc.if_else(pa.array(has_pattern), "pattern", "template")
@@ -391,7 +426,7 @@ def decode(events: np.ndarray, ctx: DecodeContext, wall_offset_ns: int) -> Decod
         "comm": _per_distinct(_words(events["comm"]), lambda i: _comm(events["comm"][i].tobytes())),
         "side": pc.if_else(pa.array(server), "server", "client"),
         "method": heads.method,
-        "path": heads.path,
+        "path": path,
         "route": route,
         "route_source": route_source,
         "status": pa.array(_statuses(events["status"], events["status_len"]), pa.uint16()),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import hashlib
+import logging
 import mmap
 import os
 import socket
@@ -36,7 +37,10 @@ from agent.go_procs import GoProcess
 from agent.http_decode import DecodeContext, Decoded, decode
 from agent.ringbuf import FixedRingReader
 from agent.tcp_decode import Clock
+from blindspot import metrics
 from blindspot.records import HTTP_REQUEST
+
+log = logging.getLogger(__name__)
 
 KIND = HTTP_REQUEST.name
 BPF_SOURCE = ev.BPF_DIR / "http_trace.c"
@@ -68,6 +72,9 @@ _KERNEL_FIELDS = {
 class HttpConfig:
     go_uprobes: bool = False  # route patterns + outbound->inbound links, at ~19 us per probe hit here
     headers: tuple[str, ...] = tuple(http_parse.HEADER_COLUMNS)  # allow-list (lower-case names)
+    # Stored paths go through http_parse.redact_path (tokens, ;matrix params); False keeps them raw.
+    # Userinfo and query strings are never stored either way; routes are always templated.
+    redact_paths: bool = True
     max_value: int = http_parse.MAX_VALUE
     head_max: int = 1024  # bytes of each request head captured (power of two, 256..4096)
     max_conns: int = 16384
@@ -116,8 +123,18 @@ class HttpSource:
         self._uprobe_users: dict[tuple[int, int], set[int]] = {}
         self._allow = frozenset(h.lower() for h in self.cfg.headers)
         self._kernel: dict[str, int] = {}
-        self._c = {"captured": 0, "parse_errors": 0, "procs_attached": 0, "procs_detached": 0,
+        # parse_errors: heads that are not HTTP/1 requests; rejected: records the decoder failed on
+        # (isolated by _decode_isolated, never raised out of poll).
+        self._c = {"captured": 0, "parse_errors": 0, "rejected": 0, "procs_attached": 0, "procs_detached": 0,
                    "linked": 0, "link_timeouts": 0}
+        self._rejected_logged = False
+        for reason in ("not_http", "decode_error"):  # visible at 0 from the start
+            metrics.REJECTED.labels("http", reason)
+        sensitive = sorted(self._allow & http_parse.SENSITIVE)
+        if sensitive:
+            log.warning("HTTP header allow-list captures credentials (%s): their values are stored in "
+                        "http_requests as sent; anyone who can read the data folder or query it can read them",
+                        ", ".join(sensitive))
         # Go linking: recent server rows by (pid, goroutine), outbound rows waiting for theirs.
         self._servers: dict[tuple[int, int], deque] = {}
         self._waiting: deque = deque()
@@ -130,7 +147,7 @@ class HttpSource:
         self._dtype = ev.event_dtype(self.cfg.head_max)
         self._ring: FixedRingReader | None = None
         self._ctx = DecodeContext(self.cfg.hostname, self._salt, tuple(sorted(self._allow)), self.cfg.max_value,
-                                  self._service)
+                                  self._service, self.cfg.redact_paths)
         self._pending: list[np.ndarray] = []  # read from the ring, not decoded yet
         self._pending_rows = 0
         self._last_decode = time.monotonic()
@@ -352,13 +369,42 @@ class HttpSource:
         if batch:
             # Concatenated as bytes: numpy's structured concatenate is slow for padded dtypes.
             raw = np.concatenate([b.view(np.uint8).reshape(len(b), -1) for b in batch])
-            self._dispatch(decode(raw.view(self._dtype).ravel(), self._ctx, self._clock.offset_ns))
+            for dec in self._decode_isolated(raw.view(self._dtype).ravel()):
+                self._dispatch(dec)
         self._decodes += 1
         for pid in [p for p, (_, at) in self._gone.items() if at <= self._decodes - 2]:
             del self._gone[pid]
 
+    def _decode_isolated(self, events: np.ndarray) -> list[Decoded]:
+        """decode(events), or when that raises (a decoder bug some record triggers: the decoder is
+        meant to be total), the batch in halves down to single records: the bad ones are counted in
+        ``rejected`` and logged once, the rest decode as usual."""
+        try:
+            return [decode(events, self._ctx, self._clock.offset_ns)]
+        except Exception as e:
+            if len(events) > 1:
+                half = len(events) // 2
+                return self._decode_isolated(events[:half]) + self._decode_isolated(events[half:])
+            self._reject(events, e)
+            return []
+
+    def _reject(self, events: np.ndarray, error: Exception) -> None:
+        self._c["rejected"] += len(events)
+        metrics.REJECTED.labels("http", "decode_error").inc(len(events))
+        if self._rejected_logged:
+            return
+        self._rejected_logged = True
+        e = events[0]
+        comm = e["comm"].tobytes().split(b"\0", 1)[0].decode("utf-8", "replace")
+        # Context without the head's bytes: they may carry credentials.
+        log.error("HTTP record rejected (decoder error %s: %s): pid %d comm %r head_len %d flags %#x role %d; "
+                  "counted in 'rejected', further rejections are counted only", type(error).__name__, error,
+                  int(e["pid"]), comm, int(e["head_len"]), int(e["flags"]), int(e["role"]), exc_info=error)
+
     def _dispatch(self, dec: Decoded) -> None:
         self._c["parse_errors"] += dec.parse_errors
+        if dec.parse_errors:
+            metrics.REJECTED.labels("http", "not_http").inc(dec.parse_errors)
         table, g = dec.table, dec.goroutine
         if not table.num_rows:
             return

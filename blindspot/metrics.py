@@ -14,6 +14,10 @@ KERNEL_LOST = Counter(
 )
 ROWS_WRITTEN = Counter("blindspot_sink_rows_written_total", "Rows the sink accepted", ["table"])
 DROPPED = Counter("blindspot_dropped_records_total", "Records dropped after capture", ["reason"])
+REJECTED = Counter(
+    "blindspot_rejected_records_total", "Records a source refused as malformed, counted and skipped",
+    ["source", "reason"],
+)
 SINK_RETRIES = Counter("blindspot_sink_retries_total", "Sink writes retried after a transient error")
 BATCH_ROWS = Histogram(
     "blindspot_sink_batch_rows", "Rows per batch written", buckets=(1, 10, 100, 1e3, 1e4, 1e5)
