@@ -39,6 +39,8 @@ from blindspot.records import HTTP_REQUEST
 _METHOD_KEYS = [(int.from_bytes(m + b" ", "little"), (1 << (8 * len(m) + 8)) - 1, len(m) + 1) for m in sorted(METHODS)]
 _METHOD_NAMES = pa.array([""] + [m.decode() for m in sorted(METHODS)], pa.string())
 _HTTP1 = np.frombuffer(b"HTTP/1.", np.uint8)
+COMM_MAX = 16  # bytes of the comm column (a kernel comm is 15 bytes; U+FFFD takes 3)
+VALUE_LIMIT = 1024  # bytes of a header column: max_value is capped there
 CR, LF, SP, TAB, QUESTION, HASH, SLASH = 13, 10, 32, 9, 63, 35, 47
 
 
@@ -54,13 +56,20 @@ class Heads:
     headers: dict[str, pa.Array]  # lower-case name -> value (text, "" when absent)
 
 
-def utf8(values: pa.Array) -> pa.Array:
+def utf8(values: pa.Array, max_bytes: int) -> pa.Array:
     """Binary values as text; bytes that are not UTF-8 become U+FFFD (per row, only when some value
-    needs it)."""
+    needs it), and a value that grew past ``max_bytes`` with them is cut at a character boundary
+    (the column's bound: a longer value would be refused downstream)."""
     try:
         return values.cast(pa.string())
     except pa.ArrowInvalid:
-        return pa.array([b.decode("utf-8", "replace") for b in values.to_pylist()], pa.string())
+        return pa.array([bounded(b.decode("utf-8", "replace"), max_bytes) for b in values.to_pylist()], pa.string())
+
+
+def bounded(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, at a character boundary."""
+    raw = text.encode()
+    return text if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", "ignore")
 
 
 def _slices(rows: np.ndarray, at: np.ndarray, start: np.ndarray, end: np.ndarray, *, size: int | None = None,
@@ -135,7 +144,7 @@ def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max
     cols = np.arange(width)
     lengths = np.clip(np.asarray(lengths).astype(np.int64), 0, width)
     cut = np.zeros(n, bool) if cut is None else np.asarray(cut, bool)
-    max_value = max(int(max_value), 0)
+    max_value = min(max(int(max_value), 0), VALUE_LIMIT)
     # Every CRLF inside a head, in row-major order (found from the CRs: one pass over the bytes).
     flat = rows.reshape(-1)
     r, c = np.divmod(np.flatnonzero(flat == CR), width)
@@ -223,9 +232,10 @@ def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max
         src, vs, ve = (np.concatenate(part) for part in zip(*found, strict=True))
         at = np.concatenate([rows_ + i * n for i, (rows_, _, _) in enumerate(found)])
         vs, ve = _strip(rows, src, vs, ve)
-        values = utf8(_slices(rows, at, vs, np.minimum(ve, vs + max_value), size=n * len(names), src=src))
+        values = utf8(_slices(rows, at, vs, np.minimum(ve, vs + max_value), size=n * len(names), src=src),
+                      max_value)
         headers = {nm: values.slice(i * n, n) for i, nm in enumerate(names)}
-    return Heads(ok, method_text, utf8(path), utf8(version), complete, headers)
+    return Heads(ok, method_text, utf8(path, MAX_PATH), utf8(version, width), complete, headers)
 
 
 def _statuses(status: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -297,7 +307,23 @@ def _addresses(family: np.ndarray, raw: np.ndarray) -> pa.Array:
 
 
 def _comm(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return bounded(raw.split(b"\0", 1)[0].decode("utf-8", "replace"), COMM_MAX)
+
+
+EXTRA_MAX = 8192  # bytes of the extra_headers column
+
+
+def _extra_json(names: Sequence[str], values: Sequence[str]) -> str:
+    """Extra configured headers as a JSON object; headers that would take it past EXTRA_MAX bytes
+    (many long values, escapes) are left out rather than the row refused downstream."""
+    text = json.dumps({h: v for h, v in zip(names, values, strict=True) if v}, ensure_ascii=False)
+    if len(text.encode()) <= EXTRA_MAX:
+        return text
+    kept: dict[str, str] = {}
+    for h, v in zip(names, values, strict=True):
+        if v and len(json.dumps({**kept, h: v}, ensure_ascii=False).encode()) <= EXTRA_MAX:
+            kept[h] = v
+    return json.dumps(kept, ensure_ascii=False)
 
 
 _END_REASONS = pa.array([ev.END_REASONS.get(i, "") for i in range(256)], pa.string())
@@ -407,8 +433,7 @@ def decode(events: np.ndarray, ctx: DecodeContext, wall_offset_ns: int) -> Decod
     extra = [h for h in ctx.headers if h not in HEADER_COLUMNS]
     if extra:
         values = [heads.headers[h].to_pylist() for h in extra]
-        extra_headers = pa.array([json.dumps({h: v for h, v in zip(extra, row, strict=True) if v},
-                                             ensure_ascii=False) for row in zip(*values, strict=True)], pa.string())
+        extra_headers = pa.array([_extra_json(extra, row) for row in zip(*values, strict=True)], pa.string())
     else:
         extra_headers = pa.repeat(pa.scalar("", pa.string()), n)
     truncated = ((events["flags"] & ev.F_HEAD_TRUNC) != 0) | ~heads.complete

@@ -100,7 +100,10 @@ def template_path(path: str, max_segments: int = 12) -> str:
             out.append(_secret(s) or s)
     if len(segs) > max_segments + 1:
         out.append("...")
-    return "/".join(out)
+    route = "/".join(out)
+    if len(route.encode()) > MAX_PATH:  # placeholders can be longer than what they replace
+        route = route.encode()[:MAX_PATH].decode("utf-8", "ignore")
+    return route
 
 
 def route_from_pattern(pattern: str) -> str:
