@@ -32,14 +32,13 @@ from agent.http_parse import (
     strip_target,
     template_path,
 )
-from agent.tcp_decode import address
+from agent.tcp_decode import address, bounded, comm_text
 from blindspot.records import HTTP_REQUEST
 
 # "METHOD " as the first bytes of a little-endian u64, with the mask of its length (all fit in 8).
 _METHOD_KEYS = [(int.from_bytes(m + b" ", "little"), (1 << (8 * len(m) + 8)) - 1, len(m) + 1) for m in sorted(METHODS)]
 _METHOD_NAMES = pa.array([""] + [m.decode() for m in sorted(METHODS)], pa.string())
 _HTTP1 = np.frombuffer(b"HTTP/1.", np.uint8)
-COMM_MAX = 16  # bytes of the comm column (a kernel comm is 15 bytes; U+FFFD takes 3)
 VALUE_LIMIT = 1024  # bytes of a header column: max_value is capped there
 CR, LF, SP, TAB, QUESTION, HASH, SLASH = 13, 10, 32, 9, 63, 35, 47
 
@@ -64,12 +63,6 @@ def utf8(values: pa.Array, max_bytes: int) -> pa.Array:
         return values.cast(pa.string())
     except pa.ArrowInvalid:
         return pa.array([bounded(b.decode("utf-8", "replace"), max_bytes) for b in values.to_pylist()], pa.string())
-
-
-def bounded(text: str, max_bytes: int) -> str:
-    """``text`` cut to at most ``max_bytes`` of UTF-8, at a character boundary."""
-    raw = text.encode()
-    return text if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", "ignore")
 
 
 def _slices(rows: np.ndarray, at: np.ndarray, start: np.ndarray, end: np.ndarray, *, size: int | None = None,
@@ -306,10 +299,6 @@ def _addresses(family: np.ndarray, raw: np.ndarray) -> pa.Array:
     return _per_distinct(keys, text)
 
 
-def _comm(raw: bytes) -> str:
-    return bounded(raw.split(b"\0", 1)[0].decode("utf-8", "replace"), COMM_MAX)
-
-
 EXTRA_MAX = 8192  # bytes of the extra_headers column
 
 
@@ -448,7 +437,7 @@ def decode(events: np.ndarray, ctx: DecodeContext, wall_offset_ns: int) -> Decod
         "go_version": go_version,
         "pid": pa.array(pid, pa.uint32()),
         "tid": pa.array(events["tid"], pa.uint32()),
-        "comm": _per_distinct(_words(events["comm"]), lambda i: _comm(events["comm"][i].tobytes())),
+        "comm": _per_distinct(_words(events["comm"]), lambda i: comm_text(events["comm"][i].tobytes())),
         "side": pc.if_else(pa.array(server), "server", "client"),
         "method": heads.method,
         "path": path,

@@ -31,7 +31,24 @@ class Clock:
             self.offset_ns = offset
 
     def wall(self, mono_ns: int) -> int:
-        return mono_ns + self.offset_ns if mono_ns else 0
+        # Clamped to int64 (timestamp[ns]): only a corrupt record gets near it, and it must not fail the batch.
+        return min(mono_ns + self.offset_ns, _I64_MAX) if mono_ns else 0
+
+
+_I64_MAX = (1 << 63) - 1
+COMM_MAX = 16  # bytes of the comm columns: a kernel comm is at most 15, but U+FFFD takes 3 bytes
+
+
+def bounded(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, at a character boundary (a column's bound)."""
+    raw = text.encode()
+    return text if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", "ignore")
+
+
+def comm_text(raw: bytes) -> str:
+    """A task comm (NUL-padded bytes, not always UTF-8) as the comm column's text."""
+    text = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return text if len(text) < COMM_MAX and text.isascii() else bounded(text, COMM_MAX)
 
 
 def _offset_sample() -> int | None:
@@ -115,8 +132,8 @@ def decode_closed(
         "conn_id": conn_id(boot_id, e.sk, start or agent_start_ns),
         "start_time": clock.wall(start),
         "end_time": clock.wall(e.end_ns),
-        "duration_ns": e.end_ns - start if start else 0,
-        "handshake_ns": e.established_ns - start if start and e.established_ns else 0,
+        "duration_ns": max(e.end_ns - start, 0) if start else 0,
+        "handshake_ns": max(e.established_ns - start, 0) if start and e.established_ns else 0,
         "role": ROLE_NAMES.get(e.role, "unknown"),
         "family": 4 if e.family == socket.AF_INET else 6,
         "local_addr": address(e.family, e.saddr),
@@ -124,7 +141,7 @@ def decode_closed(
         "remote_addr": address(e.family, e.daddr),
         "remote_port": e.dport,
         "pid": e.pid,
-        "comm": e.comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
+        "comm": comm_text(e.comm),
         "bytes_sent": sent,
         "bytes_received": received,
         "retransmits": e.retransmits,
@@ -155,7 +172,7 @@ def decode_open(
         "remote_addr": address(c.family, c.daddr),
         "remote_port": c.dport,
         "pid": c.pid,
-        "comm": c.comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
+        "comm": comm_text(c.comm),
         "bytes_sent": c.app_bytes_sent,
         "bytes_received": c.app_bytes_received,
         "started_before_agent": int(preexisting),

@@ -141,9 +141,24 @@ def decode_batch(value: bytes | None) -> pa.Table:
     if not value:
         raise WireError("undecodable", "empty message")
     try:
-        return pa.ipc.open_stream(value).read_all()
+        table = pa.ipc.open_stream(value).read_all()
+        _check_layout(table)
     except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as e:
         raise WireError("undecodable", f"not an Arrow IPC stream: {e}"[:200]) from None
+    return table
+
+
+def _check_layout(table: pa.Table) -> None:
+    """Offsets and buffers consistent (the IPC reader does not check them: a corrupt batch failed
+    later, inside compute kernels). Strings are checked as bytes: invalid UTF-8 is a per-row
+    rejection for ingest/validate.py, not a broken message."""
+    for column in table.columns:
+        for chunk in column.chunks:
+            if pa.types.is_string(chunk.type):
+                chunk = chunk.view(pa.binary())
+            elif pa.types.is_large_string(chunk.type):
+                chunk = chunk.view(pa.large_binary())
+            chunk.validate(full=True)
 
 
 # -- headers -------------------------------------------------------------------------------------
