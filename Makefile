@@ -4,7 +4,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 BIN   := $(VENV)/bin
 
-.PHONY: setup run test test-fresh test-unit lint bench kafka-up kafka-down clean
+.PHONY: setup run test test-fresh test-unit lint bench kafka-up kafka-down clean fuzz
 
 setup: $(VENV)/.setup-done
 $(VENV)/.setup-done: scripts/setup.sh pyproject.toml
@@ -30,6 +30,11 @@ test-unit: setup
 lint: setup
 	$(BIN)/ruff check agent ingest blindspot tests bench
 	$(BIN)/mypy
+
+## fuzz: the fuzz targets (tests/fuzz) in a long randomised pass; `make test` runs a short fixed one.
+## FUZZ_EXAMPLES=N examples per target (default 20000).
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q --timeout=0 tests/fuzz $(ARGS)
 
 ## bench: performance scripts; each prints ratios against a baseline measured in the same run.
 bench: setup

@@ -135,3 +135,83 @@ def test_request_ids_are_distinct_and_never_zero(n: int) -> None:
 def test_one_head_helper_agrees() -> None:
     h = parse_request_head(b"OPTIONS * HTTP/1.1\r\nHost: z\r\n\r\n")
     assert h is not None and (h.method, h.path, h.headers) == ("OPTIONS", "*", {"host": "z"})
+
+
+# --- heads that fill the capture; private paths; a failing batch isolated by the source ------------
+def test_request_line_filling_the_capture_decodes() -> None:
+    """The 1 KiB long-URL crash: a request line as long as the capture (HEAD_MAX here) or longer."""
+    long_query = b"GET /hello?q=" + b"a" * 1100 + b" HTTP/1.1\r\nHost: svc\r\n\r\n"
+    long_path = b"GET /" + b"b" * 3000 + b" HTTP/1.1\r\n\r\n"
+    exact = b"GET /" + b"c" * (HEAD_MAX - len(b"GET / HTTP/1.1\r\n")) + b" HTTP/1.1\r\n"
+    rows, errors = rows_of(record(long_query), record(long_path), record(exact), record(b"GET /ok HTTP/1.1\r\n\r\n"))
+    assert errors == 0
+    assert [(r["method"], r["path"], r["head_truncated"]) for r in rows] == [
+        ("GET", "/hello", 1), ("GET", "/" + "b" * (HEAD_MAX - 5), 1), ("GET", "/" + "c" * (HEAD_MAX - 16), 1),
+        ("GET", "/ok", 0)]
+
+
+def test_corrupt_lengths_are_clamped() -> None:
+    r = record(b"GET /x HTTP/1.1\r\n\r\n")
+    r["head_len"] = 0xFFFF
+    zero = record(b"GET /y HTTP/1.1\r\n\r\n")
+    zero["head_len"] = 0
+    rows, errors = rows_of(r, zero)
+    assert errors == 1 and [row["path"] for row in rows] == ["/x"]
+
+
+def test_userinfo_and_tokens_stay_out_of_rows() -> None:
+    jwt = b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlLXRoYXQtaXMtbG9uZw"
+    heads = [b"GET HTTP://user:pw@up.example/a HTTP/1.1\r\n\r\n",
+             b"GET ws://user:pw@h/chat HTTP/1.1\r\n\r\n",
+             b"GET /reset/" + jwt + b" HTTP/1.1\r\n\r\n",
+             b"GET /cart;jsessionid=AB12CD34EF56/items/7 HTTP/1.1\r\n\r\n"]
+    redacted, _ = rows_of(*[record(h) for h in heads])
+    assert [(r["path"], r["route"]) for r in redacted] == [
+        ("/a", "/a"), ("/chat", "/chat"), ("/reset/{token}", "/reset/{token}"), ("/cart/items/7", "/cart/items/{id}")]
+    raw_ctx = DecodeContext(CTX.hostname, CTX.salt, CTX.headers, CTX.max_value, CTX.service, redact_paths=False)
+    raw, _ = rows_of(*[record(h) for h in heads], ctx=raw_ctx)
+    # Raw paths keep tokens, never userinfo; routes are templated either way.
+    assert [r["path"] for r in raw] == ["/a", "/chat", "/reset/" + jwt.decode(),
+                                        "/cart;jsessionid=AB12CD34EF56/items/7"]
+    assert [r["route"] for r in raw] == [r["route"] for r in redacted]
+
+
+def test_source_isolates_a_failing_batch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Should decode() still raise on some record, only that record is lost: counted, logged once."""
+    from agent import http_source
+    from blindspot import metrics
+
+    real = http_source.decode
+
+    def flaky(events, ctx, offset):  # type: ignore[no-untyped-def]
+        if (events["pid"] == 666).any():
+            raise IndexError("index 1024 is out of bounds")
+        return real(events, ctx, offset)
+
+    monkeypatch.setattr(http_source, "decode", flaky)
+    tables: list = []
+    src = http_source.HttpSource(lambda k, r: None, http_source.HttpConfig(head_max=HEAD_MAX),
+                                 emit_table=lambda k, t: tables.append(t))
+    before = metrics.REJECTED.labels("http", "decode_error")._value.get()
+    recs = [record(b"GET /a HTTP/1.1\r\n\r\n", pid=100), record(b"GET /bad HTTP/1.1\r\n\r\n", pid=666),
+            record(b"GET /b HTTP/1.1\r\n\r\n", pid=100), record(b"GET /bad2 HTTP/1.1\r\n\r\n", pid=666),
+            record(b"junk", pid=100)]
+    with caplog.at_level("ERROR", logger="agent.http_source"):
+        for dec in src._decode_isolated(np.concatenate(recs)):
+            src._dispatch(dec)
+    assert sorted(p for t in tables for p in t.column("path").to_pylist()) == ["/a", "/b"]
+    c = src.counters()
+    assert (c["rejected"], c["parse_errors"], c["captured"]) == (2, 1, 2)
+    assert metrics.REJECTED.labels("http", "decode_error")._value.get() - before == 2
+    errors = [r for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(errors) == 1 and "pid 666" in errors[0].getMessage() and "/bad" not in errors[0].getMessage()
+
+
+def test_capturing_credentials_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    from agent import http_source
+
+    with caplog.at_level("WARNING", logger="agent.http_source"):
+        http_source.HttpSource(lambda k, r: None, http_source.HttpConfig(headers=("host", "Authorization", "cookie")))
+        http_source.HttpSource(lambda k, r: None, http_source.HttpConfig())
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "authorization, cookie" in warned[0]

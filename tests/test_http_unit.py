@@ -9,7 +9,7 @@ import pytest
 
 from agent import _http_event as ev
 from agent.http_decode import parse_request_head, parse_status
-from agent.http_parse import HEADER_COLUMNS, MAX_VALUE, route_from_pattern, template_path
+from agent.http_parse import HEADER_COLUMNS, MAX_PATH, MAX_VALUE, redact_path, route_from_pattern, template_path
 
 
 def test_request_head_fields_and_allow_list() -> None:
@@ -88,3 +88,94 @@ def test_go_binaries_stripped_match_plain() -> None:
         assert stripped.functions == plain.functions and stripped.file_offsets == plain.file_offsets
         assert stripped.offsets == plain.offsets, go
         assert plain.go_version == go and plain.main_path == "blindspot.test/gohttp/router"
+
+
+# --- heads that fill the capture exactly (the helper's row is exactly the head: nothing hides an
+# index past the end) -------------------------------------------------------------------------------
+CAPTURE = 1024
+
+
+def test_request_line_longer_than_the_capture_is_kept() -> None:
+    """curl "http://svc/hello?q=<1100 x a>": the line fills the capture; the query is cut anyway."""
+    head = (b"GET /hello?q=" + b"a" * 1100 + b" HTTP/1.1\r\nHost: svc\r\n\r\n")[:CAPTURE]
+    h = parse_request_head(head)
+    assert h is not None and (h.method, h.path, h.version, h.complete) == ("GET", "/hello", "", False)
+    long_path = (b"POST /" + b"b" * 3000 + b" HTTP/1.1\r\n\r\n")[:CAPTURE]
+    h = parse_request_head(long_path)
+    assert h is not None and h.method == "POST" and h.path == "/" + "b" * (CAPTURE - 6) and not h.complete
+
+
+def test_cut_line_is_a_request_only_when_the_capture_cut_it() -> None:
+    assert parse_request_head(b"GET /partial", truncated=False) is None  # a short read: not guessed at
+    h = parse_request_head(b"GET /partial", truncated=True)
+    assert h is not None and h.path == "/partial"
+
+
+@pytest.mark.parametrize("fill", [0, 1, 2])
+def test_request_line_ending_at_the_capture_edge(fill: int) -> None:
+    """The CRLF ends exactly at the capture's end, is cut in half by it, or is cut off entirely."""
+    line = b"GET /" + b"p" * (CAPTURE - len(b"GET / HTTP/1.1\r\n")) + b" HTTP/1.1\r\n"
+    assert len(line) == CAPTURE
+    h = parse_request_head(line[: CAPTURE - fill] if fill else line)
+    assert h is not None and h.method == "GET" and h.path.startswith("/ppp")
+    assert h.version.startswith("HTTP/1.1")  # the version was captured, its CRLF (maybe) not
+
+
+def test_header_at_the_capture_end() -> None:
+    start = b"GET /x HTTP/1.1\r\nHost: h\r\nUser-Agent: "
+    head = start + b"u" * (CAPTURE - len(start) - 2) + b"\r\n"
+    assert len(head) == CAPTURE
+    h = parse_request_head(head, max_value=2000)
+    assert h is not None and h.headers == {"host": "h", "user-agent": "u" * (CAPTURE - len(start) - 2)}
+    h = parse_request_head(head[:-1])  # the CRLF cut: the line is not guessed at
+    assert h is not None and "user-agent" not in h.headers
+
+
+@pytest.mark.parametrize(("target", "path"), [
+    (b"HTTP://user:pw@h/x", "/x"),
+    (b"HtTpS://user:pw@h:8443/a/b?c=d", "/a/b"),
+    (b"ws://user:pw@h/chat", "/chat"),
+    (b"x-custom+v1.2://u@h/p", "/p"),
+    (b"HTTPS://u:p@h", "/"),
+    (b"http://u:p@h?q=/x", "/"),
+    (b"u:p@h:443", "h:443"),  # a hostile CONNECT authority
+    (b"*", "*"),
+    (b"/a/user:pw@not-userinfo", "/a/user:pw@not-userinfo"),  # origin-form: a path like any other
+])
+def test_absolute_form_never_keeps_userinfo(target: bytes, path: str) -> None:
+    h = parse_request_head(b"GET " + target + b" HTTP/1.1\r\n\r\n")
+    assert h is not None and h.path == path
+
+
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+
+
+@pytest.mark.parametrize(("path", "stored", "route"), [
+    (f"/reset/{JWT}", "/reset/{token}", "/reset/{token}"),
+    ("/shop/cart;jsessionid=0A1B2C3D4E5F/items", "/shop/cart/items", "/shop/cart/items"),
+    ("/k/0123456789abcdef01", "/k/{hex}", "/k/{hex}"),
+    ("/u/123e4567-e89b-12d3-a456-426614174000", "/u/{uuid}", "/u/{uuid}"),
+    ("/api/sk_live_51HxYzAbCdEf0123456789", "/api/{token}", "/api/{token}"),
+    ("/users/42/orders/abc123", "/users/42/orders/abc123", "/users/{id}/orders/abc123"),
+    ("/static/app.bundle.js", "/static/app.bundle.js", "/static/app.bundle.js"),
+    ("/docs/getting-started-with-blindspot", "/docs/getting-started-with-blindspot",
+     "/docs/getting-started-with-blindspot"),  # long, but no digit: a slug
+])
+def test_path_redaction_rule(path: str, stored: str, route: str) -> None:
+    assert redact_path(path) == stored
+    assert template_path(path) == route
+
+
+def test_route_never_outgrows_its_column() -> None:
+    path = "/1" * 12 + "/" + "x" * 1000
+    assert len(template_path(path).encode()) <= MAX_PATH
+
+
+def test_redact_paths_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from blindspot import config
+
+    assert config.load(env={}).http.redact_paths is True
+    assert config.load(env={"BLINDSPOT_HTTP_REDACT_PATHS": "false"}).http.redact_paths is False
+    f = tmp_path / "b.toml"
+    f.write_text("[http]\nredact_paths = false\n")
+    assert config.load(str(f), env={}).http.redact_paths is False

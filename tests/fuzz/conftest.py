@@ -1,8 +1,9 @@
-"""Hypothesis profiles for the fuzz targets in this folder (docs: tests/fuzz/README.md).
+"""Hypothesis profiles for the fuzz targets in this folder.
 
 ``ci`` (default, what ``make test`` runs): a short bounded pass, the same examples every run.
 ``fuzz`` (``make fuzz``): a long randomised pass; FUZZ_EXAMPLES sets examples per target.
-Each target also replays its corpus (tests/fuzz/corpus/<target>/) every run.
+Each target also replays its corpus (tests/fuzz/corpus/<target>/) every run; a failure prints the
+input (and a reproduce blob): save it there (tests/fuzz/corpus.py ``save``) once fixed.
 """
 
 from __future__ import annotations
