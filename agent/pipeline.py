@@ -63,7 +63,8 @@ class PipelineConfig:
 
 
 # Counters that are written to pipeline_counters, as deltas per interval.
-REPORTED = ("captured", "lost_ringbuf", "lost_map_full", "dropped_queue_full", "dropped_sink", "rows_written")
+REPORTED = ("captured", "lost_ringbuf", "lost_map_full", "dropped_queue_full", "dropped_sink", "rows_written",
+            "rejected")  # rejected: records a source refused (HTTP: decoder failures, counted per record)
 
 
 class Pipeline:
