@@ -168,10 +168,13 @@ def parse_heads(rows: np.ndarray, lengths: np.ndarray, names: Sequence[str], max
     spaces &= lcols > target_end[:, None]
     vw = min(len(_HTTP1), w)
     vcols = np.minimum(version_start[:, None] + np.arange(vw), w - 1)
+    vmatch = head[np.arange(n)[:, None], vcols] == _HTTP1[:vw]
     whole = ((target_end < line_end) & ~spaces.any(1) & (line_end - version_start > len(_HTTP1))
-             & (head[np.arange(n)[:, None], vcols] == _HTTP1[:vw]).all(1))
-    # A line the capture cut inside its target: no version to check, the target runs to the end.
-    partial = line_cut & (target_end == line_end) & (line_end > target)
+             & vmatch.all(1))
+    # A line the capture cut inside its target or its version: what was captured of the version
+    # must match, the rest is not there to check.
+    beyond = version_start[:, None] + np.arange(vw) >= line_end[:, None]
+    partial = line_cut & (line_end > target) & ~spaces.any(1) & (vmatch | beyond).all(1)
     ok = (method > 0) & (whole | partial)
     version_start = np.where(whole, version_start, line_end)  # a cut line has no version
     stop = ((head == QUESTION) | (head == HASH)) & (lcols >= target[:, None]) & (lcols < target_end[:, None])

@@ -111,6 +111,16 @@ def test_cut_line_is_a_request_only_when_the_capture_cut_it() -> None:
     assert h is not None and h.path == "/partial"
 
 
+@pytest.mark.parametrize("keep", [b" ", b" H", b" HTTP/1."])
+def test_request_line_cut_in_its_version(keep: bytes) -> None:
+    target = b"/" + b"v" * (CAPTURE - 4 - 1 - len(keep))
+    head = b"GET " + target + keep
+    assert len(head) == CAPTURE
+    h = parse_request_head(head)
+    assert h is not None and (h.method, h.path, h.version) == ("GET", target.decode(), "")
+    assert parse_request_head(b"GET " + target + b" XTTP") is None  # what was captured must match
+
+
 @pytest.mark.parametrize("fill", [0, 1, 2])
 def test_request_line_ending_at_the_capture_edge(fill: int) -> None:
     """The CRLF ends exactly at the capture's end, is cut in half by it, or is cut off entirely."""
