@@ -44,6 +44,7 @@ def _heads() -> dict[str, bytes]:
         "line_fills_capture.bin": exact,
         "line_fills_capture_minus_crlf.bin": exact[:-2],
         "header_at_capture_end.bin": at_end,
+        "line_cut_in_version.bin": exact[: 1024 - 6],
         "header_cut_by_capture.bin": (hdr + b"u" * 2000)[:1024],
         "absolute_userinfo_odd_case.bin": b"GET HtTp://user:pw@up.example:8080/a/b?c=d HTTP/1.1\r\nHost: up\r\n\r\n",
         "absolute_ws_userinfo.bin": b"GET ws://user:secret@h/chat HTTP/1.1\r\n\r\n",
