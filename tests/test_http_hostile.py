@@ -11,27 +11,20 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.http_parse import MAX_PATH
-from tests.embedded_agent import REPO, Agent, running_agent
+from tests import gobuild
+from tests.embedded_agent import Agent, running_agent
+from tests.procs import spawn
 
 pytestmark = [pytest.mark.root]
 
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ."
        "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
 CAPTURE = 1024  # BS_HTTP_HEAD_MAX: bytes of a request head the kernel side keeps
-
-
-def _go_server(out: Path) -> Path:
-    binary = out / "server"
-    # -buildvcs=false: nothing here depends on the checkout's state.
-    subprocess.run(["go", "build", "-buildvcs=false", "-o", str(binary), "./server"], cwd=REPO / "tests/go",
-                   check=True, timeout=240, capture_output=True, env={**os.environ, "GOFLAGS": "-mod=mod"})
-    return binary
 
 
 def _request(port: int, target: str, rid: str) -> int:
@@ -48,10 +41,12 @@ def _request(port: int, target: str, rid: str) -> int:
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, int, int]]:
-    binary = _go_server(tmp_path_factory.mktemp("gobin"))
+    if not gobuild.go_available():
+        pytest.skip("no go toolchain")
+    binary = gobuild.build(gobuild.GO_VERSIONS[-1], "plain").bin("server")  # cached (tests/gobuild.py)
     with running_agent(tmp_path_factory.mktemp("hostile") / "data") as agent:
-        server = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                  env={**os.environ, "OTEL_SERVICE_NAME": "bs-hostile"})
+        server = spawn([str(binary)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                       env={**os.environ, "OTEL_SERVICE_NAME": "bs-hostile"})
         try:
             assert server.stdout is not None
             port = int(server.stdout.readline().rsplit(":", 1)[1])

@@ -182,10 +182,13 @@ def test_route_never_outgrows_its_column() -> None:
 
 
 def test_redact_paths_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
     from blindspot import config
 
-    assert config.load(env={}).http.redact_paths is True
-    assert config.load(env={"BLINDSPOT_HTTP_REDACT_PATHS": "false"}).http.redact_paths is False
+    empty = {"BLINDSPOT_CONFIG": os.devnull}
+    assert config.load(env=empty).http.redact_paths is True
+    assert config.load(env=empty | {"BLINDSPOT_HTTP_REDACT_PATHS": "false"}).http.redact_paths is False
     f = tmp_path / "b.toml"
     f.write_text("[http]\nredact_paths = false\n")
     assert config.load(str(f), env={}).http.redact_paths is False
