@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from agent import _http_event as ev
 from agent.http_decode import DecodeContext, decode, parse_heads
-from agent.http_parse import HEADER_COLUMNS, MAX_PATH, METHODS, _secret
+from agent.http_parse import _SCHEME, HEADER_COLUMNS, MAX_PATH, METHODS, _secret
 from blindspot.records import HTTP_REQUEST
 from ingest.validate import check_table
 from tests.fuzz.corpus import seeds
@@ -209,3 +209,24 @@ def batches(draw: st.DrawFn) -> tuple[int, bytes]:
 def test_decode_total(batch: tuple[int, bytes], redact: bool, raw: bytes, use_raw: bool) -> None:
     head_max, data = batch
     _check_decoded(_events(raw if use_raw else data, head_max), _ctx(redact))
+
+
+# --- target: the per-value rules of agent/http_parse.py ---------------------------------------------
+@given(path=st.one_of(st.text(max_size=300), _path), target=st.binary(max_size=300))
+@example(path="/" + "/1" * 20 + "/" + "x" * 1000, target=b"HtTp://user:pw@h/x")
+def test_http_parse_rules_total(path: str, target: bytes) -> None:
+    from agent.http_parse import redact_path, route_from_pattern, strip_target, template_path
+
+    stored, route = redact_path(path), template_path(path)
+    assert ";" not in stored and all(_secret(seg) is None for seg in stored.split("/"))
+    assert len(route.encode()) <= MAX_PATH and all(_secret(seg) is None for seg in route.split("/"))
+    assert len(stored) <= len(path)  # redaction never lengthens a path: it stays within its column
+    route_from_pattern(path)
+    out = strip_target(target)
+    assert len(out) <= len(target) or out == b"/"
+    m = _SCHEME.match(target)
+    if m:  # absolute-form: only the path is left, never anything of the authority (userinfo)
+        slash = target.find(b"/", m.end())
+        assert out == (target[slash:] if slash >= 0 else b"/")
+    elif not target.startswith(b"/"):
+        assert b"@" not in out.split(b"/", 1)[0]
