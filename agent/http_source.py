@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import hashlib
+import logging
 import mmap
 import os
 import socket
@@ -29,14 +30,17 @@ import numpy as np
 import pyarrow as pa
 
 from agent import _http_event as ev
-from agent import btf, go_procs, http_parse
+from agent import btf, go_binary, go_procs, http_parse
 from agent._bpf_abi import load_bpf
+from agent.errors import SourceErrors
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
 from agent.go_procs import GoProcess
 from agent.http_decode import DecodeContext, Decoded, decode
 from agent.ringbuf import FixedRingReader
 from agent.tcp_decode import Clock
 from blindspot.records import HTTP_REQUEST
+
+log = logging.getLogger(__name__)
 
 KIND = HTTP_REQUEST.name
 BPF_SOURCE = ev.BPF_DIR / "http_trace.c"
@@ -118,6 +122,7 @@ class HttpSource:
         self._kernel: dict[str, int] = {}
         self._c = {"captured": 0, "parse_errors": 0, "procs_attached": 0, "procs_detached": 0,
                    "linked": 0, "link_timeouts": 0}
+        self._errors = SourceErrors(self.name, log)
         # Go linking: recent server rows by (pid, goroutine), outbound rows waiting for theirs.
         self._servers: dict[tuple[int, int], deque] = {}
         self._waiting: deque = deque()
@@ -185,7 +190,8 @@ class HttpSource:
                 "lost_map_full": tot[ev.STAT_LOST_MAP_FULL],
                 "uprobe_hits": tot[ev.STAT_UPROBE_HITS],
             }
-        return {**self._c, **self._kernel, "procs_traced": len(self.procs)}
+        return {**self._c, **self._kernel, "procs_traced": len(self.procs), **self._errors.counters(),
+                **go_binary.stats()}
 
     def poll(self, timeout_ms: int) -> None:
         """Process exec/exit now; read the exchange ring once it is 1/8 full, and decode what was read
@@ -199,10 +205,16 @@ class HttpSource:
         now = time.monotonic()
         if now - self._last_sweep >= self.cfg.quiet_s / 4:
             self._last_sweep = now
-            self._sweep_quiet()
+            try:
+                self._sweep_quiet()
+            except Exception as e:  # one bad sweep must not stop the source
+                self._errors.record("sweep", e)
         if now - self._last_decode >= self.cfg.decode_interval_s or self._pending_rows >= self.cfg.decode_max_rows:
             self._decode()
-        self._flush_waiting()
+        try:
+            self._flush_waiting()
+        except Exception as e:
+            self._errors.record("link", e)
 
     def flush(self) -> None:
         """Decode and hand on everything the kernel has sent so far, now."""
@@ -223,7 +235,11 @@ class HttpSource:
                     return
             except OSError:
                 return
-        p = go_procs.inspect_pid(pid, want_offsets=self.cfg.go_uprobes, configured=self.cfg.services)
+        try:
+            p = go_procs.inspect_pid(pid, want_offsets=self.cfg.go_uprobes, configured=self.cfg.services)
+        except Exception as e:  # inspect_pid is meant to be total; this is the backstop
+            self._errors.record("inspect", e, f"pid {pid}")
+            return
         if p is None:
             return
         self._attach(p)
@@ -240,7 +256,12 @@ class HttpSource:
         gp = self.bpf["pids"].Leaf()
         for k in GO_OFFSET_KEYS:
             setattr(gp, k, p.binary.offsets.get(k, -1) if self.cfg.go_uprobes else -1)
-        self.bpf["pids"][C.c_uint32(p.pid)] = gp
+        try:
+            self.bpf["pids"][C.c_uint32(p.pid)] = gp
+        except Exception as e:  # bcc raises a bare Exception when the map is full
+            self._errors.record("pids_map_full", e, f"pid {p.pid} ({p.comm}) not traced; "
+                                f"{len(self.procs)} traced")
+            return
         if self.cfg.go_uprobes:
             users = self._uprobe_users.setdefault(p.inode, set())
             users.add(p.pid)
@@ -250,7 +271,10 @@ class HttpSource:
                                  (FN_PC_ROUNDTRIP, "uprobe_persistconn_roundtrip")):
                     off = p.binary.file_offsets.get(fn)
                     if off:
-                        attached.append(self._attach_uprobe(p.exe, off, prog))
+                        try:
+                            attached.append(self._attach_uprobe(p.exe, off, prog))
+                        except Exception as e:  # traced without this probe: no route/link
+                            self._errors.record("uprobe_attach_failed", e, f"pid {p.pid} ({p.comm}) {fn}")
                 self._uprobes[p.inode] = attached
         # Only now is it traced: callers may wait for this before sending traffic.
         self.procs[p.pid] = p
@@ -268,10 +292,7 @@ class HttpSource:
             del self.bpf["pids"][C.c_uint32(pid)]
         except KeyError:
             pass
-        conns = self.bpf["conns"]
-        for k in [k for k in conns.keys() if k.value >> 32 == pid]:
-            with contextlib.suppress(KeyError):
-                del conns[k]
+        self._forget_pid(pid)
         users = self._uprobe_users.get(p.inode)
         if users is not None:
             users.discard(pid)
@@ -280,6 +301,17 @@ class HttpSource:
                 for ev_name in self._uprobes.pop(p.inode, []):
                     with contextlib.suppress(Exception):  # the binary may be gone with its process
                         self.bpf.detach_uprobe_event(ev_name)
+
+    def _forget_pid(self, pid: int) -> None:
+        """Every kernel entry keyed by the process (tgid << 32 | fd or tid): a process that exits
+        without closing its sockets (most short-lived clients) leaves them behind otherwise, and
+        ``flushed`` markers of its quiet exchanges filled that map within a few thousand processes."""
+        assert self.bpf is not None
+        for name in ("conns", "flushed", "client_marks", "inflight_io"):
+            table = self.bpf[name]
+            for k in [k for k in table.keys() if k.value >> 32 == pid]:
+                with contextlib.suppress(KeyError):
+                    del table[k]
 
     def _attach_uprobe(self, path: str, file_offset: int, prog: str) -> bytes:
         """Entry uprobe at a file offset we computed (bcc's own address lookup fails on Go binaries
@@ -317,7 +349,11 @@ class HttpSource:
                     continue
             elif not (e.resp_bytes and now - e.end_ns > quiet_ns):
                 continue
-            flushed[k] = C.c_uint64(e.start_ns)
+            try:
+                flushed[k] = C.c_uint64(e.start_ns)
+            except Exception as ex:  # full: the kernel emits this exchange itself later
+                self._errors.record("flushed_map_full", ex, f"{len(flushed)} markers")
+                continue
             self._swept.add(mark)
             record = np.frombuffer(bytes(e), self._dtype).copy()
             record["end_reason"] = ev.END_QUIET
@@ -326,11 +362,17 @@ class HttpSource:
 
     # --- records --------------------------------------------------------------------------------
     def _on_proc(self, _ctx, data, _size) -> None:  # type: ignore[no-untyped-def]
-        rec = C.cast(data, C.POINTER(ev.HttpProc)).contents
-        if rec.kind == ev.KIND_PROC_EXEC:
-            self._consider(rec.pid)
-        elif rec.kind == ev.KIND_PROC_EXIT:
-            self._detach(rec.pid)
+        # A ctypes callback: nothing may escape (bcc would print it and go on as if nothing happened).
+        pid = 0
+        try:
+            rec = C.cast(data, C.POINTER(ev.HttpProc)).contents
+            pid = rec.pid
+            if rec.kind == ev.KIND_PROC_EXEC:
+                self._consider(rec.pid)
+            elif rec.kind == ev.KIND_PROC_EXIT:
+                self._detach(rec.pid)
+        except Exception as e:
+            self._errors.record("proc_event", e, f"pid {pid}")
 
     def _service(self, pid: int) -> tuple[str, str, str]:
         p = self.procs.get(pid) or self._gone.get(pid, (None, 0))[0]
@@ -352,7 +394,10 @@ class HttpSource:
         if batch:
             # Concatenated as bytes: numpy's structured concatenate is slow for padded dtypes.
             raw = np.concatenate([b.view(np.uint8).reshape(len(b), -1) for b in batch])
-            self._dispatch(decode(raw.view(self._dtype).ravel(), self._ctx, self._clock.offset_ns))
+            try:
+                self._dispatch(decode(raw.view(self._dtype).ravel(), self._ctx, self._clock.offset_ns))
+            except Exception as e:  # a decoder bug loses this batch, counted; not the agent
+                self._errors.record("decode", e, f"{len(raw)} records lost", n=len(raw))
         self._decodes += 1
         for pid in [p for p, (_, at) in self._gone.items() if at <= self._decodes - 2]:
             del self._gone[pid]

@@ -359,8 +359,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	if ((__u32)id != tgid || !pids.lookup(&tgid))
-		return 0; // a thread, or not ours: only the group leader's exit ends the process
+	if (!pids.lookup(&tgid))
+		return 0;
+	inflight_io.delete(&id); // a thread that dies inside a traced syscall leaves no entry behind
+	if ((__u32)id != tgid)
+		return 0; // a thread: only the group leader's exit ends the process
 	struct http_proc *r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
 	if (!r) {
 		count(BS_HTTP_STAT_LOST_RINGBUF);
