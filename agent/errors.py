@@ -9,6 +9,20 @@ import logging
 from collections import Counter
 
 PREFIX = "source_errors"
+# C0 controls, DEL and C1 controls (0x9b is a one-byte CSI on some terminals): shown escaped, never sent.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(value: object, limit: int = 512) -> str:
+    """Text that others chose (process names, paths, parser messages about their files) as it may reach
+    a terminal or a log: control characters as visible escapes (ESC as \\x1b), undecodable bytes as
+    U+FFFD, at most ``limit`` characters."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text.translate(_CONTROL)
 
 
 class SourceErrors:
@@ -27,9 +41,10 @@ class SourceErrors:
             return
         self._logged.add(key)
         msg = "%s source: %s%s (counted as %s:%s:%s; further ones counted, not logged)"
-        args = (self.source, what, f" ({context})" if context else "", PREFIX, self.source, what)
+        args = (self.source, what, f" ({printable(context)})" if context else "", PREFIX, self.source, what)
         if exc is not None:
-            self._log.error(msg, *args, exc_info=exc)
+            self._log.error(msg + ": %s", *args, printable(f"{type(exc).__name__}: {exc}"),
+                            exc_info=exc if not isinstance(exc, OSError) else None)
         else:
             self._log.warning(msg, *args)
 

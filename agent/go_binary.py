@@ -32,6 +32,8 @@ from typing import BinaryIO
 
 from elftools.elf.elffile import ELFFile
 
+from agent.errors import printable
+
 log = logging.getLogger(__name__)
 
 # Bounds (see the module docstring). Real Go binaries: a few MiB to a few hundred; .go.buildinfo is
@@ -440,7 +442,7 @@ def _inspect_file(f: BinaryIO, path: str, want_offsets: bool) -> GoBinary:
 def _count(reason: str, path: str, detail: str) -> None:
     with _lock:
         REJECTED[reason] += 1
-    log.warning("Go binary %s refused (%s): %s", path, reason, detail)
+    log.warning("Go binary %s refused (%s): %s", printable(path), reason, printable(detail))
 
 
 FileId = tuple[int, int, int, int]

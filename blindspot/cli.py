@@ -61,6 +61,8 @@ def _apply_tracing_flags(cfg: config_mod.Config, args: argparse.Namespace, comma
     """Apply the flags over the config; False (after saying why) if this process cannot trace."""
     if args.metrics_address:
         cfg.metrics_address = args.metrics_address
+    if cfg.metrics_address not in ("", "off"):
+        config_mod.parse_address(cfg.metrics_address)
     if args.snapshot_interval:
         cfg.pipeline.snapshot_interval_s = args.snapshot_interval
     if args.no_http:
@@ -148,6 +150,16 @@ def cmd_query(args: argparse.Namespace) -> int:
     except QueryError as e:
         print(f"blindspot query: {e}", file=sys.stderr)
         return 1
+    except PermissionError:
+        print(f"blindspot query: permission denied on {data_dir} (the data folder is private to the user "
+              "that runs `blindspot run`, usually root: query as that user)", file=sys.stderr)
+        return 2
+    except NotADirectoryError:
+        print(f"blindspot query: data folder {data_dir} is not a folder", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"blindspot query: cannot reach {socket_path(data_dir)}: {e.strerror or e}", file=sys.stderr)
+        return 2
     sys.stdout.buffer.write(out)
     return 0
 
@@ -156,7 +168,13 @@ def _query_directly(data_dir: Path, sql: str, fmt: str, params: dict[str, str]) 
     from ingest._errors import IngestError
     from ingest.clickhouse_sink import ChdbService
 
-    if not (data_dir / "metadata").exists():
+    try:
+        has_data = (data_dir / "metadata").is_dir()
+    except PermissionError:
+        print(f"blindspot query: permission denied on {data_dir} (the data folder is private to the user "
+              "that runs `blindspot run`, usually root: query as that user)", file=sys.stderr)
+        return None
+    if not has_data:
         print(f"blindspot query: no data in {data_dir} (run `blindspot run` first)", file=sys.stderr)
         return None
     try:
@@ -242,10 +260,12 @@ COMMANDS = {"run": cmd_run, "query": cmd_query, "agent": cmd_agent, "ingest": cm
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from blindspot.metrics import MetricsAddressError
+
     try:
         return COMMANDS[args.command](args)
-    except config_mod.ConfigError as e:
-        print(f"blindspot: {e}", file=sys.stderr)
+    except (config_mod.ConfigError, MetricsAddressError) as e:
+        print(f"blindspot {args.command}: {e}", file=sys.stderr)
         return 2
 
 
