@@ -162,6 +162,24 @@ def _check_in_file(elf: ELFFile, name: str, offset: int, size: int, cap: int) ->
         raise Rejected("section_bounds", f"{name}: [{offset}, +{size}) outside the file")
 
 
+def _check_section_table(elf: ELFFile, f: BinaryIO, size: int) -> None:
+    """Every section with bytes in the file lies inside it (a linker never writes anything else): a
+    truncated or patched file is refused before pyelftools reads names or data past its end."""
+    n, entsize = elf.num_sections(), elf["e_shentsize"]
+    if n == 0:
+        return
+    if elf.elfclass != 64 or entsize < 40:
+        raise Rejected("malformed", f"ELF class {elf.elfclass}, section header size {entsize}")
+    f.seek(elf["e_shoff"])
+    table = f.read(n * entsize)
+    end = "<" if elf.little_endian else ">"
+    for i in range(n):
+        sh_type, = struct.unpack_from(end + "I", table, i * entsize + 4)
+        sh_offset, sh_size = struct.unpack_from(end + "QQ", table, i * entsize + 24)
+        if sh_type != 8 and sh_offset + sh_size > size:  # 8: SHT_NOBITS (.bss) has no bytes in the file
+            raise Rejected("section_bounds", f"section {i}: [{sh_offset}, +{sh_size}) outside the file")
+
+
 def _check_dwarf_sections(elf: ELFFile) -> None:
     """What pyelftools' get_dwarf_info will read and decompress, bounded before it does."""
     total = 0
@@ -380,6 +398,7 @@ def _inspect_file(f: BinaryIO, path: str, want_offsets: bool) -> GoBinary:
     if elf["e_shoff"] + elf.num_sections() * elf["e_shentsize"] > size or \
             elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"] > size:
         raise Rejected("section_bounds", "section or program header table outside the file")
+    _check_section_table(elf, f, size)
     bi = _section(elf, ".go.buildinfo", MAX_BUILDINFO_BYTES)
     parsed = parse_buildinfo(bi) if bi else None
     if parsed is None:
