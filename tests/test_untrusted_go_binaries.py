@@ -3,6 +3,7 @@ bounded memory, and counted by reason; a refusal is cached by file identity. Run
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
@@ -192,7 +193,7 @@ class _Die:
         self.target: _Die | None = None
         self.attributes: dict = {}
 
-    def get_DIE_from_attribute(self, _name: str) -> _Die:  # noqa: N802 (pyelftools' name)
+    def get_DIE_from_attribute(self, _name: str) -> _Die:  # pyelftools spells it so
         assert self.target is not None
         return self.target
 
@@ -208,7 +209,7 @@ def test_typedef_loops_end() -> None:
     with pytest.raises(go_binary.Rejected):
         go_binary._resolve_typedefs(self_ref)
     chain = [_Die(i, "DW_TAG_typedef") for i in range(100)]  # no cycle, but deeper than any real type
-    for x, y in zip(chain, chain[1:], strict=False):
+    for x, y in itertools.pairwise(chain):
         x.target = y
     chain[-1].target = _Die(999, "DW_TAG_structure_type")
     with pytest.raises(go_binary.Rejected):
