@@ -87,6 +87,7 @@ class Pipeline:
         self._exported: dict[str, int] = {}  # what the Prometheus counters have been told so far
         self._writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self._write_errors_logged: set[type] = set()
+        self._poll_errors_logged: set[tuple[str, type]] = set()
 
     # --- source side ---------------------------------------------------------------------
     def emit(self, kind_name: str, row: dict[str, Any]) -> None:
@@ -176,7 +177,7 @@ class Pipeline:
                 # Drain every source without blocking, then sleep: waking up per record (epoll on
                 # each ring buffer) cost twice the CPU per record of draining in batches.
                 for s in self.sources:
-                    s.poll(0)
+                    self._poll(s)
                 now = time.monotonic()
                 if now >= next_snapshot:
                     self.snapshot()
@@ -192,6 +193,18 @@ class Pipeline:
                 stop.wait(self.config.poll_ms / 1000)
         finally:
             self.shutdown()
+
+    def _poll(self, s: Source) -> None:
+        """One source's poll; what it raises is counted and logged once per exception type, and the
+        other sources (and this one, at the next turn) go on."""
+        try:
+            s.poll(0)
+        except Exception as e:
+            key = f"source_errors:{s.name}:poll"
+            self.counts[key] += 1
+            if (s.name, type(e)) not in self._poll_errors_logged:
+                self._poll_errors_logged.add((s.name, type(e)))
+                log.exception("source %s: poll failed (counted as %s; further ones not logged)", s.name, key)
 
     def export_metrics(self) -> None:
         """Move counter deltas into Prometheus (the hot path only bumps plain ints)."""

@@ -48,6 +48,8 @@ class _Handler(socketserver.StreamRequestHandler):
             line = self.rfile.readline(MAX_SQL_BYTES + 1)
         except OSError:  # timed out or gone: nothing to answer
             return
+        if not line:
+            return
         try:
             req = json.loads(line)
             sql, fmt = str(req["sql"]), str(req.get("format", "PrettyCompactMonoBlock"))
@@ -56,10 +58,13 @@ class _Handler(socketserver.StreamRequestHandler):
                 raise ValueError(f"unsupported format {fmt!r}")
             body = self.server.service.query_text(sql, fmt, params)
         except Exception as e:
-            self.wfile.write(json.dumps({"ok": False, "error": str(e)}).encode() + b"\n")
-            return
-        self.wfile.write(b'{"ok": true}\n')
-        self.wfile.write(body)
+            answer = json.dumps({"ok": False, "error": str(e)}).encode() + b"\n"
+            body = b""
+        else:
+            answer = b'{"ok": true}\n'
+        with contextlib.suppress(OSError):  # a client that left (or stopped reading past the timeout)
+            self.wfile.write(answer)
+            self.wfile.write(body)
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
@@ -130,7 +135,10 @@ def query_via_socket(
             s.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError) as e:
             raise FileNotFoundError(str(path)) from e
-        s.sendall(json.dumps({"sql": sql, "format": fmt, "params": params or {}}).encode() + b"\n")
+        try:
+            s.sendall(json.dumps({"sql": sql, "format": fmt, "params": params or {}}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before reading (busy): the answer is still there to read
         f = s.makefile("rb")
         header = json.loads(f.readline() or b'{"ok": false, "error": "no answer"}')
         if not header.get("ok"):

@@ -27,7 +27,7 @@ class _Failing:
         self.real = real
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        raise Exception("Could not update table: [Errno 7] Argument list too long")  # noqa: TRY002 (bcc's own)
+        raise Exception("Could not update table: [Errno 7] Argument list too long")  # bcc raises a bare Exception
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
