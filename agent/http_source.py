@@ -189,6 +189,7 @@ class HttpSource:
                 "lost_ringbuf": tot[ev.STAT_LOST_RINGBUF],
                 "lost_map_full": tot[ev.STAT_LOST_MAP_FULL],
                 "uprobe_hits": tot[ev.STAT_UPROBE_HITS],
+                "source_errors:http:kernel_aux_map_full": tot[ev.STAT_AUX_MAP_FULL],
             }
         return {**self._c, **self._kernel, "procs_traced": len(self.procs), **self._errors.counters(),
                 **go_binary.stats()}

@@ -173,6 +173,7 @@ class TcpSource:
             "kernel_emitted": per_slot[ev.STAT_EMITTED],
             "lost_ringbuf": per_slot[ev.STAT_LOST_RINGBUF],
             "lost_map_full": per_slot[ev.STAT_LOST_MAP_FULL],
+            "source_errors:tcp:kernel_listeners_full": per_slot[ev.STAT_LISTENERS_FULL],
             "decoded": self.decoded,
         }
         return {**self._last_counters, **self._errors.counters()}

@@ -164,14 +164,15 @@ static __always_inline void read_addrs(struct conn_state *st, int fd)
 	st->ev.flags |= BS_HTTP_F_ADDR;
 }
 
-static __always_inline void io_enter(int fd, const void *buf, __u64 count, __u32 is_write)
+static __always_inline void io_enter(int fd, const void *buf, __u64 nbytes, __u32 is_write)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
 	if (!pids.lookup(&tgid))
 		return;
-	struct inflight in = {.buf = (__u64)buf, .count = count, .fd = fd, .is_write = is_write};
-	inflight_io.update(&id, &in);
+	struct inflight in = {.buf = (__u64)buf, .count = nbytes, .fd = fd, .is_write = is_write};
+	if (inflight_io.update(&id, &in))
+		count(BS_HTTP_STAT_AUX_MAP_FULL);
 }
 
 static __always_inline void start_exchange(struct conn_state *st, __u32 tgid, __u32 tid, int fd, long ret,
@@ -455,7 +456,8 @@ int uprobe_persistconn_roundtrip(struct pt_regs *ctx)
 		return 0;
 	__u64 key = ((__u64)tgid << 32) | (__u32)fd;
 	struct go_client_mark m = {.goroutine = ctx->r14};
-	client_marks.update(&key, &m);
+	if (client_marks.update(&key, &m))
+		count(BS_HTTP_STAT_AUX_MAP_FULL);
 	return 0;
 }
 #endif
