@@ -18,6 +18,7 @@ included, are cached by file identity (device, inode, size, mtime) in a bounded 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ import threading
 import time
 import zlib
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -92,6 +94,8 @@ class GoBinary:
     offsets: dict[str, int] = field(default_factory=dict)
     offsets_from: str = ""  # "dwarf" | "table go1.x" | "none"
     stripped: bool = False
+    dwarf_refused: str = ""  # reason the DWARF was refused (offsets then come from the table), counted
+    dwarf_detail: str = ""
 
     @property
     def minor(self) -> str:
@@ -437,11 +441,10 @@ def _inspect_file(f: BinaryIO, path: str, want_offsets: bool) -> GoBinary:
                 gb.offsets = _dwarf_offsets(elf, budget)
                 gb.offsets_from = "dwarf"
             except Rejected as e:  # a hostile or odd DWARF: the table per Go version still works
-                _count(e.reason, path, f"DWARF refused ({e}); offsets from the table")
-                gb.offsets_from = ""
+                gb.dwarf_refused, gb.dwarf_detail = e.reason, f"DWARF refused ({e}); offsets from the table"
             except Exception as e:  # pyelftools raises anything on bad DWARF
-                _count("dwarf_malformed", path, f"DWARF unreadable ({type(e).__name__}: {e})")
-                gb.offsets_from = ""
+                gb.dwarf_refused = "dwarf_malformed"
+                gb.dwarf_detail = f"DWARF unreadable ({type(e).__name__}: {e}); offsets from the table"
         if gb.offsets_from == "dwarf":
             pass
         elif gb.minor in GO_OFFSETS:
@@ -473,10 +476,29 @@ def _identity(st: os.stat_result) -> FileId:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def inspect(path: str | Path, want_offsets: bool = True) -> GoBinary:
+def parse_file(path: str, want_offsets: bool) -> GoBinary:
+    """One inspection, no cache: a GoBinary, or NotGo / Rejected (never anything else but OSError)."""
+    with open(path, "rb") as f:
+        try:
+            return _inspect_file(f, path, want_offsets)
+        except NotGo:
+            raise
+        except MemoryError:
+            raise Rejected("memory_limit", "the reader ran out of its memory bound") from None
+        except RecursionError:
+            raise Rejected("malformed", "nesting too deep") from None
+        except Exception as e:  # struct.error, ELFError, DWARFError, ... on any bytes
+            raise Rejected("malformed", f"{type(e).__name__}: {e}") from None
+
+
+Parser = Callable[[str, bool], GoBinary]
+
+
+def inspect(path: str | Path, want_offsets: bool = True, parse: Parser | None = None) -> GoBinary:
     """The Go binary at ``path``; raises NotGo (or Rejected, counted) for anything else, OSError if it
     cannot be opened. Cached by file identity, not path: every /proc/<pid>/exe of one binary shares
-    one inspection, and a refused file costs a stat and a lookup the next time."""
+    one inspection, and a refused file costs a stat and a lookup the next time. ``parse`` does the
+    reading (agent/inspect_worker.py: in a child process under resource limits); by default here."""
     p = str(path)
     key = (_identity(os.stat(p)), want_offsets)
     with _lock:
@@ -484,20 +506,18 @@ def inspect(path: str | Path, want_offsets: bool = True) -> GoBinary:
         if hit is not None:
             _cache.move_to_end(key)
     if hit is None:
-        with open(p, "rb") as f:
-            key = (_identity(os.fstat(f.fileno())), want_offsets)  # what we actually read
-            try:
-                hit = _inspect_file(f, p, want_offsets)
-            except Rejected as e:
-                _count(e.reason, p, str(e))
-                hit = e
-            except NotGo as e:
-                hit = e
-            except Exception as e:  # struct.error, ELFError, DWARFError, ... on any bytes
-                _count("malformed", p, f"{type(e).__name__}: {e}")
-                hit = Rejected("malformed", f"{type(e).__name__}: {e}")
-        with _lock:
-            _cache[key] = hit
+        try:
+            hit = (parse or parse_file)(p, want_offsets)
+            if hit.dwarf_refused:
+                _count(hit.dwarf_refused, p, hit.dwarf_detail)
+        except Rejected as e:
+            _count(e.reason, p, str(e))
+            hit = e
+        except NotGo as e:
+            hit = e
+        with contextlib.suppress(OSError), _lock:
+            if _identity(os.stat(p)) == key[0]:  # not replaced while it was read
+                _cache[key] = hit
             while len(_cache) > CACHE_SIZE:
                 _cache.popitem(last=False)
                 _EVICTIONS[0] += 1

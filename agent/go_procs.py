@@ -64,13 +64,13 @@ def service_identity(binary: GoBinary, env: dict[bytes, bytes], comm: str,
     return name[:128], version[:128]
 
 
-def inspect_pid(pid: int, want_offsets: bool,
-                configured: dict[str, tuple[str, str]] | None = None) -> GoProcess | None:
+def inspect_pid(pid: int, want_offsets: bool, configured: dict[str, tuple[str, str]] | None = None,
+                parse: go_binary.Parser | None = None) -> GoProcess | None:
     exe = f"/proc/{pid}/exe"
     try:
         st = os.stat(exe)
         comm = procfs.read_comm(Path(f"/proc/{pid}"))
-        binary = go_binary.inspect(exe, want_offsets=want_offsets)
+        binary = go_binary.inspect(exe, want_offsets=want_offsets, parse=parse)
     except (OSError, NotGo):  # gone, not ours, not Go, or refused (go_binary counts and logs those)
         return None
     name, version = service_identity(binary, _environ(pid), comm, configured)

@@ -36,6 +36,7 @@ from agent.errors import SourceErrors
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
 from agent.go_procs import GoProcess
 from agent.http_decode import DecodeContext, Decoded, decode
+from agent.inspect_worker import InspectWorker
 from agent.ringbuf import FixedRingReader
 from agent.tcp_decode import Clock
 from blindspot.records import HTTP_REQUEST
@@ -84,6 +85,8 @@ class HttpConfig:
     decode_max_rows: int = 4096  # bounds one decode (~15 ms here), so the ring is read again soon
     services: dict[str, tuple[str, str]] = field(default_factory=dict)  # comm -> (service, version)
     pids: tuple[int, ...] = ()  # trace only these; empty = every Go process
+    # Executables are read in a child process with memory and time limits (agent/inspect_worker.py).
+    inspect_in_child: bool = True
     exe_prefix: str = ""  # trace only binaries under this path (tests: the Go build cache)
     hostname: str = field(default_factory=socket.gethostname)
 
@@ -123,6 +126,7 @@ class HttpSource:
         self._c = {"captured": 0, "parse_errors": 0, "procs_attached": 0, "procs_detached": 0,
                    "linked": 0, "link_timeouts": 0}
         self._errors = SourceErrors(self.name, log)
+        self._worker = InspectWorker() if self.cfg.inspect_in_child else None
         # Go linking: recent server rows by (pid, goroutine), outbound rows waiting for theirs.
         self._servers: dict[tuple[int, int], deque] = {}
         self._waiting: deque = deque()
@@ -177,6 +181,8 @@ class HttpSource:
         self._ring.close()
         self.bpf.cleanup()
         self.bpf = None
+        if self._worker is not None:
+            self._worker.close()
 
     def counters(self) -> dict[str, int]:
         """Cumulative counters; the kernel's as last read once closed (they never go backwards)."""
@@ -237,7 +243,8 @@ class HttpSource:
             except OSError:
                 return
         try:
-            p = go_procs.inspect_pid(pid, want_offsets=self.cfg.go_uprobes, configured=self.cfg.services)
+            p = go_procs.inspect_pid(pid, want_offsets=self.cfg.go_uprobes, configured=self.cfg.services,
+                                     parse=self._worker.parse if self._worker is not None else None)
         except Exception as e:  # inspect_pid is meant to be total; this is the backstop
             self._errors.record("inspect", e, f"pid {pid}")
             return

@@ -239,3 +239,42 @@ def test_real_binaries_still_read_and_negative_results_are_cached(binaries: dict
     # A new file identity (rewritten: new mtime/size) is looked at again.
     os.utime(ls, ns=(0, 1))
     assert not go_binary.is_go_binary(ls)
+
+
+def test_reader_child_is_killed_on_its_limits(binaries: dict[str, Path], tmp_path: Path) -> None:
+    """The child that reads binaries for the agent: a file that takes too long or needs too much
+    memory is refused (counted by the caller), the child replaced, and the next file read normally."""
+    from agent.inspect_worker import InspectWorker
+
+    slow = InspectWorker(timeout_s=0.2)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(go_binary.Rejected) as e:
+            slow.parse(str(binaries["plain"]), True)  # its DWARF takes ~1.5 s here
+        assert e.value.reason == "timeout" and time.perf_counter() - t0 < 2.0
+        assert slow.restarts == 1
+        slow.timeout_s = 10.0
+        assert slow.parse(str(binaries["stripped"]), False).functions  # a new child answers
+    finally:
+        slow.close()
+    small = InspectWorker(memory_bytes=60 << 20)
+    try:
+        with pytest.raises(go_binary.Rejected) as e:
+            small.parse(str(binaries["plain"]), True)
+        assert e.value.reason in ("memory_limit", "worker_died")
+        with pytest.raises(go_binary.NotGo):
+            small.parse("/bin/ls", False)
+    finally:
+        small.close()
+    # Through the cache, as the HTTP source uses it: counted once, then a lookup.
+    copy = tmp_path / "server"
+    shutil.copy(binaries["plain"], copy)
+    w = InspectWorker(timeout_s=0.2)
+    try:
+        before = go_binary.REJECTED["timeout"]
+        for _ in range(3):
+            with pytest.raises(go_binary.Rejected):
+                go_binary.inspect(copy, parse=w.parse)
+        assert go_binary.REJECTED["timeout"] == before + 1
+    finally:
+        w.close()
