@@ -257,7 +257,7 @@ def test_reader_child_is_killed_on_its_limits(binaries: dict[str, Path], tmp_pat
         assert slow.parse(str(binaries["stripped"]), False).functions  # a new child answers
     finally:
         slow.close()
-    small = InspectWorker(memory_bytes=60 << 20)
+    small = InspectWorker(memory_bytes=40 << 20)  # idle, the child maps ~21 MB; this DWARF needs ~75
     try:
         with pytest.raises(go_binary.Rejected) as e:
             small.parse(str(binaries["plain"]), True)
