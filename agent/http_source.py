@@ -48,6 +48,7 @@ BPF_SOURCE = ev.BPF_DIR / "http_trace.c"
 GO_OFFSET_KEYS = ("response_conn", "response_req", "conn_rwc", "req_pattern", "req_pat", "pattern_str",
                   "persistconn_conn", "tcpconn_fd", "netfd_sysfd")
 Emit = Callable[[str, dict], None]
+MAX_WAITING = 65_536  # outbound rows waiting for their inbound one (Go uprobes): ~2 s of a busy client
 EmitTable = Callable[[str, pa.Table], None]
 
 # Kernel struct fields on the fd -> socket -> addresses walk, read from BTF.
@@ -434,6 +435,10 @@ class HttpSource:
                 for i, row in zip(np.flatnonzero(outbound).tolist(), rows, strict=True):
                     pid, gi, start = int(dec.pid[i]), int(g[i]), int(dec.start_ns[i])
                     if not self._link(row, pid, gi, start):
+                        if len(self._waiting) >= MAX_WAITING:  # bounded: the oldest goes on unlinked
+                            self._errors.record("link_backlog_full", None, f"{MAX_WAITING} rows waiting")
+                            self._c["link_timeouts"] += 1
+                            self._emit(KIND, self._waiting.popleft()[4])
                         self._waiting.append((now, pid, gi, start, row))
                 table = table.filter(pa.array(~outbound))
             for key in keys:
