@@ -279,3 +279,21 @@ def test_query_socket_bounds_idle_connections(tmp_path: Path, monkeypatch: pytes
         for s in idle:
             s.close()
         server.close()
+
+
+def test_refusals_and_source_errors_reach_prometheus() -> None:
+    from blindspot import metrics
+
+    class _Src(_Flaky):
+        name = "src"
+
+        def counters(self) -> dict[str, int]:
+            return {"go_binary_rejected:nobits": 2, "source_errors:src:proc_event": 3}
+
+    p = Pipeline([_Src()], _Collect(), PipelineConfig())
+    before = metrics.GO_BINARIES_REJECTED.labels("nobits")._value.get()
+    errors_before = metrics.SOURCE_ERRORS.labels("src", "proc_event")._value.get()
+    p.export_metrics()
+    p.export_metrics()  # deltas: nothing new the second time
+    assert metrics.GO_BINARIES_REJECTED.labels("nobits")._value.get() == before + 2
+    assert metrics.SOURCE_ERRORS.labels("src", "proc_event")._value.get() == errors_before + 3
