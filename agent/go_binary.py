@@ -26,11 +26,11 @@ import struct
 import threading
 import time
 import zlib
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from elftools.elf.elffile import ELFFile
 
@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 MAX_FILE_BYTES = 1 << 30
 MAX_SECTIONS = 4096
 MAX_BUILDINFO_BYTES = 1 << 20
-MAX_SECTION_BYTES = 256 << 20  # .gopclntab, .symtab
+MAX_SECTION_BYTES = 256 << 20  # .gopclntab
+MAX_SYMTAB_BYTES = 32 << 20  # 1.4 M symbols; a larger .symtab is ignored (.gopclntab has the functions)
 MAX_DWARF_BYTES = 128 << 20  # all DWARF sections pyelftools loads, decompressed, together
 MAX_COMPRESSION_RATIO = 32
 MAX_FUNCS = 4_000_000
@@ -51,11 +52,21 @@ MAX_NAME_BYTES = 4096  # a function name without its NUL within this is refused
 MAX_DIES = 3_000_000
 MAX_TYPEDEF_DEPTH = 32
 BUDGET_S = 5.0  # wall-clock per inspection, DWARF included
+# DWARF reading is the slow part (~1.5 s for a small Go server here) and only refines what the table per
+# Go version already gives: at most this many seconds of it per minute, then the table (counted).
+DWARF_S_PER_MIN = 10.0
 CACHE_SIZE = 4096
 
 # Rejections by reason, each counted once per file identity (inspections are cached).
 REJECTED: Counter[str] = Counter()
 _lock = threading.Lock()
+_dwarf_spent: deque[tuple[float, float]] = deque()  # (monotonic end, seconds) of recent DWARF reads
+
+
+def _dwarf_allowed(now: float) -> bool:
+    while _dwarf_spent and _dwarf_spent[0][0] < now - 60:
+        _dwarf_spent.popleft()
+    return sum(sec for _, sec in _dwarf_spent) < DWARF_S_PER_MIN
 
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
 
@@ -146,13 +157,17 @@ def _section(elf: ELFFile, name: str, cap: int = MAX_SECTION_BYTES) -> bytes | N
     s = elf.get_section_by_name(name)
     if s is None:
         return None
+    _check_stored(elf, s, name, cap)
+    return s.data()
+
+
+def _check_stored(elf: ELFFile, s: Any, name: str, cap: int) -> None:
     h = s.header
     if h["sh_type"] == "SHT_NOBITS":
         raise Rejected("nobits", f"{name} has no bytes in the file")
     if s.compressed:
         raise Rejected("compressed", f"{name} is compressed (Go never compresses it)")
     _check_in_file(elf, name, h["sh_offset"], h["sh_size"], cap)
-    return s.data()
 
 
 def _file_size(elf: ELFFile) -> int:
@@ -329,6 +344,7 @@ def _dwarf_offsets(elf: ELFFile, budget: _Budget | None = None) -> dict[str, int
     want_structs = {s for s, _ in FIELDS.values()}
     structs: dict[str, dict[str, tuple[int, object]]] = {}
     for cu in dwarf.iter_CUs():
+        budget.check()
         top = cu.get_top_DIE()
         cu_name = top.attributes.get("DW_AT_name")
         if cu_name is None or cu_name.value != b"runtime":
@@ -413,8 +429,9 @@ def _inspect_file(f: BinaryIO, path: str, want_offsets: bool) -> GoBinary:
     symtab = elf.get_section_by_name(".symtab")
     gb.stripped = symtab is None
     if symtab is not None:
-        _section(elf, ".symtab")  # bounds only: pyelftools reads the symbols itself
-        budget.check()
+        _check_stored(elf, symtab, ".symtab", MAX_SECTION_BYTES)
+        if symtab["sh_size"] > MAX_SYMTAB_BYTES:
+            symtab = None  # pyelftools would index every name: read .gopclntab instead
     wanted = set(FUNCTIONS)
     if symtab is not None:
         for name in wanted:
@@ -437,7 +454,10 @@ def _inspect_file(f: BinaryIO, path: str, want_offsets: bool) -> GoBinary:
     if want_offsets:
         if (elf.has_dwarf_info() and elf.get_section_by_name(".debug_info") is not None) or \
                 elf.get_section_by_name(".zdebug_info") is not None:
+            t0 = time.monotonic()
             try:
+                if not _dwarf_allowed(t0):
+                    raise Rejected("dwarf_rate_limited", f"over {DWARF_S_PER_MIN:.0f} s of DWARF reading a minute")
                 gb.offsets = _dwarf_offsets(elf, budget)
                 gb.offsets_from = "dwarf"
             except Rejected as e:  # a hostile or odd DWARF: the table per Go version still works
@@ -445,6 +465,8 @@ def _inspect_file(f: BinaryIO, path: str, want_offsets: bool) -> GoBinary:
             except Exception as e:  # pyelftools raises anything on bad DWARF
                 gb.dwarf_refused = "dwarf_malformed"
                 gb.dwarf_detail = f"DWARF unreadable ({type(e).__name__}: {e}); offsets from the table"
+            finally:
+                _dwarf_spent.append((time.monotonic(), time.monotonic() - t0))
         if gb.offsets_from == "dwarf":
             pass
         elif gb.minor in GO_OFFSETS:

@@ -278,3 +278,18 @@ def test_reader_child_is_killed_on_its_limits(binaries: dict[str, Path], tmp_pat
         assert go_binary.REJECTED["timeout"] == before + 1
     finally:
         w.close()
+
+
+def test_dwarf_reading_is_rate_limited(binaries: dict[str, Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many distinct binaries with big DWARF (copies, each a new file identity) cannot keep the reader
+    busy: past the allowance per minute, offsets come from the table, counted."""
+    monkeypatch.setattr(go_binary, "DWARF_S_PER_MIN", 0.0)
+    copy = tmp_path / "server"
+    shutil.copy(binaries["plain"], copy)
+    before = go_binary.REJECTED["dwarf_rate_limited"]
+    t0 = time.perf_counter()
+    gb = go_binary.inspect(copy)
+    assert time.perf_counter() - t0 < 1.0
+    assert gb.offsets_from.startswith("table") and gb.dwarf_refused == "dwarf_rate_limited"
+    assert go_binary.REJECTED["dwarf_rate_limited"] == before + 1
