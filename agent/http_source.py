@@ -48,6 +48,7 @@ BPF_SOURCE = ev.BPF_DIR / "http_trace.c"
 GO_OFFSET_KEYS = ("response_conn", "response_req", "conn_rwc", "req_pattern", "req_pat", "pattern_str",
                   "persistconn_conn", "tcpconn_fd", "netfd_sysfd")
 Emit = Callable[[str, dict], None]
+REAP_INTERVAL_S = 10.0  # traced processes whose exit event was lost (ring full) are found this often
 MAX_WAITING = 65_536  # outbound rows waiting for their inbound one (Go uprobes): ~2 s of a busy client
 EmitTable = Callable[[str, pa.Table], None]
 
@@ -135,6 +136,7 @@ class HttpSource:
         # Salt for request ids: unique per host; a tuple of ints hashes the same in every run.
         self._salt = int.from_bytes(hashlib.blake2b(self.cfg.hostname.encode(), digest_size=8).digest(), "little")
         self._last_sweep = 0.0
+        self._last_reap = time.monotonic()
         self._swept: set[tuple[int, int]] = set()  # (conn key, start_ns) emitted by _sweep_quiet
         self._swept_events: list[np.ndarray] = []
         self._dtype = ev.event_dtype(self.cfg.head_max)
@@ -217,6 +219,9 @@ class HttpSource:
                 self._sweep_quiet()
             except Exception as e:  # one bad sweep must not stop the source
                 self._errors.record("sweep", e)
+        if now - self._last_reap >= REAP_INTERVAL_S:
+            self._last_reap = now
+            self._reap_gone()
         if now - self._last_decode >= self.cfg.decode_interval_s or self._pending_rows >= self.cfg.decode_max_rows:
             self._decode()
         try:
@@ -310,6 +315,16 @@ class HttpSource:
                 for ev_name in self._uprobes.pop(p.inode, []):
                     with contextlib.suppress(Exception):  # the binary may be gone with its process
                         self.bpf.detach_uprobe_event(ev_name)
+
+    def _reap_gone(self) -> None:
+        """Detach traced processes that no longer exist: their exit event can be lost (proc_events
+        full, counted in lost_ringbuf), which left them and their kernel entries behind for good."""
+        for pid in [p for p in self.procs if not os.path.exists(f"/proc/{p}")]:
+            self._errors.record("exit_event_missed", None, f"pid {pid} gone without an exit event")
+            try:
+                self._detach(pid)
+            except Exception as e:
+                self._errors.record("detach", e, f"pid {pid}")
 
     def _forget_pid(self, pid: int) -> None:
         """Every kernel entry keyed by the process (tgid << 32 | fd or tid): a process that exits

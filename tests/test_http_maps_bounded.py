@@ -126,3 +126,22 @@ def test_full_maps_are_counted_not_raised(src: Any) -> None:
     finally:
         server.kill()
         server.wait()
+
+
+def test_process_whose_exit_event_was_lost_is_reaped(src: Any) -> None:
+    """proc_events can fill (counted as lost_ringbuf): a traced process gone without an exit event is
+    detached by the periodic check, with its kernel entries."""
+    build = gobuild.build(gobuild.GO_VERSIONS[-1], "stripped")
+    c = subprocess.Popen([str(build.bin("client"))], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    _poll_until(src, lambda: src.traced(c.pid))
+    p = src.procs[c.pid]
+    c.kill()
+    c.wait()
+    _poll_until(src, lambda: not src.traced(c.pid))  # the exit event
+    # As if that event had been lost: known again, with a kernel entry, but the process is gone.
+    src.procs[c.pid] = p
+    src.bpf["pids"][C.c_uint32(c.pid)] = src.bpf["pids"].Leaf()
+    src._reap_gone()
+    assert not src.traced(c.pid)
+    assert all(k.value != c.pid for k in src.bpf["pids"].keys())
+    assert src.counters()["source_errors:http:exit_event_missed"] == 1
