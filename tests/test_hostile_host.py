@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from tests import gobuild
+from tests import gobuild, procs
 from tests.embedded_agent import Agent, running_agent
 
 pytestmark = [pytest.mark.root, pytest.mark.go]
@@ -67,7 +67,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, d
     listeners, ports = [], {}
     try:
         for raw, decoded in ODD_NAMES.items():
-            p = subprocess.Popen([sys.executable, "-c", LISTENER, raw.hex()], stdout=subprocess.PIPE, text=True)
+            p = procs.spawn([sys.executable, "-c", LISTENER, raw.hex()], stdout=subprocess.PIPE, text=True)
             listeners.append(p)
             ports[decoded] = int(p.stdout.readline())  # type: ignore[union-attr]
         data = tmp_path_factory.mktemp("hostile") / "data"  # created by the agent
@@ -101,16 +101,16 @@ def test_crafted_go_binary_is_refused_and_counted(hostile: tuple[Agent, dict[str
     agent, _ = hostile
     build = gobuild.build(gobuild.GO_VERSIONS[-1], "stripped")
     crafted = _nobits_buildinfo(build.bin("server"), tmp_path / "crafted-server")
-    procs = []
+    started = []
     try:
-        bad = subprocess.Popen([str(crafted)], stdout=subprocess.PIPE, text=True)
-        procs.append(bad)
+        bad = procs.spawn([str(crafted)], stdout=subprocess.PIPE, text=True)
+        started.append(bad)
         bad_port = int(bad.stdout.readline().rsplit(":", 1)[1])  # type: ignore[union-attr]
         with urllib.request.urlopen(f"http://127.0.0.1:{bad_port}/hello", timeout=5) as r:
             assert r.status == 200  # it runs: only its section headers lie
         # The agent lives on and still records an ordinary Go server started afterwards.
-        good = subprocess.Popen([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
-        procs.append(good)
+        good = procs.spawn([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
+        started.append(good)
         port = int(good.stdout.readline().rsplit(":", 1)[1])  # type: ignore[union-attr]
         sql = ("SELECT count() AS n FROM blindspot.http_requests WHERE pid = {pid:UInt32} "
                "AND side = 'server' AND path = '/hello'")
@@ -132,7 +132,7 @@ def test_crafted_go_binary_is_refused_and_counted(hostile: tuple[Agent, dict[str
         assert "refused (nobits)" in agent.log()
         assert agent.proc.poll() is None
     finally:
-        for p in procs:
+        for p in started:
             p.kill()
             p.wait()
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests import gobuild
+from tests import gobuild, procs
 
 pytestmark = [pytest.mark.root, pytest.mark.go]
 
@@ -68,7 +68,7 @@ def test_short_lived_keep_alive_clients_leave_nothing_behind(src: Any) -> None:
     """Each client exits with its keep-alive connection open: its exchange is swept at exit, which
     writes a ``flushed`` marker; before, nothing removed it and ~2,700 clients filled the map."""
     build = gobuild.build(gobuild.GO_VERSIONS[-1], "stripped")
-    server = subprocess.Popen([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
+    server = procs.spawn([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline().rsplit(":", 1)[1])  # type: ignore[union-attr]
         _poll_until(src, lambda: src.traced(server.pid))
@@ -76,7 +76,7 @@ def test_short_lived_keep_alive_clients_leave_nothing_behind(src: Any) -> None:
         pids: set[int] = set()
         swept_before = src.counters()["procs_detached"]
         for _ in range(CLIENTS):
-            c = subprocess.Popen([str(build.bin("client"))], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            c = procs.spawn([str(build.bin("client"))], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                  text=True)
             pids.add(c.pid)
             _poll_until(src, lambda c=c: src.traced(c.pid))  # it waits for its stdin: attached first
@@ -96,20 +96,20 @@ def test_short_lived_keep_alive_clients_leave_nothing_behind(src: Any) -> None:
 
 def test_full_maps_are_counted_not_raised(src: Any) -> None:
     build = gobuild.build(gobuild.GO_VERSIONS[-1], "stripped")
-    server = subprocess.Popen([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
+    server = procs.spawn([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline().rsplit(":", 1)[1])  # type: ignore[union-attr]
         _poll_until(src, lambda: src.traced(server.pid))
         # A full `flushed`: a client exiting with its connection open needs a marker.
         src.bpf["flushed"] = _Failing(src.bpf["flushed"])
         req = json.dumps({"method": "GET", "url": f"http://127.0.0.1:{port}/hello"}) + "\n"
-        c = subprocess.Popen([str(build.bin("client"))], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        c = procs.spawn([str(build.bin("client"))], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         _poll_until(src, lambda: src.traced(c.pid))
         c.communicate(req, timeout=10)
         _poll_until(src, lambda: src.counters().get("source_errors:http:flushed_map_full", 0) >= 1)
         # A full `pids`: a new Go process is counted and left untraced; the source goes on.
         src.bpf["pids"] = _Failing(src.bpf["pids"])
-        other = subprocess.Popen([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
+        other = procs.spawn([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
         try:
             other.stdout.readline()  # type: ignore[union-attr]
             _poll_until(src, lambda: src.counters().get("source_errors:http:pids_map_full", 0) >= 1)
@@ -132,7 +132,7 @@ def test_process_whose_exit_event_was_lost_is_reaped(src: Any) -> None:
     """proc_events can fill (counted as lost_ringbuf): a traced process gone without an exit event is
     detached by the periodic check, with its kernel entries."""
     build = gobuild.build(gobuild.GO_VERSIONS[-1], "stripped")
-    c = subprocess.Popen([str(build.bin("client"))], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    c = procs.spawn([str(build.bin("client"))], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     _poll_until(src, lambda: src.traced(c.pid))
     p = src.procs[c.pid]
     c.kill()
