@@ -168,6 +168,8 @@ def _query_directly(data_dir: Path, sql: str, fmt: str, params: dict[str, str]) 
     from ingest._errors import IngestError
     from ingest.clickhouse_sink import ChdbService
 
+    os.umask(0o077)  # chDB may write in the folder (logs, temporary parts): private, as `run` keeps it
+
     try:
         has_data = (data_dir / "metadata").is_dir()
     except PermissionError:
@@ -229,6 +231,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest import worker
+
+    os.umask(0o077)  # with --data-dir, the embedded engine's files are as private as `run` makes them
+    if getattr(args, "data_dir", None):
+        config_mod.secure_data_dir(args.data_dir)
 
     return worker.main(args)
 
