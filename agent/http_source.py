@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import hashlib
+import itertools
 import logging
 import mmap
 import os
@@ -49,7 +50,8 @@ GO_OFFSET_KEYS = ("response_conn", "response_req", "conn_rwc", "req_pattern", "r
                   "persistconn_conn", "tcpconn_fd", "netfd_sysfd")
 Emit = Callable[[str, dict], None]
 REAP_INTERVAL_S = 10.0  # traced processes whose exit event was lost (ring full) are found this often
-MAX_WAITING = 65_536  # outbound rows waiting for their inbound one (Go uprobes): ~2 s of a busy client
+MAX_WAITING = 65_536
+MAX_SERVERS = 65_536  # (pid, goroutine) keys of recent served requests kept for linking  # outbound rows waiting for their inbound one (Go uprobes): ~2 s of a busy client
 EmitTable = Callable[[str, pa.Table], None]
 
 # Kernel struct fields on the fd -> socket -> addresses walk, read from BTF.
@@ -495,4 +497,9 @@ class HttpSource:
             cutoff = now - 2 * self.cfg.link_wait_s
             for k in [k for k, q in self._servers.items() if q and q[-1][3] < cutoff]:
                 del self._servers[k]
+            if len(self._servers) > MAX_SERVERS:  # all recent: the oldest keys go (their rows link no more)
+                excess = len(self._servers) - MAX_SERVERS
+                for k in list(itertools.islice(self._servers, excess)):
+                    del self._servers[k]
+                self._errors.record("link_servers_evicted", None, f"over {MAX_SERVERS} goroutines", n=excess)
 
