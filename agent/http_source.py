@@ -50,8 +50,8 @@ GO_OFFSET_KEYS = ("response_conn", "response_req", "conn_rwc", "req_pattern", "r
                   "persistconn_conn", "tcpconn_fd", "netfd_sysfd")
 Emit = Callable[[str, dict], None]
 REAP_INTERVAL_S = 10.0  # traced processes whose exit event was lost (ring full) are found this often
-MAX_WAITING = 65_536
-MAX_SERVERS = 65_536  # (pid, goroutine) keys of recent served requests kept for linking  # outbound rows waiting for their inbound one (Go uprobes): ~2 s of a busy client
+MAX_WAITING = 65_536  # outbound rows waiting for their inbound one (Go uprobes): ~2 s of a busy client
+MAX_SERVERS = 65_536  # (pid, goroutine) keys of recent served requests kept for linking
 EmitTable = Callable[[str, pa.Table], None]
 
 # Kernel struct fields on the fd -> socket -> addresses walk, read from BTF.
