@@ -22,15 +22,18 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from agent import go_binary
 from agent.go_binary import GoBinary, NotGo, Rejected
 
 log = logging.getLogger(__name__)
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 MEMORY_BYTES = 1 << 30  # the child's address space: reading a plain Go test server with its DWARF peaked at 77 MB
 CPU_S_PER_FILE = 20
 TIMEOUT_S = 10.0  # wall clock per file; above go_binary.BUDGET_S, so its own budget answers first
+STARTUP_TIMEOUT_S = 10.0
 
 
 class InspectWorker:
@@ -40,14 +43,39 @@ class InspectWorker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self.restarts = 0
+        self._failed_starts = 0
+        self.broken = False  # the child cannot even start: read in this process (bounded, no rlimits)
 
-    def _start(self) -> subprocess.Popen[bytes]:
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.inspect_worker", str(self.memory_bytes)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
-            )
-        return self._proc
+    def _start(self) -> subprocess.Popen[bytes] | None:
+        """The child, started if needed and answering; None (and ``broken`` after a few tries) if it
+        cannot start at all, which hostile files cannot cause: it must answer a probe first."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        # -I: no current directory or PYTHON* variables on the child's path (the agent runs as root,
+        # maybe from a folder others can write); the package comes from where this one was loaded.
+        code = f"import sys; sys.path.insert(0, {str(_PACKAGE_ROOT)!r}); " \
+               f"from agent.inspect_worker import _serve; _serve({self.memory_bytes})"
+        proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, close_fds=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(b'{"path": "", "want_offsets": false}\n')
+            proc.stdin.flush()
+            ok = bool(_readline(proc.stdout.fileno(), time.monotonic() + STARTUP_TIMEOUT_S))
+        except OSError:
+            ok = False
+        if not ok:
+            proc.kill()
+            proc.wait()
+            self._failed_starts += 1
+            if self._failed_starts >= 3:
+                self.broken = True
+                log.error("the Go binary reader process does not start (%s); reading in the agent itself, "
+                          "with its own bounds but no resource limits", sys.executable)
+            return None
+        self._failed_starts = 0
+        self._proc = proc
+        return proc
 
     def _kill(self) -> None:
         if self._proc is not None:
@@ -58,8 +86,14 @@ class InspectWorker:
 
     def parse(self, path: str, want_offsets: bool) -> GoBinary:
         """go_binary.parse_file(path, want_offsets), in the child (a go_binary.Parser)."""
+        if self.broken:
+            return go_binary.parse_file(path, want_offsets)
         with self._lock:
             proc = self._start()
+            if proc is None:
+                if self.broken:
+                    return go_binary.parse_file(path, want_offsets)
+                raise Rejected("worker_died", "the reader process did not start")
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(json.dumps({"path": path, "want_offsets": want_offsets}).encode() + b"\n")
@@ -115,7 +149,7 @@ def _serve(memory_bytes: int) -> None:
         try:
             answer: dict = {"ok": dataclasses.asdict(go_binary.parse_file(req["path"], bool(req["want_offsets"])))}
         except Rejected as e:
-            answer = {"rejected": e.reason, "msg": str(e)}
+            answer = {"rejected": e.reason, "msg": e.detail}
         except NotGo as e:
             answer = {"not_go": str(e)}
         except OSError as e:

@@ -293,3 +293,20 @@ def test_dwarf_reading_is_rate_limited(binaries: dict[str, Path], tmp_path: Path
     assert time.perf_counter() - t0 < 1.0
     assert gb.offsets_from.startswith("table") and gb.dwarf_refused == "dwarf_rate_limited"
     assert go_binary.REJECTED["dwarf_rate_limited"] == before + 1
+
+
+def test_reader_child_that_cannot_start_falls_back_to_this_process(binaries: dict[str, Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a child that fails its start-up probe (no file involved) makes the agent read in-process:
+    hostile files kill a child after its probe, so they cannot switch the limits off."""
+    from agent import inspect_worker
+
+    monkeypatch.setattr(inspect_worker.sys, "executable", "/bin/false")  # a child that never answers
+    w = inspect_worker.InspectWorker()
+    try:
+        for _ in range(2):
+            with pytest.raises(go_binary.Rejected, match="did not start"):
+                w.parse(str(binaries["stripped"]), False)
+        assert w.parse(str(binaries["stripped"]), False).functions and w.broken
+    finally:
+        w.close()
