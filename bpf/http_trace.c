@@ -297,7 +297,7 @@ static __always_inline void io_exit(long ret)
 	// The response's write may not be counted yet: its sys_exit can come after the client has read
 	// the response and sent its next request (the writer preempted between the two). A method's first
 	// letter is then held too; else the next request merged into this exchange and its row was lost,
-	// uncounted (bench_http: 2 of 160,001 at ~29k requests/s).
+	// uncounted: the likeliest way bench_http lost 2 of 160,001 rows at ~29k requests/s (issue 9).
 	if (st->ev.role == BS_HTTP_SERVER && !io.is_write && io.count == 1 &&
 	    (!st->active || st->ev.resp_bytes > 0 || is_method_start(p[0]))) {
 		st->held = 1;
