@@ -310,3 +310,32 @@ def test_reader_child_that_cannot_start_falls_back_to_this_process(binaries: dic
         assert w.parse(str(binaries["stripped"]), False).functions and w.broken
     finally:
         w.close()
+
+
+def test_gnu_zdebug_bomb_falls_back_to_the_table(binaries: dict[str, Path], tmp_path: Path) -> None:
+    """A GNU-style .zdebug_info (pyelftools inflates those without any bound): 64 MiB of zeros in
+    ~64 KiB; refused after inflating at most 32x its size, the binary read with the table."""
+    c = zlib.compressobj(9)
+    bomb = b"".join(c.compress(bytes(1 << 20)) for _ in range(64)) + c.flush()
+    payload = b"ZLIB" + struct.pack(">Q", 64 << 20) + bomb
+
+    def m(d: bytearray, h: dict) -> None:
+        shstr = h[".shstrtab"][1]
+        table = bytes(d[shstr["sh_offset"]:shstr["sh_offset"] + shstr["sh_size"]])
+        old = b".debug_gdb_scripts\0"
+        at = shstr["sh_offset"] + table.index(old)
+        d[at:at + len(old)] = b".zdebug_info".ljust(len(old), b"\0")
+        off, _ = h[".debug_gdb_scripts"]
+        where = h[".debug_info"][1]["sh_offset"]
+        assert h[".debug_info"][1]["sh_size"] >= len(payload)
+        d[where:where + len(payload)] = payload
+        _set(d, off, "offset", where)
+        _set(d, off, "size", len(payload))
+
+    path = _mutated(binaries["plain"], tmp_path / "zdebug", m)
+    before = go_binary.REJECTED["compressed"]
+    result, elapsed, peak = _inspect_bounded(path)
+    assert isinstance(result, go_binary.GoBinary), result
+    assert result.dwarf_refused == "compressed" and result.offsets_from.startswith("table")
+    assert elapsed < 2.0 and peak < 64 << 20, (elapsed, peak)
+    assert go_binary.REJECTED["compressed"] == before + 1
