@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import go_binary
+from agent import go_binary, procfs
 from agent.go_binary import GoBinary, NotGo
 
 ENV_KEYS = (b"OTEL_SERVICE_NAME", b"SERVICE_NAME", b"SERVICE_VERSION", b"OTEL_RESOURCE_ATTRIBUTES")
@@ -26,9 +26,13 @@ class GoProcess:
     inode: tuple[int, int]  # (st_dev, st_ino) of the binary: uprobes attach per file
 
 
+MAX_ENVIRON_BYTES = 1 << 20  # /proc/<pid>/environ belongs to the process's user: read a bounded prefix
+
+
 def _environ(pid: int) -> dict[bytes, bytes]:
     try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read(MAX_ENVIRON_BYTES)
     except OSError:
         return {}
     out = {}
@@ -60,14 +64,14 @@ def service_identity(binary: GoBinary, env: dict[bytes, bytes], comm: str,
     return name[:128], version[:128]
 
 
-def inspect_pid(pid: int, want_offsets: bool,
-                configured: dict[str, tuple[str, str]] | None = None) -> GoProcess | None:
+def inspect_pid(pid: int, want_offsets: bool, configured: dict[str, tuple[str, str]] | None = None,
+                parse: go_binary.Parser | None = None) -> GoProcess | None:
     exe = f"/proc/{pid}/exe"
     try:
         st = os.stat(exe)
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        binary = go_binary.inspect(exe, want_offsets=want_offsets)
-    except (OSError, NotGo, ValueError, KeyError, IndexError):
+        comm = procfs.read_comm(Path(f"/proc/{pid}"))
+        binary = go_binary.inspect(exe, want_offsets=want_offsets, parse=parse)
+    except (OSError, NotGo):  # gone, not ours, not Go, or refused (go_binary counts and logs those)
         return None
     name, version = service_identity(binary, _environ(pid), comm, configured)
     return GoProcess(pid, exe, comm, binary, name, version, (st.st_dev, st.st_ino))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import hashlib
+import itertools
 import logging
 import mmap
 import os
@@ -30,11 +31,13 @@ import numpy as np
 import pyarrow as pa
 
 from agent import _http_event as ev
-from agent import btf, go_procs, http_parse
+from agent import btf, go_binary, go_procs, http_parse
 from agent._bpf_abi import load_bpf
+from agent.errors import SourceErrors
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
 from agent.go_procs import GoProcess
 from agent.http_decode import DecodeContext, Decoded, decode
+from agent.inspect_worker import InspectWorker
 from agent.ringbuf import FixedRingReader
 from agent.tcp_decode import Clock
 from blindspot import metrics
@@ -47,6 +50,9 @@ BPF_SOURCE = ev.BPF_DIR / "http_trace.c"
 GO_OFFSET_KEYS = ("response_conn", "response_req", "conn_rwc", "req_pattern", "req_pat", "pattern_str",
                   "persistconn_conn", "tcpconn_fd", "netfd_sysfd")
 Emit = Callable[[str, dict], None]
+REAP_INTERVAL_S = 10.0  # traced processes whose exit event was lost (ring full) are found this often
+MAX_WAITING = 65_536  # outbound rows waiting for their inbound one (Go uprobes): ~2 s of a busy client
+MAX_SERVERS = 65_536  # (pid, goroutine) keys of recent served requests kept for linking
 EmitTable = Callable[[str, pa.Table], None]
 
 # Kernel struct fields on the fd -> socket -> addresses walk, read from BTF.
@@ -87,6 +93,8 @@ class HttpConfig:
     decode_max_rows: int = 4096  # bounds one decode (~15 ms here), so the ring is read again soon
     services: dict[str, tuple[str, str]] = field(default_factory=dict)  # comm -> (service, version)
     pids: tuple[int, ...] = ()  # trace only these; empty = every Go process
+    # Executables are read in a child process with memory and time limits (agent/inspect_worker.py).
+    inspect_in_child: bool = True
     exe_prefix: str = ""  # trace only binaries under this path (tests: the Go build cache)
     hostname: str = field(default_factory=socket.gethostname)
 
@@ -135,6 +143,8 @@ class HttpSource:
             log.warning("HTTP header allow-list captures credentials (%s): their values are stored in "
                         "http_requests as sent; anyone who can read the data folder or query it can read them",
                         ", ".join(sensitive))
+        self._errors = SourceErrors(self.name, log)
+        self._worker = InspectWorker() if self.cfg.inspect_in_child else None
         # Go linking: recent server rows by (pid, goroutine), outbound rows waiting for theirs.
         self._servers: dict[tuple[int, int], deque] = {}
         self._waiting: deque = deque()
@@ -142,6 +152,7 @@ class HttpSource:
         # Salt for request ids: unique per host; a tuple of ints hashes the same in every run.
         self._salt = int.from_bytes(hashlib.blake2b(self.cfg.hostname.encode(), digest_size=8).digest(), "little")
         self._last_sweep = 0.0
+        self._last_reap = time.monotonic()
         self._swept: set[tuple[int, int]] = set()  # (conn key, start_ns) emitted by _sweep_quiet
         self._swept_events: list[np.ndarray] = []
         self._dtype = ev.event_dtype(self.cfg.head_max)
@@ -189,6 +200,8 @@ class HttpSource:
         self._ring.close()
         self.bpf.cleanup()
         self.bpf = None
+        if self._worker is not None:
+            self._worker.close()
 
     def counters(self) -> dict[str, int]:
         """Cumulative counters; the kernel's as last read once closed (they never go backwards)."""
@@ -201,8 +214,10 @@ class HttpSource:
                 "lost_ringbuf": tot[ev.STAT_LOST_RINGBUF],
                 "lost_map_full": tot[ev.STAT_LOST_MAP_FULL],
                 "uprobe_hits": tot[ev.STAT_UPROBE_HITS],
+                "source_errors:http:kernel_aux_map_full": tot[ev.STAT_AUX_MAP_FULL],
             }
-        return {**self._c, **self._kernel, "procs_traced": len(self.procs)}
+        return {**self._c, **self._kernel, "procs_traced": len(self.procs), **self._errors.counters(),
+                **go_binary.stats()}
 
     def poll(self, timeout_ms: int) -> None:
         """Process exec/exit now; read the exchange ring once it is 1/8 full, and decode what was read
@@ -216,10 +231,19 @@ class HttpSource:
         now = time.monotonic()
         if now - self._last_sweep >= self.cfg.quiet_s / 4:
             self._last_sweep = now
-            self._sweep_quiet()
+            try:
+                self._sweep_quiet()
+            except Exception as e:  # one bad sweep must not stop the source
+                self._errors.record("sweep", e)
+        if now - self._last_reap >= REAP_INTERVAL_S:
+            self._last_reap = now
+            self._reap_gone()
         if now - self._last_decode >= self.cfg.decode_interval_s or self._pending_rows >= self.cfg.decode_max_rows:
             self._decode()
-        self._flush_waiting()
+        try:
+            self._flush_waiting()
+        except Exception as e:
+            self._errors.record("link", e)
 
     def flush(self) -> None:
         """Decode and hand on everything the kernel has sent so far, now."""
@@ -240,7 +264,12 @@ class HttpSource:
                     return
             except OSError:
                 return
-        p = go_procs.inspect_pid(pid, want_offsets=self.cfg.go_uprobes, configured=self.cfg.services)
+        try:
+            p = go_procs.inspect_pid(pid, want_offsets=self.cfg.go_uprobes, configured=self.cfg.services,
+                                     parse=self._worker.parse if self._worker is not None else None)
+        except Exception as e:  # inspect_pid is meant to be total; this is the backstop
+            self._errors.record("inspect", e, f"pid {pid}")
+            return
         if p is None:
             return
         self._attach(p)
@@ -257,7 +286,12 @@ class HttpSource:
         gp = self.bpf["pids"].Leaf()
         for k in GO_OFFSET_KEYS:
             setattr(gp, k, p.binary.offsets.get(k, -1) if self.cfg.go_uprobes else -1)
-        self.bpf["pids"][C.c_uint32(p.pid)] = gp
+        try:
+            self.bpf["pids"][C.c_uint32(p.pid)] = gp
+        except Exception as e:  # bcc raises a bare Exception when the map is full
+            self._errors.record("pids_map_full", e, f"pid {p.pid} ({p.comm}) not traced; "
+                                f"{len(self.procs)} traced")
+            return
         if self.cfg.go_uprobes:
             users = self._uprobe_users.setdefault(p.inode, set())
             users.add(p.pid)
@@ -267,7 +301,10 @@ class HttpSource:
                                  (FN_PC_ROUNDTRIP, "uprobe_persistconn_roundtrip")):
                     off = p.binary.file_offsets.get(fn)
                     if off:
-                        attached.append(self._attach_uprobe(p.exe, off, prog))
+                        try:
+                            attached.append(self._attach_uprobe(p.exe, off, prog))
+                        except Exception as e:  # traced without this probe: no route/link
+                            self._errors.record("uprobe_attach_failed", e, f"pid {p.pid} ({p.comm}) {fn}")
                 self._uprobes[p.inode] = attached
         # Only now is it traced: callers may wait for this before sending traffic.
         self.procs[p.pid] = p
@@ -285,10 +322,7 @@ class HttpSource:
             del self.bpf["pids"][C.c_uint32(pid)]
         except KeyError:
             pass
-        conns = self.bpf["conns"]
-        for k in [k for k in conns.keys() if k.value >> 32 == pid]:
-            with contextlib.suppress(KeyError):
-                del conns[k]
+        self._forget_pid(pid)
         users = self._uprobe_users.get(p.inode)
         if users is not None:
             users.discard(pid)
@@ -297,6 +331,27 @@ class HttpSource:
                 for ev_name in self._uprobes.pop(p.inode, []):
                     with contextlib.suppress(Exception):  # the binary may be gone with its process
                         self.bpf.detach_uprobe_event(ev_name)
+
+    def _reap_gone(self) -> None:
+        """Detach traced processes that no longer exist: their exit event can be lost (proc_events
+        full, counted in lost_ringbuf), which left them and their kernel entries behind for good."""
+        for pid in [p for p in self.procs if not os.path.exists(f"/proc/{p}")]:
+            self._errors.record("exit_event_missed", None, f"pid {pid} gone without an exit event")
+            try:
+                self._detach(pid)
+            except Exception as e:
+                self._errors.record("detach", e, f"pid {pid}")
+
+    def _forget_pid(self, pid: int) -> None:
+        """Every kernel entry keyed by the process (tgid << 32 | fd or tid): a process that exits
+        without closing its sockets (most short-lived clients) leaves them behind otherwise, and
+        ``flushed`` markers of its quiet exchanges filled that map within a few thousand processes."""
+        assert self.bpf is not None
+        for name in ("conns", "flushed", "client_marks", "inflight_io"):
+            table = self.bpf[name]
+            for k in [k for k in table.keys() if k.value >> 32 == pid]:
+                with contextlib.suppress(KeyError):
+                    del table[k]
 
     def _attach_uprobe(self, path: str, file_offset: int, prog: str) -> bytes:
         """Entry uprobe at a file offset we computed (bcc's own address lookup fails on Go binaries
@@ -334,7 +389,11 @@ class HttpSource:
                     continue
             elif not (e.resp_bytes and now - e.end_ns > quiet_ns):
                 continue
-            flushed[k] = C.c_uint64(e.start_ns)
+            try:
+                flushed[k] = C.c_uint64(e.start_ns)
+            except Exception as ex:  # full: the kernel emits this exchange itself later
+                self._errors.record("flushed_map_full", ex, f"{len(flushed)} markers")
+                continue
             self._swept.add(mark)
             record = np.frombuffer(bytes(e), self._dtype).copy()
             record["end_reason"] = ev.END_QUIET
@@ -343,11 +402,17 @@ class HttpSource:
 
     # --- records --------------------------------------------------------------------------------
     def _on_proc(self, _ctx, data, _size) -> None:  # type: ignore[no-untyped-def]
-        rec = C.cast(data, C.POINTER(ev.HttpProc)).contents
-        if rec.kind == ev.KIND_PROC_EXEC:
-            self._consider(rec.pid)
-        elif rec.kind == ev.KIND_PROC_EXIT:
-            self._detach(rec.pid)
+        # A ctypes callback: nothing may escape (bcc would print it and go on as if nothing happened).
+        pid = 0
+        try:
+            rec = C.cast(data, C.POINTER(ev.HttpProc)).contents
+            pid = rec.pid
+            if rec.kind == ev.KIND_PROC_EXEC:
+                self._consider(rec.pid)
+            elif rec.kind == ev.KIND_PROC_EXIT:
+                self._detach(rec.pid)
+        except Exception as e:
+            self._errors.record("proc_event", e, f"pid {pid}")
 
     def _service(self, pid: int) -> tuple[str, str, str]:
         p = self.procs.get(pid) or self._gone.get(pid, (None, 0))[0]
@@ -370,7 +435,10 @@ class HttpSource:
             # Concatenated as bytes: numpy's structured concatenate is slow for padded dtypes.
             raw = np.concatenate([b.view(np.uint8).reshape(len(b), -1) for b in batch])
             for dec in self._decode_isolated(raw.view(self._dtype).ravel()):
-                self._dispatch(dec)
+                try:
+                    self._dispatch(dec)
+                except Exception as e:  # a linking bug loses these rows, counted; not the agent
+                    self._errors.record("dispatch", e, f"{dec.table.num_rows} rows lost", n=dec.table.num_rows)
         self._decodes += 1
         for pid in [p for p, (_, at) in self._gone.items() if at <= self._decodes - 2]:
             del self._gone[pid]
@@ -427,6 +495,10 @@ class HttpSource:
                 for i, row in zip(np.flatnonzero(outbound).tolist(), rows, strict=True):
                     pid, gi, start = int(dec.pid[i]), int(g[i]), int(dec.start_ns[i])
                     if not self._link(row, pid, gi, start):
+                        if len(self._waiting) >= MAX_WAITING:  # bounded: the oldest goes on unlinked
+                            self._errors.record("link_backlog_full", None, f"{MAX_WAITING} rows waiting")
+                            self._c["link_timeouts"] += 1
+                            self._emit(KIND, self._waiting.popleft()[4])
                         self._waiting.append((now, pid, gi, start, row))
                 table = table.filter(pa.array(~outbound))
             for key in keys:
@@ -468,4 +540,9 @@ class HttpSource:
             cutoff = now - 2 * self.cfg.link_wait_s
             for k in [k for k, q in self._servers.items() if q and q[-1][3] < cutoff]:
                 del self._servers[k]
+            if len(self._servers) > MAX_SERVERS:  # all recent: the oldest keys go (their rows link no more)
+                excess = len(self._servers) - MAX_SERVERS
+                for k in list(itertools.islice(self._servers, excess)):
+                    del self._servers[k]
+                self._errors.record("link_servers_evicted", None, f"over {MAX_SERVERS} goroutines", n=excess)
 

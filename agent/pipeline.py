@@ -63,8 +63,12 @@ class PipelineConfig:
 
 
 # Counters that are written to pipeline_counters, as deltas per interval.
-REPORTED = ("captured", "lost_ringbuf", "lost_map_full", "dropped_queue_full", "dropped_sink", "rows_written",
+REPORTED = ("captured", "lost_ringbuf", "lost_map_full", "dropped_queue_full", "dropped_sink",
+            "dropped_write_error", "rows_written",
             "rejected")  # rejected: records a source refused (HTTP: decoder failures, counted per record)
+# ... and every counter with one of these prefixes (failures counted by kind: agent/errors.py, Go binaries
+# refused by reason: agent/go_binary.py), once it is non-zero.
+REPORTED_PREFIXES = ("source_errors:", "go_binary_")
 
 
 class Pipeline:
@@ -83,6 +87,8 @@ class Pipeline:
         self._reported: dict[str, int] = {}
         self._exported: dict[str, int] = {}  # what the Prometheus counters have been told so far
         self._writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
+        self._write_errors_logged: set[type] = set()
+        self._poll_errors_logged: set[tuple[str, type]] = set()
 
     # --- source side ---------------------------------------------------------------------
     def emit(self, kind_name: str, row: dict[str, Any]) -> None:
@@ -143,6 +149,16 @@ class Pipeline:
                 metrics.DROPPED.labels(reason).inc(n)
                 log.error("dropped %d %s rows (%s): %s", n, kind.name, reason, e)
                 continue
+            except Exception as e:
+                # Not an ingest error: a bug or an unexpected state of the sink. Counted as what it is,
+                # logged with its traceback once per exception type, and the writer goes on.
+                self.counts["dropped_write_error"] += n
+                metrics.DROPPED.labels("write_error").inc(n)
+                if type(e) not in self._write_errors_logged:
+                    self._write_errors_logged.add(type(e))
+                    log.exception("dropped %d %s rows: unexpected error in the sink's write "
+                                  "(counted as dropped_write_error; further ones not logged)", n, kind.name)
+                continue
             self.counts["rows_written"] += n
             metrics.ROWS_WRITTEN.labels(kind.table).inc(n)
             metrics.BATCH_ROWS.observe(n)
@@ -162,7 +178,7 @@ class Pipeline:
                 # Drain every source without blocking, then sleep: waking up per record (epoll on
                 # each ring buffer) cost twice the CPU per record of draining in batches.
                 for s in self.sources:
-                    s.poll(0)
+                    self._poll(s)
                 now = time.monotonic()
                 if now >= next_snapshot:
                     self.snapshot()
@@ -179,6 +195,18 @@ class Pipeline:
         finally:
             self.shutdown()
 
+    def _poll(self, s: Source) -> None:
+        """One source's poll; what it raises is counted and logged once per exception type, and the
+        other sources (and this one, at the next turn) go on."""
+        try:
+            s.poll(0)
+        except Exception as e:
+            key = f"source_errors:{s.name}:poll"
+            self.counts[key] += 1
+            if (s.name, type(e)) not in self._poll_errors_logged:
+                self._poll_errors_logged.add((s.name, type(e)))
+                log.exception("source %s: poll failed (counted as %s; further ones not logged)", s.name, key)
+
     def export_metrics(self) -> None:
         """Move counter deltas into Prometheus (the hot path only bumps plain ints)."""
         current = self.all_counters()
@@ -191,6 +219,11 @@ class Pipeline:
                 metrics.RECORDS.labels(key.split(":", 1)[1]).inc(delta)
             elif key in ("lost_ringbuf", "lost_map_full"):
                 metrics.KERNEL_LOST.labels(key.removeprefix("lost_")).inc(delta)
+            elif key.startswith("source_errors:"):
+                _, source, what = key.split(":", 2)
+                metrics.SOURCE_ERRORS.labels(source, what).inc(delta)
+            elif key.startswith("go_binary_rejected:"):
+                metrics.GO_BINARIES_REJECTED.labels(key.split(":", 1)[1]).inc(delta)
 
     def snapshot(self) -> None:
         n = 0
@@ -206,7 +239,8 @@ class Pipeline:
         and a broken one must look different)."""
         now = time.time_ns()
         current = self.all_counters()
-        for name in REPORTED:
+        extra = sorted(k for k in current if k.startswith(REPORTED_PREFIXES) and (current[k] or k in self._reported))
+        for name in (*REPORTED, *extra):
             value = int(current.get(name, 0))
             delta = value - self._reported.get(name, 0)
             self._reported[name] = value

@@ -8,15 +8,25 @@ socket inodes in /proc/net/tcp{,6} matched against /proc/<pid>/fd.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 TCP_LISTEN = 0x0A
+# /proc is read at start-up, on the main thread, and its contents belong to every user: bounded.
+MAX_NET_TCP_BYTES = 64 << 20  # /proc/net/tcp{,6}: 150 bytes a socket, ~450k sockets
+MAX_PIDS = 200_000
+MAX_FDS_PER_PID = 100_000
+BUDGET_S = 10.0
 
 
 def boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+        return f.read(64).strip().decode("ascii", "replace")
 
 
 def _listening_inodes(proc: Path) -> dict[int, int]:
@@ -24,14 +34,28 @@ def _listening_inodes(proc: Path) -> dict[int, int]:
     out: dict[int, int] = {}
     for name in ("tcp", "tcp6"):
         try:
-            lines = (proc / "net" / name).read_text().splitlines()[1:]
+            with open(proc / "net" / name, "rb") as fh:
+                lines = fh.read(MAX_NET_TCP_BYTES).decode("ascii", "replace").splitlines()[1:]
         except OSError:
             continue
         for line in lines:
             f = line.split()
-            if len(f) > 9 and int(f[3], 16) == TCP_LISTEN:
-                out[int(f[9])] = int(f[1].rsplit(":", 1)[1], 16)
+            try:
+                if len(f) > 9 and int(f[3], 16) == TCP_LISTEN:
+                    out[int(f[9])] = int(f[1].rsplit(":", 1)[1], 16)
+            except ValueError:
+                continue  # a line cut by the size bound
     return out
+
+
+def read_comm(pid_dir: Path) -> str:
+    """A process's name: bytes its owner chose (prctl, /proc/self/comm), so undecodable ones become
+    U+FFFD; at most 64 bytes read (the kernel keeps 15)."""
+    try:
+        with open(pid_dir / "comm", "rb") as f:
+            return f.read(64).rstrip(b"\n").decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def listener_owners(proc: Path = Path("/proc")) -> Iterator[tuple[int, int, str]]:
@@ -40,11 +64,16 @@ def listener_owners(proc: Path = Path("/proc")) -> Iterator[tuple[int, int, str]
     if not inodes:
         return
     seen: set[int] = set()
-    for pid_dir in proc.iterdir():
+    deadline = time.monotonic() + BUDGET_S
+    for n, pid_dir in enumerate(proc.iterdir()):
+        if n >= MAX_PIDS or time.monotonic() > deadline:
+            log.warning("listener owners: stopped after %d processes (bound); later listeners' owners "
+                        "are learnt when they next listen()", n)
+            return
         if not pid_dir.name.isdigit():
             continue
         try:
-            fds = os.listdir(pid_dir / "fd")
+            fds = os.listdir(pid_dir / "fd")[:MAX_FDS_PER_PID]
         except OSError:
             continue  # exited, or not ours to read
         for fd in fds:
@@ -53,11 +82,10 @@ def listener_owners(proc: Path = Path("/proc")) -> Iterator[tuple[int, int, str]
             except OSError:
                 continue
             if target.startswith("socket:["):
-                inode = int(target[8:-1])
+                try:
+                    inode = int(target[8:-1])
+                except ValueError:
+                    continue
                 if inode in inodes and inode not in seen:
                     seen.add(inode)
-                    try:
-                        comm = (pid_dir / "comm").read_text().strip()
-                    except OSError:
-                        comm = ""
-                    yield inodes[inode], int(pid_dir.name), comm
+                    yield inodes[inode], int(pid_dir.name), read_comm(pid_dir)

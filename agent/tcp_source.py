@@ -19,6 +19,7 @@ from agent import _tcp_event as ev
 from agent import procfs
 from agent._bpf_abi import load_bpf
 from agent.btf import BTFUnavailable, FieldRef, offset_of
+from agent.errors import SourceErrors
 from agent.tcp_decode import Clock, decode_closed, decode_open
 from blindspot.records import TCP_CONNECTION, TCP_OPEN_CONNECTION
 
@@ -70,6 +71,7 @@ class TcpSource:
         self.app_bytes = False
         self.decoded = 0
         self._last_counters: dict[str, int] = {}
+        self._errors = SourceErrors(self.name, log)
 
     def open(self) -> None:
         from bcc import BPF  # Debian's python3-bpfcc; imported here so the rest runs without it
@@ -97,14 +99,22 @@ class TcpSource:
             leaf = listeners.Leaf()
             leaf.pid = pid
             leaf.comm = comm.encode()[:15]
-            listeners[listeners.Key(port)] = leaf
+            try:
+                listeners[listeners.Key(port)] = leaf
+            except Exception as e:  # full: that port's owner is learnt at its next listen()
+                self._errors.record("listeners_map_full", e, f"port {port} pid {pid}")
+                continue
             n += 1
         log.info("seeded %d listening sockets' owners from /proc", n)
 
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
-        e = ev.unpack(ctypes.string_at(data, ev.TCP_EVENT_SIZE))
-        if e.kind == ev.KIND_CLOSED:
-            self._emit_closed(e)
+        # A ctypes callback: nothing may escape (bcc would print it and go on as if nothing happened).
+        try:
+            e = ev.unpack(ctypes.string_at(data, ev.TCP_EVENT_SIZE))
+            if e.kind == ev.KIND_CLOSED:
+                self._emit_closed(e)
+        except Exception as ex:
+            self._errors.record("event", ex, "one closed-connection record lost")
 
     def _emit_closed(self, e: ev.TcpRecord) -> None:
         row = decode_closed(
@@ -137,10 +147,17 @@ class TcpSource:
                         del conns[k]  # the deleter emits: the kernel may be emitting it right now
                     except KeyError:
                         continue
-                    self._emit_closed(c)
+                    try:
+                        self._emit_closed(c)
+                    except Exception as ex:
+                        self._errors.record("event", ex, "one closed-connection record lost")
                 continue
-            row = decode_open(c, clock=self.clock, host=self.host, boot_id=self.boot_id,
-                              agent_start_ns=self.start_ns, snapshot_ns=now)
+            try:
+                row = decode_open(c, clock=self.clock, host=self.host, boot_id=self.boot_id,
+                                  agent_start_ns=self.start_ns, snapshot_ns=now)
+            except Exception as ex:  # one bad entry, not the snapshot
+                self._errors.record("snapshot", ex, "one open connection not reported")
+                continue
             if row is not None:
                 self._emit(TCP_OPEN_CONNECTION.name, row)
                 n += 1
@@ -149,16 +166,17 @@ class TcpSource:
     def counters(self) -> dict[str, int]:
         """Cumulative kernel-side counters: records emitted, and records/connections lost."""
         if self._bpf is None:  # closed: the last values read
-            return dict(self._last_counters)
+            return {**self._last_counters, **self._errors.counters()}
         stats = self._bpf["stats"]
         per_slot = [sum(stats[stats.Key(i)]) for i in range(ev.STAT_N)]
         self._last_counters = {
             "kernel_emitted": per_slot[ev.STAT_EMITTED],
             "lost_ringbuf": per_slot[ev.STAT_LOST_RINGBUF],
             "lost_map_full": per_slot[ev.STAT_LOST_MAP_FULL],
+            "source_errors:tcp:kernel_listeners_full": per_slot[ev.STAT_LISTENERS_FULL],
             "decoded": self.decoded,
         }
-        return dict(self._last_counters)
+        return {**self._last_counters, **self._errors.counters()}
 
     def close(self) -> None:
         if self._bpf is not None:

@@ -55,12 +55,17 @@ def _add_tracing_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-headers", metavar="NAMES",
                    help="request headers to capture, comma-separated (default: x-gray-version, "
                    "x-request-id, traceparent, user-agent, host; never Authorization/Cookie unless named)")
+    p.add_argument("--keep-raw-paths", action="store_true",
+                   help="store request paths as sent, without redacting token-like segments and ;matrix "
+                   "parameters (userinfo and query strings are never stored; routes stay templated)")
 
 
 def _apply_tracing_flags(cfg: config_mod.Config, args: argparse.Namespace, command: str) -> bool:
     """Apply the flags over the config; False (after saying why) if this process cannot trace."""
     if args.metrics_address:
         cfg.metrics_address = args.metrics_address
+    if cfg.metrics_address not in ("", "off"):
+        config_mod.parse_address(cfg.metrics_address)
     if args.snapshot_interval:
         cfg.pipeline.snapshot_interval_s = args.snapshot_interval
     if args.no_http:
@@ -69,6 +74,8 @@ def _apply_tracing_flags(cfg: config_mod.Config, args: argparse.Namespace, comma
         cfg.http.go_uprobes = True
     if args.http_headers:
         cfg.http.headers = tuple(h.strip().lower() for h in args.http_headers.split(",") if h.strip())
+    if args.keep_raw_paths:
+        cfg.http.redact_paths = False
     if os.geteuid() != 0:
         print(f"blindspot {command}: needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): see README, "
               "Privileges", file=sys.stderr)
@@ -148,6 +155,16 @@ def cmd_query(args: argparse.Namespace) -> int:
     except QueryError as e:
         print(f"blindspot query: {e}", file=sys.stderr)
         return 1
+    except PermissionError:
+        print(f"blindspot query: permission denied on {data_dir} (the data folder is private to the user "
+              "that runs `blindspot run`, usually root: query as that user)", file=sys.stderr)
+        return 2
+    except NotADirectoryError:
+        print(f"blindspot query: data folder {data_dir} is not a folder", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"blindspot query: cannot reach {socket_path(data_dir)}: {e.strerror or e}", file=sys.stderr)
+        return 2
     sys.stdout.buffer.write(out)
     return 0
 
@@ -156,7 +173,15 @@ def _query_directly(data_dir: Path, sql: str, fmt: str, params: dict[str, str]) 
     from ingest._errors import IngestError
     from ingest.clickhouse_sink import ChdbService
 
-    if not (data_dir / "metadata").exists():
+    os.umask(0o077)  # chDB may write in the folder (logs, temporary parts): private, as `run` keeps it
+
+    try:
+        has_data = (data_dir / "metadata").is_dir()
+    except PermissionError:
+        print(f"blindspot query: permission denied on {data_dir} (the data folder is private to the user "
+              "that runs `blindspot run`, usually root: query as that user)", file=sys.stderr)
+        return None
+    if not has_data:
         print(f"blindspot query: no data in {data_dir} (run `blindspot run` first)", file=sys.stderr)
         return None
     try:
@@ -212,6 +237,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest import worker
 
+    os.umask(0o077)  # with --data-dir, the embedded engine's files are as private as `run` makes them
+    if getattr(args, "data_dir", None):
+        config_mod.secure_data_dir(args.data_dir)
+
     return worker.main(args)
 
 
@@ -242,10 +271,12 @@ COMMANDS = {"run": cmd_run, "query": cmd_query, "agent": cmd_agent, "ingest": cm
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from blindspot.metrics import MetricsAddressError
+
     try:
         return COMMANDS[args.command](args)
-    except config_mod.ConfigError as e:
-        print(f"blindspot: {e}", file=sys.stderr)
+    except (config_mod.ConfigError, MetricsAddressError) as e:
+        print(f"blindspot {args.command}: {e}", file=sys.stderr)
         return 2
 
 

@@ -8,6 +8,7 @@ SASL passwords, the ClickHouse password) are read from the environment or files 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tomllib
@@ -73,13 +74,55 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str, env: dict[str, str]) -
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
 
 
+def parse_address(address: str, what: str = "--metrics-address") -> tuple[str, int]:
+    """``HOST:PORT`` (HOST may be empty or a bracketed IPv6 address) -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} {address!r}: expected HOST:PORT (or 'off')")
+    return host.strip("[]"), int(port)
+
+
+def secure_data_dir(path: str | os.PathLike[str]) -> Path:
+    """The data folder holds every captured path and header: create it 0700, or accept an existing
+    folder only if it is ours and nobody else can write it; then make it (and what is in it) private."""
+    p = Path(path)
+    old = os.umask(0o077)
+    try:
+        p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"data folder {p}: exists and is not a folder") from None
+    except OSError as e:
+        raise ConfigError(f"data folder {p}: cannot create it ({e.strerror})") from None
+    finally:
+        os.umask(old)
+    st = p.lstat()
+    if not p.is_dir() or p.is_symlink():
+        raise ConfigError(f"data folder {p}: exists and is not a folder")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"data folder {p}: owned by uid {st.st_uid}, not by this user ({os.geteuid()}); "
+                          "refusing to write there")
+    if st.st_mode & 0o022:
+        raise ConfigError(f"data folder {p}: writable by group or others (mode {st.st_mode & 0o777:o}); "
+                          f"refusing it (chmod 700 {p} if it is yours)")
+    os.chmod(p, 0o700)
+    for root, dirs, files in os.walk(p):  # files of older versions were 0644
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                f = Path(root) / name
+                if not f.is_symlink():
+                    os.chmod(f, f.stat().st_mode & 0o700)
+    return p
+
+
 def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
     env = dict(os.environ if env is None else env)
     chosen = path or env.get("BLINDSPOT_CONFIG") or (str(DEFAULT_FILE) if DEFAULT_FILE.exists() else None)
     values: dict[str, Any] = {}
     if chosen:
         try:
-            values = tomllib.loads(Path(chosen).read_text())
+            values = tomllib.loads(Path(chosen).read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {chosen}: not UTF-8 text (byte {e.start})") from e
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"config file {chosen}: {e}") from e
     cfg = Config()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -16,7 +17,7 @@ import time
 from agent.pipeline import Pipeline
 from agent.sources import build_pipeline
 from blindspot import live, metrics
-from blindspot.config import Config
+from blindspot.config import Config, secure_data_dir
 from blindspot.query_server import QueryServer
 from ingest.clickhouse_sink import ChdbService, ClickHouseSink, ClickHouseSinkConfig
 from ingest.schema import migrate
@@ -29,6 +30,11 @@ def run(cfg: Config, duration_s: float | None = None, show_live: bool = True) ->
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
+    # Private data at rest: the folder 0700 (refused if others can write it), every file this process
+    # creates 0600 (chDB's included: it inherits the umask).
+    os.umask(0o077)
+    secure_data_dir(cfg.data_dir)
+    metrics.serve(cfg.metrics_address)  # before the socket: a bad address leaves nothing behind
     service = ChdbService(cfg.data_dir)
     applied = migrate(service, retention_days=cfg.retention_days)
     service.execute("USE blindspot")  # unqualified names in `blindspot query` resolve here
@@ -36,7 +42,6 @@ def run(cfg: Config, duration_s: float | None = None, show_live: bool = True) ->
         log.info("schema: applied %s", ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
     sink = ClickHouseSink(service, ClickHouseSinkConfig(data_dir=cfg.data_dir), stop=stop)
     queries = QueryServer(cfg.data_dir, service).start()
-    metrics.serve(cfg.metrics_address)
 
     cfg.pipeline.component = "embedded"
     try:

@@ -13,11 +13,19 @@ from typing import Any
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from agent.errors import printable
 from agent.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 ROWS = 12
+
+
+def safe_text(value: object) -> Text:
+    """Text a local user chose (a process name, a path) as rich Text, never markup: control
+    characters become visible escapes (ESC as \\x1b), undecodable bytes U+FFFD."""
+    return Text(printable(value))
 
 
 def _fmt_bytes(n: int) -> str:
@@ -74,10 +82,10 @@ def _render(s: dict[str, Any], recent: list[dict[str, Any]]) -> Group:
     shown = list(reversed(recent[-ROWS:]))
     for r in shown:
         t.add_row(
-            str(r["pid"]), r["comm"], r["role"], f"{r['local_addr']}:{r['local_port']}",
-            f"{r['remote_addr']}:{r['remote_port']}", _fmt_bytes(r["bytes_sent"]),
-            _fmt_bytes(r["bytes_received"]), f"{r['duration_ns'] / 1e6:.2f}",
-            f"{r['handshake_ns'] / 1e3:.0f}", r["close_reason"],
+            safe_text(r["pid"]), safe_text(r["comm"]), safe_text(r["role"]),
+            safe_text(f"{r['local_addr']}:{r['local_port']}"), safe_text(f"{r['remote_addr']}:{r['remote_port']}"),
+            _fmt_bytes(r["bytes_sent"]), _fmt_bytes(r["bytes_received"]), f"{r['duration_ns'] / 1e6:.2f}",
+            f"{r['handshake_ns'] / 1e3:.0f}", safe_text(r["close_reason"]),
         )
     for _ in range(ROWS - len(shown)):  # a fixed height: the frame redraws in place
         t.add_row(*[""] * 10)
@@ -90,7 +98,10 @@ def show(p: Pipeline, stop: threading.Event, interval_s: float = 1.0) -> None:
     if sys.stdout.isatty():
         with Live(_render(snap.take(), []), refresh_per_second=4, screen=False) as live:
             while not stop.wait(interval_s):
-                live.update(_render(snap.take(), list(p.recent)))
+                try:
+                    live.update(_render(snap.take(), list(p.recent)))
+                except Exception:  # the view must never die of one odd row
+                    log.exception("live view: could not draw this frame")
         return
     while not stop.wait(10.0):
         s = snap.take()

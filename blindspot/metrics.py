@@ -24,13 +24,29 @@ BATCH_ROWS = Histogram(
 )
 BATCH_SECONDS = Histogram("blindspot_sink_batch_duration_seconds", "Time to write one batch")
 OPEN_CONNECTIONS = Gauge("blindspot_open_connections", "TCP connections open at the last snapshot")
+SOURCE_ERRORS = Counter(
+    "blindspot_source_errors_total", "Failures a source counted and went on (bad record, full map, ...)",
+    ["source", "what"],
+)
+GO_BINARIES_REJECTED = Counter(
+    "blindspot_go_binaries_rejected_total", "Executables refused by the Go binary reader, by reason", ["reason"]
+)
 QUEUE_BATCHES = Gauge("blindspot_handoff_queue_batches", "Batches waiting for the writer")
+
+
+class MetricsAddressError(ValueError):
+    """The metrics address cannot be used (a message for the user, not a traceback)."""
 
 
 def serve(address: str) -> None:
     """Expose /metrics on ``host:port`` (empty or "off": don't)."""
     if not address or address == "off":
         return
-    host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host or "0.0.0.0")  # noqa: S104 (operator's choice)
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise MetricsAddressError(f"--metrics-address {address!r}: expected HOST:PORT (or 'off')")
+    try:
+        start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")  # noqa: S104 (operator's choice)
+    except OSError as e:
+        raise MetricsAddressError(f"--metrics-address {address!r}: cannot listen ({e.strerror or e})") from None
     log.info("Prometheus metrics on http://%s/metrics", address)

@@ -26,6 +26,8 @@ from ingest.clickhouse_sink.service import ClickHouseService
 log = logging.getLogger(__name__)
 SOCKET_NAME = "query.sock"
 MAX_SQL_BYTES = 1 << 20
+READ_TIMEOUT_S = 10.0  # a client has this long to send its query line (and per send of the answer)
+MAX_CONNECTIONS = 8  # served at once; more are answered "busy" at once, never given a thread
 FORMATS = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow", "tsv": "TSVWithNames"}
 
 
@@ -39,9 +41,15 @@ def socket_path(data_dir: str | os.PathLike[str]) -> Path:
 
 class _Handler(socketserver.StreamRequestHandler):
     server: _Server
+    timeout = READ_TIMEOUT_S  # socketserver sets it on the connection: an idle client cannot hold a thread
 
     def handle(self) -> None:
-        line = self.rfile.readline(MAX_SQL_BYTES + 1)
+        try:
+            line = self.rfile.readline(MAX_SQL_BYTES + 1)
+        except OSError:  # timed out or gone: nothing to answer
+            return
+        if not line:
+            return
         try:
             req = json.loads(line)
             sql, fmt = str(req["sql"]), str(req.get("format", "PrettyCompactMonoBlock"))
@@ -50,18 +58,48 @@ class _Handler(socketserver.StreamRequestHandler):
                 raise ValueError(f"unsupported format {fmt!r}")
             body = self.server.service.query_text(sql, fmt, params)
         except Exception as e:
-            self.wfile.write(json.dumps({"ok": False, "error": str(e)}).encode() + b"\n")
-            return
-        self.wfile.write(b'{"ok": true}\n')
-        self.wfile.write(body)
+            answer = json.dumps({"ok": False, "error": str(e)}).encode() + b"\n"
+            body = b""
+        else:
+            answer = b'{"ok": true}\n'
+        with contextlib.suppress(OSError):  # a client that left (or stopped reading past the timeout)
+            self.wfile.write(answer)
+            self.wfile.write(body)
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    request_queue_size = 16
 
     def __init__(self, path: Path, service: ClickHouseService) -> None:
         self.service = service
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
         super().__init__(str(path), _Handler)
+
+    def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            with contextlib.suppress(OSError):
+                request.setblocking(False)  # never wait on a client that does not read
+                request.send(json.dumps({"ok": False, "error": f"busy: {MAX_CONNECTIONS} queries running; "
+                                         "try again"}).encode() + b"\n")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
+        log.warning("query socket: a connection failed", exc_info=True)
 
 
 class QueryServer:
@@ -97,7 +135,10 @@ def query_via_socket(
             s.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError) as e:
             raise FileNotFoundError(str(path)) from e
-        s.sendall(json.dumps({"sql": sql, "format": fmt, "params": params or {}}).encode() + b"\n")
+        try:
+            s.sendall(json.dumps({"sql": sql, "format": fmt, "params": params or {}}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before reading (busy): the answer is still there to read
         f = s.makefile("rb")
         header = json.loads(f.readline() or b'{"ok": false, "error": "no answer"}')
         if not header.get("ok"):

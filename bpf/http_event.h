@@ -41,7 +41,8 @@
 #define BS_HTTP_STAT_LOST_RINGBUF 1 /* ring buffer full: a record was lost */
 #define BS_HTTP_STAT_LOST_MAP_FULL 2 /* connection table full: a connection is not tracked */
 #define BS_HTTP_STAT_UPROBE_HITS 3  /* Go uprobe hits */
-#define BS_HTTP_STAT_N 4
+#define BS_HTTP_STAT_AUX_MAP_FULL 4 /* syscall-in-flight or Go client mark table full: an exchange may be missed */
+#define BS_HTTP_STAT_N 5
 
 struct http_event {
 	__u32 kind;          /* BS_HTTP_EXCHANGE */

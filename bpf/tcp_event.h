@@ -30,6 +30,7 @@
 #define BS_STAT_EMITTED 0       /* records submitted to the ring buffer */
 #define BS_STAT_LOST_RINGBUF 1  /* ring buffer full: a record was lost */
 #define BS_STAT_LOST_MAP_FULL 2 /* connection table full: a connection is not tracked */
+#define BS_STAT_LISTENERS_FULL 3 /* listener table full: that port's accepted connections have no owner */
 #define BS_STAT_N 4
 
 struct tcp_event {

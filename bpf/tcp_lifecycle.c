@@ -121,7 +121,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	if (ns == S_LISTEN) { // listen(): process context, so current is the owner
 		struct owner o = {.pid = bpf_get_current_pid_tgid() >> 32};
 		bpf_get_current_comm(&o.comm, sizeof(o.comm));
-		listeners.update(&port, &o);
+		if (listeners.update(&port, &o))
+			count(BS_STAT_LISTENERS_FULL);
 		return 0;
 	}
 	if (ns == S_SYN_RECV) { // child cloned from the listener (LISTEN->SYN_RECV) in softirq

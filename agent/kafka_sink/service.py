@@ -38,8 +38,14 @@ class ProducerService:
             self._on_error(err)
 
     def _poll_loop(self) -> None:
+        failed: set[type] = set()
         while not self._stop.is_set():
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except Exception as e:  # raised by one of our callbacks: this thread must serve the next ones
+                if type(e) not in failed:
+                    failed.add(type(e))
+                    log.exception("kafka: a delivery or error callback failed (further ones not logged)")
 
     def produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
                 on_delivery: DeliveryCallback) -> None:

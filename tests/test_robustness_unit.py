@@ -1,0 +1,299 @@
+"""Issue 9 without root: /proc read as untrusted bytes, callbacks and polls that count instead of
+raising, the writer thread's unexpected errors, the live view's names, the CLI's one-line errors and
+the query socket's bounds."""
+
+from __future__ import annotations
+
+import ctypes as C
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from agent import _http_event as hev
+from agent import procfs
+from agent.errors import SourceErrors, printable
+from agent.pipeline import Pipeline, PipelineConfig
+from blindspot import config, live
+from blindspot.records import PIPELINE_COUNTER, RecordKind
+from ingest.batch import Batch, batch_len
+
+BLINDSPOT = str(Path(sys.executable).with_name("blindspot"))
+ODD = [b"[/]", b"[bold]x", b"\x1b[2J", b"a\x9bb", b"\xff\xfe[/]", b"\x1b]0;owned\x07"]
+
+
+# --- /proc ----------------------------------------------------------------------------------------
+def _fake_proc(root: Path, comm: bytes) -> Path:
+    (root / "net").mkdir(parents=True)
+    head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    line = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242\n"
+    (root / "net" / "tcp").write_text(head + line + "garbage line with \xff bytes\n")
+    (root / "net" / "tcp6").write_bytes(head.encode() + b"\xff\xfe not a table\n")
+    (root / "123" / "fd").mkdir(parents=True)
+    os.symlink("socket:[4242]", root / "123" / "fd" / "3")
+    os.symlink("socket:[not-a-number]", root / "123" / "fd" / "4")
+    (root / "123" / "comm").write_bytes(comm + b"\n")
+    return root
+
+
+@pytest.mark.parametrize("comm", ODD)
+def test_listener_owner_names_are_decoded_with_replacement(tmp_path: Path, comm: bytes) -> None:
+    owners = list(procfs.listener_owners(_fake_proc(tmp_path / "proc", comm)))
+    assert owners == [(0x1F90, 123, comm.decode("utf-8", "replace"))]
+
+
+# --- callbacks and polls -------------------------------------------------------------------------
+def test_source_errors_count_every_failure_and_log_the_first(caplog: pytest.LogCaptureFixture) -> None:
+    errs = SourceErrors("http", logging.getLogger("t"))
+    with caplog.at_level(logging.WARNING):
+        for i in range(5):
+            errs.record("proc_event", ValueError(f"bad {i}"), "pid 1 (\x1b[31mred)")
+        errs.record("proc_event", KeyError("other"))
+        errs.record("pids_map_full", None, n=3)
+    assert errs.counters() == {"source_errors:http:proc_event": 6, "source_errors:http:pids_map_full": 3}
+    assert len(caplog.records) == 3  # one per (what, exception type)
+    assert "\x1b" not in caplog.text and "\\x1b[31mred" in caplog.text
+
+
+def test_http_proc_callback_never_raises() -> None:
+    from agent.http_source import HttpSource
+
+    src = HttpSource(lambda *_: None)
+
+    def boom(pid: int) -> None:
+        raise RuntimeError(f"inspection of {pid} blew up")
+
+    src._consider = boom  # type: ignore[method-assign]
+    rec = hev.HttpProc()
+    rec.kind, rec.pid = hev.KIND_PROC_EXEC, 4242
+    for _ in range(3):
+        src._on_proc(None, C.addressof(rec), C.sizeof(rec))
+    assert src._errors.counters() == {"source_errors:http:proc_event": 3}
+
+
+def test_tcp_event_callback_never_raises() -> None:
+    from agent import _tcp_event as tev
+    from agent.tcp_source import TcpSource, TcpSourceConfig
+
+    def emit(kind: str, row: dict[str, Any]) -> None:
+        raise RuntimeError("downstream bug")
+
+    src = TcpSource(TcpSourceConfig(), emit)
+    e = tev.TcpEvent()
+    e.kind = tev.KIND_CLOSED
+    src._on_event(None, C.addressof(e), tev.TCP_EVENT_SIZE)
+    src._on_event(None, C.addressof(e), tev.TCP_EVENT_SIZE)
+    assert src._errors.counters().get("source_errors:tcp:event") == 2
+
+
+class _Collect:
+    def __init__(self, fail_first: int = 0) -> None:
+        self.fail_first = fail_first
+        self.rows = 0
+        self.counters: dict[str, int] = {}
+
+    def write(self, kind: RecordKind, rows: Batch) -> None:
+        if self.fail_first:
+            self.fail_first -= 1
+            raise RuntimeError("sink bug")
+        self.rows += batch_len(rows)
+        if kind is PIPELINE_COUNTER:
+            for r in rows if isinstance(rows, list) else PIPELINE_COUNTER.to_rows(rows):
+                self.counters[r["counter"]] = self.counters.get(r["counter"], 0) + r["value"]
+
+
+class _Flaky:
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def open(self) -> None: ...
+
+    def poll(self, timeout_ms: int) -> None:
+        self.polls += 1
+        raise OSError("ring buffer gone")
+
+    def counters(self) -> dict[str, int]:
+        return {"source_errors:flaky:decode": 2}
+
+    def close(self) -> None: ...
+
+
+def test_writer_counts_unexpected_errors_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    sink = _Collect(fail_first=1)
+    flaky = _Flaky()
+    p = Pipeline([flaky], sink, PipelineConfig(batch_max_rows=2, poll_ms=5, counters_interval_s=3600))
+    row = {"time": 1, "host": "h", "component": "t", "counter": "x", "value": 1}
+    with caplog.at_level(logging.ERROR):
+        for _ in range(4):  # two batches of two, queued for the writer
+            p.emit(PIPELINE_COUNTER.name, dict(row))
+        stop = threading.Event()
+        threading.Timer(0.3, stop.set).start()
+        p.run(stop)  # the flaky source's poll raises every turn: counted, the loop goes on
+    assert flaky.polls > 3
+    assert p.counts["dropped_write_error"] == 2 and p.counts["dropped_queue_full"] == 0
+    assert sink.rows >= 2  # the second batch, and the counters written at shutdown
+    assert p.counts["source_errors:flaky:poll"] == flaky.polls
+    assert sum("sink bug" in r.getMessage() or "unexpected error" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_reported_counters_include_source_errors() -> None:
+    p = Pipeline([_Flaky()], _Collect(), PipelineConfig(counters_interval_s=3600))
+    p.report_counters()
+    rows = {}
+    for _kind, batch in p.batcher.drain():
+        for r in batch if isinstance(batch, list) else PIPELINE_COUNTER.to_rows(batch):
+            rows[r["counter"]] = r["value"]
+    assert rows["source_errors:flaky:decode"] == 2 and rows["dropped_write_error"] == 0
+
+
+# --- live view -------------------------------------------------------------------------------------
+def _row(comm: Any) -> dict[str, Any]:
+    return {"pid": 1, "comm": comm, "role": "server", "local_addr": "127.0.0.1", "local_port": 80,
+            "remote_addr": "127.0.0.1", "remote_port": 5000, "bytes_sent": 1, "bytes_received": 2,
+            "duration_ns": 1000, "handshake_ns": 10, "close_reason": "fin"}
+
+
+def test_live_view_shows_hostile_names_as_text() -> None:
+    stats = {"uptime_s": 1, "conns_per_s": 0.0, "connections": 0, "open": 0, "rows_written": 0, "lost_kernel": 0,
+             "dropped": 0}
+    rows = [_row(c) for c in ODD] + [_row("a\x9bb"), _row("\x1b[2J")]  # bytes, and text as decoded rows carry it
+    out = io.StringIO()
+    console = Console(file=out, width=300, force_terminal=True, color_system=None)
+    console.print(live._render(stats, rows))  # no MarkupError
+    text = out.getvalue()
+    assert "[/]" in text and "[bold]x" in text
+    assert "\\x1b[2J" in text and "\\x9b" in text and "\ufffd\ufffd[/]" in text
+    assert "\x1b[2J" not in text and "\x9b" not in text and "\x07" not in text
+
+
+def test_printable() -> None:
+    assert printable(b"\xff\x1b[31m\x7f ok") == "\ufffd\\x1b[31m\\x7f ok"
+    assert printable("a\x9bb\x00") == "a\\x9bb\\x00"
+    assert printable("x" * 600, limit=10) == "x" * 10 + "..."
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+def _cli(*args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [BLINDSPOT, *args]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert r.returncode == 2, r
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for n in needles:
+        assert n in r.stderr, r.stderr
+
+
+def test_non_utf8_config_file(tmp_path: Path) -> None:
+    f = tmp_path / "b.toml"
+    f.write_bytes(b"retention_days = 3\n# \xff\xfe\n")
+    with pytest.raises(config.ConfigError, match="not UTF-8"):
+        config.load(str(f), env={})
+    _one_line_error(_cli("query", "--config", str(f), "--data-dir", str(tmp_path), "SELECT 1"), "not UTF-8")
+
+
+def test_query_on_a_data_folder_that_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "data"
+    f.write_text("x")
+    _one_line_error(_cli("query", "--data-dir", str(f), "SELECT 1"), "not a folder")
+
+
+def test_metrics_address_nonsense_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _one_line_error(_cli("run", "--data-dir", str(data), "--metrics-address", "nonsense"), "nonsense")
+    assert not (data / "query.sock").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="`run` gets to its data folder only as root")
+def test_run_refuses_unsafe_data_folders(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    _one_line_error(_cli("run", "--data-dir", str(f), "--duration", "1"), "not a folder")
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    _one_line_error(_cli("run", "--data-dir", str(open_dir), "--duration", "1"), "writable by group or others")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 65534, 65534)
+    _one_line_error(_cli("run", "--data-dir", str(foreign), "--duration", "1"), "owned by uid 65534")
+    # A metrics address that parses but cannot be served: refused before the query socket exists.
+    data = tmp_path / "data"
+    _one_line_error(_cli("run", "--data-dir", str(data), "--metrics-address", "256.0.0.1:9", "--duration", "1"),
+                    "cannot listen")
+    assert not (data / "query.sock").exists()
+    assert (data.stat().st_mode & 0o777) == 0o700
+
+
+def test_secure_data_dir_tightens_an_older_folder(tmp_path: Path) -> None:
+    d = tmp_path / "old"
+    (d / "store").mkdir(parents=True)
+    (d / "store" / "part.bin").write_text("rows")
+    os.chmod(d, 0o755)  # noqa: S103 (what older versions left)
+    os.chmod(d / "store" / "part.bin", 0o644)
+    config.secure_data_dir(d)
+    assert (d.stat().st_mode & 0o777) == 0o700
+    assert (d / "store" / "part.bin").stat().st_mode & 0o077 == 0
+
+
+# --- query socket ------------------------------------------------------------------------------------
+class _FakeService:
+    def query_text(self, sql: str, fmt: str, params: Any) -> bytes:
+        return b'{"one":1}\n'
+
+
+def test_query_socket_bounds_idle_connections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blindspot import query_server as qs
+
+    monkeypatch.setattr(qs._Handler, "timeout", 0.5)
+    server = qs.QueryServer(tmp_path, _FakeService()).start()  # type: ignore[arg-type]
+    idle = []
+    try:
+        for _ in range(qs.MAX_CONNECTIONS):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(server.path))
+            idle.append(s)
+        time.sleep(0.1)
+        with pytest.raises(qs.QueryError, match="busy"):
+            qs.query_via_socket(server.path, "SELECT 1", qs.FORMATS["json"], timeout_s=5)
+        assert threading.active_count() < 30
+        time.sleep(1.0)  # the idle ones time out and free their slots
+        assert json.loads(qs.query_via_socket(server.path, "SELECT 1", qs.FORMATS["json"], timeout_s=5)) == {"one": 1}
+    finally:
+        for s in idle:
+            s.close()
+        server.close()
+
+
+def test_refusals_and_source_errors_reach_prometheus() -> None:
+    from blindspot import metrics
+
+    class _Src(_Flaky):
+        name = "src"
+
+        def counters(self) -> dict[str, int]:
+            return {"go_binary_rejected:nobits": 2, "source_errors:src:proc_event": 3}
+
+    p = Pipeline([_Src()], _Collect(), PipelineConfig())
+    before = metrics.GO_BINARIES_REJECTED.labels("nobits")._value.get()
+    errors_before = metrics.SOURCE_ERRORS.labels("src", "proc_event")._value.get()
+    p.export_metrics()
+    p.export_metrics()  # deltas: nothing new the second time
+    assert metrics.GO_BINARIES_REJECTED.labels("nobits")._value.get() == before + 2
+    assert metrics.SOURCE_ERRORS.labels("src", "proc_event")._value.get() == errors_before + 3
