@@ -46,7 +46,7 @@ def serve(address: str) -> None:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise MetricsAddressError(f"--metrics-address {address!r}: expected HOST:PORT (or 'off')")
     try:
-        start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")  # noqa: S104 (operator's choice)
+        server, _ = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")  # noqa: S104 (operator's choice)
     except OSError as e:
         raise MetricsAddressError(f"--metrics-address {address!r}: cannot listen ({e.strerror or e})") from None
-    log.info("Prometheus metrics on http://%s/metrics", address)
+    log.info("Prometheus metrics on http://%s:%d/metrics", host, server.server_port)  # port 0: the one bound
