@@ -33,6 +33,7 @@ class Rejected:
     index: int  # position in the input
     reason: str  # wrong_type, out_of_range, oversized_field, invalid_address
     detail: str
+    error: str | None = None  # the exception class, when an exception led to the verdict
 
 
 def _allowed(col: Column) -> type:
@@ -202,7 +203,10 @@ def _convert(col: Column, arr: pa.Array, bad: dict[int, Rejected]) -> pa.Array:
     if pa.types.is_string(want) and pa.types.is_large_string(arr.type):
         return pc.cast(arr, want)
     if pa.types.is_timestamp(want) and pa.types.is_timestamp(arr.type):
-        return pc.cast(arr, want, safe=True)
+        try:
+            return pc.cast(arr, want, safe=True)
+        except (pa.ArrowInvalid, OverflowError) as e:  # seconds far out of nanosecond range
+            raise BadMessage("out_of_range", f"{col.name}: {e}"[:200]) from None
     raise BadMessage("wrong_type", f"{col.name}: {arr.type}, want {want}")
 
 
