@@ -182,11 +182,11 @@ def decode_batch(value: bytes | None) -> pa.Table:
     try:
         _check_ipc_messages(value)
         table = pa.ipc.open_stream(value).read_all()
+        names = table.schema.names  # UnicodeDecodeError for a name that is not UTF-8
     except WireError:
         raise
     except Exception as e:  # Arrow raises several types (and struct.error) for bad bytes
         raise WireError("undecodable", f"not an Arrow IPC stream: {type(e).__name__}: {e}"[:200]) from None
-    names = table.schema.names
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise WireError("duplicate_column", ", ".join(dup)[:200])

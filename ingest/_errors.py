@@ -67,7 +67,8 @@ class Fault(enum.Enum):
 
 # ClickHouse error codes a row's value can cause (parse, conversion, range, size). Everything else the
 # engine says is about the engine (disk 243, read-only 1001 "Read-only file system", memory 241,
-# too many parts 252, timeouts 159/209/210, table read-only 242, ...).
+# too many parts 252, timeouts 159/209/210, table read-only 242, ...), and so is a column type the
+# engine cannot take (43 ILLEGAL_TYPE_OF_ARGUMENT: the table is not what the worker writes).
 ENGINE_ROW_CODES = frozenset({
     6,    # CANNOT_PARSE_TEXT
     26,   # CANNOT_PARSE_QUOTED_STRING
@@ -81,8 +82,8 @@ ENGINE_ROW_CODES = frozenset({
     117,  # INCORRECT_DATA
     131,  # TOO_LARGE_STRING_SIZE
     321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
-    441,  # CANNOT_PARSE_IPV4
-    442,  # CANNOT_PARSE_IPV6
+    675,  # CANNOT_PARSE_IPV4
+    676,  # CANNOT_PARSE_IPV6
 })
 # 16 no such column, 47 unknown identifier, 60 unknown table, 81 unknown database
 ENGINE_SCHEMA_CODES = frozenset({16, 47, 60, 81})

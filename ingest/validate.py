@@ -53,7 +53,7 @@ def _is_address(v: str) -> bool:
     if ok is None:
         try:
             ipaddress.ip_address(v)
-            ok = True
+            ok = "%" not in v  # a zone id (fe80::1%eth0): the IPv6 column cannot store it
         except ValueError:
             ok = False
         if len(_addr_ok) > 100_000:  # a bounded cache: addresses repeat a lot within a fleet
