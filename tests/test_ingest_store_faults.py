@@ -41,7 +41,8 @@ def _poison(start_id: int) -> list[tuple[str, bytes, list[tuple[str, bytes]]]]:
     big_row["comm"] = os.urandom(499_000).hex()  # a valid record but for its length: a ~1 MB message that
     # zstd cannot shrink under the topic's limit
     big_arrow = wire.to_table(TCP_CONNECTION, make_rows(1, start_id=start_id + 20))
-    big_arrow = big_arrow.set_column(TCP_CONNECTION.column_names.index("comm"), "comm", pa.array([os.urandom(499_000).hex()]))
+    big_arrow = big_arrow.set_column(TCP_CONNECTION.column_names.index("comm"), "comm",
+                                     pa.array([os.urandom(499_000).hex()]))
     return [
         ("duplicate_column", wire.ipc_bytes(dup), ARROW),
         ("compressed_body", _compressed(t), ARROW),
