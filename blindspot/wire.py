@@ -41,6 +41,7 @@ H_SCHEMA = "bs-schema"
 H_ENC = "bs-enc"
 # librdkafka refuses messages over message.max.bytes (1 MB by default, before compression).
 MAX_MESSAGE_BYTES = 900_000
+# Records in one Arrow message: agents cut at this, ingest workers refuse more (``too_many_rows``).
 MAX_BATCH_ROWS = 4_000
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -51,7 +52,7 @@ class WireError(ValueError):
     """A message that cannot be read. ``reason`` is a short machine-readable word for the DLQ header:
     ``undecodable``, ``invalid_utf8``, ``not_a_map``, ``unknown_kind``, ``unknown_schema_version``,
     ``unknown_encoding``, ``kind_mismatch``, ``missing_headers``, ``compressed_body``,
-    ``duplicate_column``, ``invalid_arrow``."""
+    ``duplicate_column``, ``invalid_arrow``, ``too_many_rows``."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -187,6 +188,8 @@ def decode_batch(value: bytes | None) -> pa.Table:
         raise
     except Exception as e:  # Arrow raises several types (and struct.error) for bad bytes
         raise WireError("undecodable", f"not an Arrow IPC stream: {type(e).__name__}: {e}"[:200]) from None
+    if table.num_rows > MAX_BATCH_ROWS:
+        raise WireError("too_many_rows", f"{table.num_rows} records, at most {MAX_BATCH_ROWS} a message")
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise WireError("duplicate_column", ", ".join(dup)[:200])

@@ -20,7 +20,8 @@ nothing new, and resumes exactly where it was. A store fault never dead-letters 
 
 Test-only seam: ``BLINDSPOT_TEST_CRASH_AT=<step>`` ends the process with ``os._exit(137)`` at that
 step of a batch (``after_intent``, ``before_insert``, ``after_insert``, ``after_counters``,
-``before_commit``): tests/test_ingest_faults.py kills a worker at each and checks the replay.
+``before_commit``; ``decode``: while decoding a message whose value starts with ``CRASH``):
+tests/test_ingest_crash_steps.py kills a worker at each and checks the replay.
 
 A crash (or a lost partition) anywhere leaves the committed offset at ``first`` with the intent beside
 it. Whoever owns the partition next reads the intent and cuts exactly the same range again, so the
@@ -65,7 +66,11 @@ from ingest.validate import BadMessage, Rejected, build_batch, check_table
 __all__ = ["Worker", "WorkerStats", "main"]
 
 log = logging.getLogger(__name__)
-INTENT = "bs1:pending:"
+INTENT = "bs1:pending:"  # bs1:pending:<last>:<reference ms>:<attempt>[:<offset being decoded>]
+# A range replayed this many times (each replay follows a crash or a lost partition) is decoded under
+# guard: the offset of each message is recorded in the intent before it is decoded, so a message that
+# kills the process while being decoded is dead-lettered (crashed_worker) by the next owner, undecoded.
+GUARD_AFTER_ATTEMPTS = 3
 DATABASE = "blindspot"
 LEAVE_GROUP_TIMEOUT_S = 10.0  # serving the revoke at stop: a commit round trip, or a lost assignment
 # Rows this close to their TTL on arrival count as expired too: the engine must not drop a row we
@@ -82,9 +87,10 @@ class _PartitionGone(Exception):
 
 
 
-def _crash_point(step: str) -> None:
-    """Test-only: die like kill -9 at ``step`` when BLINDSPOT_TEST_CRASH_AT names it."""
-    if os.environ.get("BLINDSPOT_TEST_CRASH_AT") == step:
+def _crash_point(step: str, when: bool = True) -> None:
+    """Test-only: die like kill -9 at ``step`` when BLINDSPOT_TEST_CRASH_AT names it (``decode``: while
+    decoding a message whose value starts with ``CRASH``, as a native crash in a decoder would)."""
+    if when and os.environ.get("BLINDSPOT_TEST_CRASH_AT") == step:
         logging.getLogger(__name__).warning("BLINDSPOT_TEST_CRASH_AT=%s: exiting", step)
         os._exit(137)
 
@@ -162,6 +168,8 @@ class _Batch:
     started: float = 0.0
     replay_end: int | None = None  # set when an intent from a previous owner dictates the range
     replay_ref_ms: int | None = None  # the reference time recorded with that intent
+    attempt: int = 0  # how many times the range was cut before (from the intent)
+    crashed_at: int | None = None  # the offset a previous owner died decoding
 
 
 class Worker:
@@ -199,9 +207,11 @@ class Worker:
             b = _Batch()
             md = tp.metadata or ""
             if md.startswith(INTENT):
-                end, _, ref = md[len(INTENT):].partition(":")
-                b.replay_end = int(end)
-                b.replay_ref_ms = int(ref) if ref.isdigit() else None
+                fields = md[len(INTENT):].split(":")
+                b.replay_end = int(fields[0])
+                b.replay_ref_ms = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+                b.attempt = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 1
+                b.crashed_at = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
                 log.info("partition %s[%d]: replaying the range up to %d", tp.topic, tp.partition, b.replay_end)
             self._batches[(tp.topic, tp.partition)] = b
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
@@ -360,20 +370,35 @@ class Worker:
         consumer = self._consumer
         assert consumer is not None and self._dlq is not None
         replay = b.replay_end is not None
+        attempt = b.attempt + 1
         if replay:
             self.stats.replayed += 1
             self._m.replayed.inc()
             ref_ms = b.replay_ref_ms if b.replay_ref_ms is not None else int(time.time() * 1000)
         else:
             ref_ms = int(time.time() * 1000)
-            intent = confluent_kafka.TopicPartition(topic, partition, first, metadata=f"{INTENT}{last}:{ref_ms}")
-            self._commit(intent)
+        intent_md = f"{INTENT}{last}:{ref_ms}:{attempt}"
+
+        def intent(md: str) -> None:
+            self._commit(confluent_kafka.TopicPartition(topic, partition, first, metadata=md))
+
+        intent(intent_md)
         _crash_point("after_intent")
 
         kind = self._topic_kind.get(topic)
         dead = _Tally[tuple[int, str]]()  # (minute, host) -> dead letters, for pipeline_counters
         expired = _Tally[tuple[int, str]]()  # (minute, host) -> rows expired on arrival
-        table, segs = self._decode(topic, kind, msgs, dead)
+        guard = None
+        if attempt > GUARD_AFTER_ATTEMPTS:
+            log.warning("partition %s[%d]: range %d-%d cut %d times; decoding it under guard", topic, partition,
+                        first, last, attempt)
+
+            def guard(offset: int) -> None:
+                intent(f"{intent_md}:{offset}")
+
+        table, segs = self._decode(topic, kind, msgs, dead, guard=guard, crashed_at=b.crashed_at)
+        if guard is not None:
+            intent(intent_md)
         if kind is not None and table is not None and table.num_rows:
             table, segs = self._set_aside_expired(kind, table, segs, ref_ms, expired, dead)
         _crash_point("before_insert")
@@ -401,7 +426,8 @@ class Worker:
         self._m.batch_rows.observe(b.rows)
         self._m.batch_seconds.observe(time.perf_counter() - t0)
 
-    def _decode(self, topic: str, kind: RecordKind | None, msgs: list[Any], dead: _Tally[tuple[int, str]]
+    def _decode(self, topic: str, kind: RecordKind | None, msgs: list[Any], dead: _Tally[tuple[int, str]],
+                guard: Callable[[int], None] | None = None, crashed_at: int | None = None
                 ) -> tuple[pa.Table | None, list[_Seg]]:
         """Every message of a batch -> the good rows as one table in ``kind``'s schema, and where each
         row came from. Total: a message that fails in any way, expected or not, is dead-lettered (with
@@ -412,16 +438,32 @@ class Worker:
         part_segs: list[_Seg] = []
         fast: list[tuple[Any, pa.Table]] = []  # arrow batches in exactly our schema: checked together
         for m in msgs:
+            if m.offset() == crashed_at:
+                self._dead_letter(m, "crashed_worker", "a worker died decoding this message", dead)
+                continue
+            if guard is not None:
+                guard(m.offset())
+            _crash_point("decode", (m.value() or b"").startswith(b"CRASH"))
             try:
                 if kind is None:
                     raise wire.WireError("unknown_kind", f"no record kind reads topic {topic}")
                 _kind, enc = wire.message_kind(m.headers(), kind)
                 if enc == wire.ENC_MSGPACK:
-                    rows.append(wire.decode(m.value()))
-                    row_msgs.append(m)
+                    row = wire.decode(m.value())
+                    if guard is None:
+                        rows.append(row)
+                        row_msgs.append(m)
+                        continue
+                    # Under guard every check of a message happens here, while its offset is recorded.
+                    good, bad = build_batch(kind, [row])
+                    for r in bad:
+                        self._dead_letter(m, r.reason, r.detail, dead)
+                    if good.num_rows:
+                        parts.append(good)
+                        part_segs.append(_Seg(m, range(1), None))
                     continue
                 raw = wire.decode_batch(m.value())
-                if raw.schema.equals(kind.arrow_schema):
+                if raw.schema.equals(kind.arrow_schema) and guard is None:
                     fast.append((m, raw))
                     continue
                 good, rejected = check_table(kind, raw)
@@ -717,9 +759,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-age", type=float, default=1.0, help="seconds")
     p.add_argument("--clickhouse-password-file", metavar="FILE", help="file holding the ClickHouse password")
     p.add_argument("--retention-days", type=int, default=30)
-    p.add_argument("--expired", choices=EXPIRED_POLICIES, default="drop",
+    p.add_argument("--expired", choices=EXPIRED_POLICIES, default=os.environ.get("BLINDSPOT_INGEST_EXPIRED", "drop"),
                    help="rows older than the retention on arrival: counted 'expired' and dropped, or also "
-                        "sent to the dead-letter topic (default drop)")
+                        "sent to the dead-letter topic (default: $BLINDSPOT_INGEST_EXPIRED or drop)")
     p.add_argument("--metrics-address", default="127.0.0.1:9436", metavar="HOST:PORT",
                    help="Prometheus /metrics (default 127.0.0.1:9436; 'off' to disable)")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import confluent_kafka
@@ -17,7 +18,7 @@ from ingest.clickhouse_sink.service import open_service
 from ingest.schema import migrate
 from ingest.worker import CRASH_STEPS
 from tests.kafka_fixture import REPO, consume_all, create_topics, kafka_bootstrap, make_rows, prefix, query_dir
-from tests.test_fleet_crash import prepare, wait_committed
+from tests.test_fleet_crash import committed_everything, prepare, wait_committed
 from tests.test_fleet_pipeline import publish
 
 __all__ = ["kafka_bootstrap", "prefix"]
@@ -106,3 +107,45 @@ def test_a_crash_between_the_table_and_its_views_is_completed_by_the_replay(tmp_
             assert one(f"SELECT sum(closed) AS n FROM blindspot.{r}") == 500, r
     finally:
         svc.close()
+
+
+@pytest.mark.kafka
+def test_a_message_that_kills_every_worker_is_dead_lettered_after_a_few_attempts(kafka_bootstrap, prefix,
+                                                                                  tmp_path) -> None:
+    """A message that crashes the process while it is decoded (as a native crash would) is replayed
+    GUARD_AFTER_ATTEMPTS times; then the range is decoded under guard, the next crash names the
+    message, and the owner after that dead-letters it (crashed_worker) and stores everything else."""
+    from ingest.kafka_source import H_REASON
+    from ingest.worker import GUARD_AFTER_ATTEMPTS
+
+    create_topics(kafka_bootstrap, prefix, partitions=1)
+    data, log = tmp_path / "chdb", tmp_path / "worker.log"
+    prepare(data)
+    rows = make_rows(30, hosts=("a",))
+    topic = prefix + TCP_CONNECTION.topic
+    p = confluent_kafka.Producer({"bootstrap.servers": kafka_bootstrap})
+    for i, r in enumerate(rows):
+        p.produce(topic, wire.encode(r), b"a", headers=wire.headers_for(TCP_CONNECTION))
+        if i == 14:
+            p.produce(topic, b"CRASH" + wire.encode(r), b"a", headers=wire.headers_for(TCP_CONNECTION))
+    assert p.flush(30) == 0
+    crashes = 0
+    for _ in range(GUARD_AFTER_ATTEMPTS + 3):
+        w = _worker(kafka_bootstrap, prefix, data, log, "decode")
+        deadline = time.monotonic() + 90
+        while w.poll() is None and time.monotonic() < deadline:
+            if committed_everything(kafka_bootstrap, prefix + "ingest", topic):
+                break
+            time.sleep(0.5)
+        if w.poll() is None:
+            w.terminate()
+            assert w.wait(60) == 0, log.read_text()[-3000:]
+            break
+        assert w.returncode == 137
+        crashes += 1
+    assert crashes == GUARD_AFTER_ATTEMPTS + 1, log.read_text()[-3000:]
+    wait_committed(kafka_bootstrap, prefix + "ingest", topic)
+    got = query_dir(data, "SELECT count() AS n, uniqExact(conn_id) AS u FROM blindspot.tcp_connections")
+    assert got == [{"n": 30, "u": 30}]
+    dlq = consume_all(kafka_bootstrap, prefix + "blindspot.dlq.v1", 1, timeout_s=10)
+    assert [dict(m.headers())[H_REASON] for m in dlq] == [b"crashed_worker"]
