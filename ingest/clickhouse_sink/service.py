@@ -4,7 +4,7 @@
 process, so exactly one process owns it (``blindspot run`` or ``blindspot ingest --data-dir``) and other
 processes query through that owner (blindspot/query_server.py). ``ServerService`` talks to a
 ClickHouse server over HTTP with clickhouse-connect; the password comes from the environment
-(``CLICKHOUSE_PASSWORD``) or a file, never from the URL on a command line.
+(``BLINDSPOT_CLICKHOUSE_PASSWORD``) or a file, never from the URL; ``https://`` means verified TLS.
 
 Both take SQL with server-side parameters (``{name:Type}``) so nothing from event data is ever
 spliced into SQL text, and inserts pass every setting they rely on explicitly (chDB 26 defaults to
