@@ -222,3 +222,13 @@ def test_mutated_arrow_messages_only_ever_give_verdicts() -> None:
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     print(outcomes)
     assert sum(outcomes.values()) == 2000
+
+
+def test_overview_completeness_panel_shows_expired_rows() -> None:
+    import json
+    from pathlib import Path
+
+    board = json.loads((Path(__file__).resolve().parents[1] / "grafana/dashboards/overview.json").read_text())
+    panels = {p["title"]: p for p in board["panels"]}
+    sql = panels["Pipeline completeness per host"]["targets"][0]["rawSql"]
+    assert "counter = 'expired'" in sql and "counter = 'ingested'" in sql
