@@ -187,6 +187,7 @@ class Worker:
         self._revoked: set[tuple[str, int]] = set()  # taken away while that batch waited for a retry
         self._held: list[Any] = []  # messages a paused poll still returned: handled next
         self._paused = False
+        self._stale = False  # set by a rebalance: messages read before it are not handled
         self._truncated_seen = 0
         self.service = service
         self.stats = WorkerStats()
@@ -202,7 +203,11 @@ class Worker:
     # -- rebalance -----------------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         # Read the intents a previous owner may have left: those ranges are cut again identically.
-        committed = self._retry("read_offsets", lambda: consumer.committed(partitions, timeout=10))
+        self._rebalanced()
+        # Plain waits here: this callback may run inside a paused poll of a retry (ingest._retry).
+        committed = retry("read_offsets", lambda: consumer.committed(partitions, timeout=10), wait=self._stop.wait,
+                          initial_s=self.config.retry_initial_s, max_s=self.config.retry_max_s,
+                          on_retry=self._count_fault)
         for tp in committed:
             b = _Batch()
             md = tp.metadata or ""
@@ -220,6 +225,7 @@ class Worker:
         # Commit what we hold before someone else owns it (they would replay it anyway: the intent).
         # Not while a batch waits for the store (a poll inside a retry serves this callback): nothing
         # can go in now; the next owner replays from the intents.
+        self._rebalanced()
         for tp in partitions:
             key = (tp.topic, tp.partition)
             if self._current is not None:
@@ -235,10 +241,17 @@ class Worker:
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self._rebalanced()
         for tp in partitions:
             self._revoked.add((tp.topic, tp.partition))
             self._batches.pop((tp.topic, tp.partition), None)
         log.warning("lost %s (no commit)", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _rebalanced(self) -> None:
+        """Messages read before a rebalance are not handled after it: every position is reset to the
+        committed offset on assignment, so they are read again (eager rebalancing revokes all)."""
+        self._stale = True
+        self._held.clear()
 
     # -- main loop -----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -257,12 +270,15 @@ class Worker:
             while not self._stop.is_set():
                 # Whatever is queued, without waiting to fill a count (consume() would sit out its whole
                 # timeout for that); only when nothing is queued, block until one message arrives.
-                msgs, self._held = self._held, []
-                msgs += consumer.consume(num_messages=10_000, timeout=0)
-                if not msgs:
+                fresh = consumer.consume(num_messages=10_000, timeout=0)
+                if not fresh and not self._held:
                     one = consumer.poll(0.2)
-                    msgs = [one] if one is not None else []
+                    fresh = [one] if one is not None else []
+                msgs, self._held = [*self._held, *fresh], []
+                self._stale = False  # rebalances served above came before these messages
                 for m in msgs:
+                    if self._stale:  # a rebalance inside a retry's paused poll: these are read again
+                        break
                     err = m.error()
                     if err is not None:
                         if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:

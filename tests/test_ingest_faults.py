@@ -232,3 +232,51 @@ def test_overview_completeness_panel_shows_expired_rows() -> None:
     panels = {p["title"]: p for p in board["panels"]}
     sql = panels["Pipeline completeness per host"]["targets"][0]["rawSql"]
     assert "counter = 'expired'" in sql and "counter = 'ingested'" in sql
+
+
+class _Msg:
+    def __init__(self, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        self._v, self._h = value, headers
+
+    def value(self) -> bytes:
+        return self._v
+
+    def key(self) -> bytes:
+        return b"h1"
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._h
+
+    def topic(self) -> str:
+        return "blindspot.tcp.v1"
+
+    def partition(self) -> int:
+        return 2
+
+    def offset(self) -> int:
+        return 77
+
+
+def test_a_dead_letter_always_fits_and_owns_its_headers() -> None:
+    from ingest.kafka_source import DLQ_MAX_BYTES, DeadLetters, KafkaSourceConfig
+
+    dlq = DeadLetters(KafkaSourceConfig("127.0.0.1:1"))
+    sent: list[dict[str, Any]] = []
+    dlq._producer = type("P", (), {"produce": lambda self, topic, value, key, headers, on_delivery: sent.append(
+        {"value": value, "headers": headers}), "flush": lambda self, t: 0, "__len__": lambda self: 0})()
+    huge = _Msg(b"v" * (5 * 1024 * 1024), [("bs-kind", b"tcp_connection"), ("bs-dlq-reason", b"forged"),
+                                           ("big", b"x" * 4_500_000)])
+    dlq.send(huge, "oversized_field", "comm: too long")
+    letter = sent[-1]
+    h = letter["headers"]
+    size = len(letter["value"]) + sum(len(k) + len(v) for k, v in h)
+    assert size < DLQ_MAX_BYTES
+    hd = dict(h)
+    assert hd["bs-dlq-truncated"] == b"1" and hd["bs-dlq-original-bytes"] == str(5 * 1024 * 1024).encode()
+    assert hd["bs-src"] == b"blindspot.tcp.v1:2:77" and hd["bs-dlq-reason"] == b"oversized_field"
+    assert [k for k, _ in h].count("bs-dlq-reason") == 1 and hd["bs-dlq-forged-bs-dlq-reason"] == b"forged"
+    assert "big" not in hd and len(letter["value"]) == 64 * 1024
+    dlq.send(_Msg(b"small", [("bs-src-row", b"9")]), "undecodable", "x", error="WireError")
+    hd = dict(sent[-1]["headers"])
+    assert sent[-1]["value"] == b"small" and "bs-dlq-truncated" not in hd
+    assert hd["bs-dlq-forged-bs-src-row"] == b"9" and hd["bs-dlq-error"] == b"WireError"

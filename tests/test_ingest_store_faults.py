@@ -232,3 +232,33 @@ def test_expired_rows_are_counted_and_follow_the_policy(kafka_bootstrap, prefix,
     assert stored(engine, "SELECT count() AS n FROM blindspot.tcp_connections") == [{"n": 150}]
 
 
+
+
+def test_a_rebalance_while_waiting_for_the_store_hands_over_cleanly(kafka_bootstrap, prefix, engine) -> None:
+    """Worker A waits for a store that is down (partitions paused, consumer polled: it stays in the
+    group). Worker B joins: the rebalance is served inside A's paused poll, A gives its batches up
+    uncommitted, and whoever owns each partition next cuts the ranges again from the intents. One
+    engine (chDB serves one folder per process): a range cut differently would carry another token
+    and show up twice."""
+    from tests.test_fleet_pipeline import FlakyService
+
+    create_topics(kafka_bootstrap, prefix, partitions=6)
+    flaky = FlakyService(engine)
+    flaky.down.set()
+    a = start_worker(kafka_bootstrap, prefix, flaky, batch_max_rows=300)
+    n = 6000
+    publish(kafka_bootstrap, prefix, make_rows(n, hosts=tuple(f"h{i}" for i in range(12))))
+    wait_for(lambda: flaky.refused >= 3, what="A waiting for its store")
+    b = start_worker(kafka_bootstrap, prefix, engine, batch_max_rows=300)
+    wait_for(lambda: b.worker.stats.written > 0, timeout_s=90, what="B storing its share")
+    assert a.worker.stats.written == 0
+    flaky.down.clear()
+    wait_for(lambda: stored(engine, "SELECT count() AS n FROM blindspot.tcp_connections") == [{"n": n}],
+             timeout_s=120, what="all stored")
+    a.finish()
+    b.finish()
+    got = stored(engine, "SELECT count() AS n, uniqExact(conn_id) AS u FROM blindspot.tcp_connections")
+    assert got == [{"n": n, "u": n}]
+    ingested = stored(engine, "SELECT sum(value) AS n FROM blindspot.pipeline_counters WHERE counter = 'ingested'")
+    assert ingested == [{"n": n}]
+    assert a.worker.stats.dead_lettered == 0 and b.worker.stats.dead_lettered == 0

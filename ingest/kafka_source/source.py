@@ -84,6 +84,9 @@ class _Letter:
     def cut(self, limit: int) -> None:
         """Fit under ``limit`` bytes: a bounded prefix of the value, the original headers while they fit."""
         if self.truncated:  # cut once already and still refused: coordinates and verdict only
+            if not self.value and not self.headers:
+                raise SinkUnavailable("the dead-letter topic refuses even a dead letter without a value "
+                                      "(check its max.message.bytes)")
             self.value, self.headers = b"", []
             return
         self.truncated = True
@@ -148,6 +151,10 @@ class DeadLetters:
                 if kafka_code(e) in KAFKA_GONE or classify(e) is not Fault.MESSAGE:
                     raise SinkUnavailable(f"dead-letter producer: {e}") from e
                 log.warning("dead letter refused by the producer (%s); cutting it", e)
+                letter.cut(self._limit)
+                self.truncated += 1
+            except (TypeError, ValueError, UnicodeError) as e:  # a header or key the client cannot take
+                log.warning("dead letter refused by the client (%s: %s); cutting it", type(e).__name__, e)
                 letter.cut(self._limit)
                 self.truncated += 1
 
