@@ -31,8 +31,8 @@ import pyarrow as pa
 
 from blindspot.records import KINDS, RecordKind
 
-__all__ = ["ENC_ARROW", "ENC_MSGPACK", "H_ENC", "H_KIND", "H_SCHEMA", "WireError", "decode", "decode_batch",
-           "encode", "encode_batch", "headers_for", "ipc_bytes", "message_kind"]
+__all__ = ["ENC_ARROW", "ENC_MSGPACK", "H_ENC", "H_KIND", "H_SCHEMA", "WireError", "batch_rows", "decode",
+           "decode_batch", "encode", "encode_batch", "headers_for", "ipc_bytes", "message_kind"]
 
 ENC_ARROW = "arrow"
 ENC_MSGPACK = "msgpack"
@@ -169,6 +169,29 @@ def _check_ipc_messages(value: bytes) -> None:
             if _fb_field(b, header, 3) is not None:
                 raise WireError("compressed_body", "compressed Arrow bodies are refused (send them uncompressed; "
                                 "Kafka compresses the whole message)")
+
+
+def batch_rows(value: bytes) -> int:
+    """Records in an ``arrow`` message value, read from the IPC message headers alone: no body is read
+    or decompressed (RecordBatch.length is field 0 of the flatbuffer). 1 for anything unreadable (it is
+    dead-lettered when decoded)."""
+    try:
+        n = 0
+        for msg in pa.ipc.MessageReader.open_stream(value):
+            b = bytes(msg.metadata)
+            root = struct.unpack_from("<I", b, 0)[0]
+            ht = _fb_field(b, root, 1)
+            if ht is None or b[ht] != 3:
+                continue
+            hp = _fb_field(b, root, 2)
+            if hp is None:
+                return 1
+            header = hp + struct.unpack_from("<I", b, hp)[0]
+            length = _fb_field(b, header, 0)
+            n += struct.unpack_from("<q", b, length)[0] if length is not None else 0
+        return max(1, n)
+    except Exception:
+        return 1
 
 
 def decode_batch(value: bytes | None) -> pa.Table:

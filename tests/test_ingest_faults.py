@@ -280,3 +280,18 @@ def test_a_dead_letter_always_fits_and_owns_its_headers() -> None:
     hd = dict(sent[-1]["headers"])
     assert sent[-1]["value"] == b"small" and "bs-dlq-truncated" not in hd
     assert hd["bs-dlq-forged-bs-src-row"] == b"9" and hd["bs-dlq-error"] == b"WireError"
+
+
+def test_a_compressed_bomb_is_refused_without_being_expanded() -> None:
+    """32 MiB of zeros in a few kB: counting its records (the worker's batch bound) and decoding it
+    read headers only; nothing close to the expanded size is ever allocated."""
+    bomb_table = pa.table({"conn_id": pa.array(np.zeros(4_000_000, dtype=np.uint64))})
+    bomb = _compressed(bomb_table)
+    del bomb_table
+    assert len(bomb) < 100_000
+    before = pa.total_allocated_bytes()
+    assert wire.batch_rows(bomb) == 4_000_000
+    with pytest.raises(wire.WireError) as e:
+        wire.decode_batch(bomb)
+    assert e.value.reason == "compressed_body"
+    assert pa.total_allocated_bytes() - before < 1_000_000
