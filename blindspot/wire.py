@@ -22,6 +22,7 @@ Public API: ``encode``, ``encode_batch``, ``decode``, ``decode_batch``, ``header
 from __future__ import annotations
 
 import operator
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,8 +31,8 @@ import pyarrow as pa
 
 from blindspot.records import KINDS, RecordKind
 
-__all__ = ["ENC_ARROW", "ENC_MSGPACK", "H_ENC", "H_KIND", "H_SCHEMA", "WireError", "decode", "decode_batch",
-           "encode", "encode_batch", "headers_for", "ipc_bytes", "message_kind"]
+__all__ = ["ENC_ARROW", "ENC_MSGPACK", "H_ENC", "H_KIND", "H_SCHEMA", "WireError", "batch_rows", "decode",
+           "decode_batch", "encode", "encode_batch", "headers_for", "ipc_bytes", "message_kind"]
 
 ENC_ARROW = "arrow"
 ENC_MSGPACK = "msgpack"
@@ -40,6 +41,7 @@ H_SCHEMA = "bs-schema"
 H_ENC = "bs-enc"
 # librdkafka refuses messages over message.max.bytes (1 MB by default, before compression).
 MAX_MESSAGE_BYTES = 900_000
+# Records in one Arrow message: agents cut at this, ingest workers refuse more (``too_many_rows``).
 MAX_BATCH_ROWS = 4_000
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -49,7 +51,8 @@ _header_cache: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
 class WireError(ValueError):
     """A message that cannot be read. ``reason`` is a short machine-readable word for the DLQ header:
     ``undecodable``, ``invalid_utf8``, ``not_a_map``, ``unknown_kind``, ``unknown_schema_version``,
-    ``unknown_encoding``, ``kind_mismatch``, ``missing_headers``."""
+    ``unknown_encoding``, ``kind_mismatch``, ``missing_headers``, ``compressed_body``,
+    ``duplicate_column``, ``invalid_arrow``, ``too_many_rows``."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -136,29 +139,95 @@ def encode_batch(kind: RecordKind, rows: Sequence[Mapping[str, Any]] | pa.Table)
     return out
 
 
+def _fb_field(b: bytes, table: int, i: int) -> int | None:
+    """Position of field ``i`` of the flatbuffer table at ``table`` (None: absent)."""
+    vtable = table - struct.unpack_from("<i", b, table)[0]
+    vsize = struct.unpack_from("<H", b, vtable)[0]
+    if 4 + 2 * i + 2 > vsize:
+        return None
+    off = struct.unpack_from("<H", b, vtable + 4 + 2 * i)[0]
+    return table + off if off else None
+
+
+def _check_ipc_messages(value: bytes) -> None:
+    """Refuse what our agents never send, before anything is decoded: dictionary batches and compressed
+    bodies (a 1 MB compressed message could expand to tens of GiB). Reads each IPC message's
+    flatbuffer header only: Message{version, header_type, header, ...}, RecordBatch{length, nodes,
+    buffers, compression}; header_type 1 schema, 2 dictionary batch, 3 record batch."""
+    for msg in pa.ipc.MessageReader.open_stream(value):
+        b = bytes(msg.metadata)
+        root = struct.unpack_from("<I", b, 0)[0]
+        ht = _fb_field(b, root, 1)
+        htype = b[ht] if ht is not None else 0
+        if htype == 2:
+            raise WireError("undecodable", "dictionary batches are not part of the wire format")
+        if htype == 3:
+            hp = _fb_field(b, root, 2)
+            if hp is None:
+                raise WireError("undecodable", "record batch message without a header")
+            header = hp + struct.unpack_from("<I", b, hp)[0]
+            if _fb_field(b, header, 3) is not None:
+                raise WireError("compressed_body", "compressed Arrow bodies are refused (send them uncompressed; "
+                                "Kafka compresses the whole message)")
+
+
+def batch_rows(value: bytes) -> int:
+    """Records in an ``arrow`` message value, read from the IPC message headers alone: no body is read
+    or decompressed (RecordBatch.length is field 0 of the flatbuffer). 1 for anything unreadable (it is
+    dead-lettered when decoded)."""
+    try:
+        n = 0
+        for msg in pa.ipc.MessageReader.open_stream(value):
+            b = bytes(msg.metadata)
+            root = struct.unpack_from("<I", b, 0)[0]
+            ht = _fb_field(b, root, 1)
+            if ht is None or b[ht] != 3:
+                continue
+            hp = _fb_field(b, root, 2)
+            if hp is None:
+                return 1
+            header = hp + struct.unpack_from("<I", b, hp)[0]
+            length = _fb_field(b, header, 0)
+            n += struct.unpack_from("<q", b, length)[0] if length is not None else 0
+        return max(1, n)
+    except Exception:
+        return 1
+
+
 def decode_batch(value: bytes | None) -> pa.Table:
-    """The records in one ``arrow`` message value, as sent (columns not yet checked; raises WireError)."""
+    """The records in one ``arrow`` message value, as sent (columns not yet checked; raises WireError).
+
+    Total: every malformed input raises WireError, never anything else. Before any column is
+    touched: no compressed bodies or dictionary batches, no duplicate column names, and every array
+    passes Arrow's full validation (offsets monotonic and in bounds; strings checked for UTF-8 later,
+    row by row, by ingest/validate.py)."""
     if not value:
         raise WireError("undecodable", "empty message")
     try:
+        _check_ipc_messages(value)
         table = pa.ipc.open_stream(value).read_all()
-        _check_layout(table)
-    except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as e:
-        raise WireError("undecodable", f"not an Arrow IPC stream: {e}"[:200]) from None
+        names = table.schema.names  # UnicodeDecodeError for a name that is not UTF-8
+    except WireError:
+        raise
+    except Exception as e:  # Arrow raises several types (and struct.error) for bad bytes
+        raise WireError("undecodable", f"not an Arrow IPC stream: {type(e).__name__}: {e}"[:200]) from None
+    if table.num_rows > MAX_BATCH_ROWS:
+        raise WireError("too_many_rows", f"{table.num_rows} records, at most {MAX_BATCH_ROWS} a message")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise WireError("duplicate_column", ", ".join(dup)[:200])
+    for name, col in zip(names, table.columns, strict=True):
+        for chunk in col.chunks:
+            try:
+                # Strings as binary: offsets and bounds here; invalid UTF-8 is a per-row verdict later.
+                if pa.types.is_string(chunk.type):
+                    chunk = chunk.view(pa.binary())
+                elif pa.types.is_large_string(chunk.type):
+                    chunk = chunk.view(pa.large_binary())
+                chunk.validate(full=True)
+            except Exception as e:
+                raise WireError("invalid_arrow", f"{name}: {type(e).__name__}: {e}"[:200]) from None
     return table
-
-
-def _check_layout(table: pa.Table) -> None:
-    """Offsets and buffers consistent (the IPC reader does not check them: a corrupt batch failed
-    later, inside compute kernels). Strings are checked as bytes: invalid UTF-8 is a per-row
-    rejection for ingest/validate.py, not a broken message."""
-    for column in table.columns:
-        for chunk in column.chunks:
-            if pa.types.is_string(chunk.type):
-                chunk = chunk.view(pa.binary())
-            elif pa.types.is_large_string(chunk.type):
-                chunk = chunk.view(pa.large_binary())
-            chunk.validate(full=True)
 
 
 # -- headers -------------------------------------------------------------------------------------

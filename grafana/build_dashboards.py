@@ -371,16 +371,21 @@ def overview() -> Board:
         "       sumIf(value, startsWith(counter, 'lost_')) AS lost_kernel,\n"
         "       sumIf(value, startsWith(counter, 'dropped')) AS dropped,\n"
         "       sumIf(value, startsWith(counter, 'dead_letter')) AS dead_lettered,\n"
+        "       sumIf(value, counter = 'expired') AS expired,\n"
+        "       sumIf(value, counter = 'ingested') AS ingested,\n"
         "       round(captured / greatest(captured + lost_kernel, 1), 6) AS kernel_completeness",
         "pipeline_counters", "", "host", "kernel_completeness, host", step=False), 1,
         w=24, options=TABLE_OPTS,
         # counter names as agent/pipeline.py reports them: lost_ringbuf, lost_map_full (kernel),
-        # dropped_queue_full, dropped_sink (agent); dead_letter* (fleet ingest)
+        # dropped_queue_full, dropped_sink (agent); dead_letter*, expired, ingested (fleet ingest)
         description="Events lost in the kernel (ring buffer full), dropped by the agent (buffers full), "
-                    "dead-lettered by ingest. A gap here is missing data, not a quiet service.")
+                    "dead-lettered by ingest, or expired (older than the retention on arrival, not "
+                    "stored); ingested: stored by fleet ingest. A gap here is missing data, not a quiet "
+                    "service.")
     b.panel("timeseries", "Events lost per second, by component and counter", tiered(
         "concat(component, ':', counter) AS loss, sum(value) / {step} AS per_s", "pipeline_counters",
-        "(startsWith(counter, 'lost_') OR startsWith(counter, 'dropped') OR startsWith(counter, 'dead_letter'))",
+        "(startsWith(counter, 'lost_') OR startsWith(counter, 'dropped') OR startsWith(counter, 'dead_letter') "
+        "OR counter = 'expired')",
         "time, loss", "time"), 0, unit="ops", w=24, field=TS)
     return b
 

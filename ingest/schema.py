@@ -108,3 +108,22 @@ def migrate(service: ClickHouseService, *, retention_days: int = 30) -> list[Mig
         applied.append(m)
     apply_retention(service, retention_days)
     return applied
+
+
+_ANY_TTL = re.compile(
+    r"CREATE TABLE IF NOT EXISTS\s+" + DATABASE + r"\.(\w+)[\s\S]*?"
+    r"\bTTL\s+toDateTime\((\w+)\)\s*\+\s*INTERVAL\s+(\{retention_days\}|\d+)\s+DAY"
+)
+
+
+def expiry(retention_days: int, directory: Path = MIGRATIONS_DIR) -> dict[str, tuple[str, int]]:
+    """Raw tables whose rows the engine drops by age: table -> (time column, days kept). A row older
+    than that on arrival would be dropped at insert (ingest/worker.py counts it as ``expired``)."""
+    out: dict[str, tuple[str, int]] = {}
+    for m in migrations(directory):
+        for stmt in re.split(r";\s*(?:\n|$)", re.sub(r"--[^\n]*", "", m.path.read_text())):
+            found = _ANY_TTL.search(stmt)
+            if found:
+                days = retention_days if found.group(3) == "{retention_days}" else int(found.group(3))
+                out[found.group(1)] = (found.group(2), days)
+    return out

@@ -33,6 +33,13 @@ class Rejected:
     index: int  # position in the input
     reason: str  # wrong_type, out_of_range, oversized_field, invalid_address
     detail: str
+    error: str | None = None  # the exception class, when an exception led to the verdict
+
+
+def default(col: Column) -> Any:
+    """A missing field's value: the column's default, and ``::`` (the unspecified address) for an
+    address column, whose IPv6 type cannot store ``""`` (docs/wire-format.md)."""
+    return "::" if col.name.endswith("_addr") else col.default
 
 
 def _allowed(col: Column) -> type:
@@ -52,7 +59,7 @@ def _is_address(v: str) -> bool:
     if ok is None:
         try:
             ipaddress.ip_address(v)
-            ok = True
+            ok = "%" not in v  # a zone id (fe80::1%eth0): the IPv6 column cannot store it
         except ValueError:
             ok = False
         if len(_addr_ok) > 100_000:  # a bounded cache: addresses repeat a lot within a fleet
@@ -79,7 +86,7 @@ def build_batch(kind: RecordKind, rows: Sequence[dict[str, Any]]) -> tuple[pa.Ta
     names = kind.column_names
     one = len(names) == 1
     getter = operator.itemgetter(*names)
-    defaults = {c.name: c.default for c in kind.columns}
+    defaults = {c.name: default(c) for c in kind.columns}
     tuples = []
     for r in rows:
         try:
@@ -99,14 +106,14 @@ def build_batch(kind: RecordKind, rows: Sequence[dict[str, Any]]) -> tuple[pa.Ta
     arrays: list[pa.Array] = []
     for col, vals in zip(kind.columns, columns, strict=True):
         if bad:  # placeholders keep positions; the rows are filtered out below
-            vals = [col.default if i in bad else v for i, v in enumerate(vals)]
+            vals = [default(col) if i in bad else v for i, v in enumerate(vals)]
         try:
             arr = pa.array(vals, type=col.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             for i, v in enumerate(vals):
                 if i not in bad and (found := _check_value(col, v)) is not None:
                     bad[i] = Rejected(i, found.reason, found.detail)
-            vals = [col.default if i in bad else v for i, v in enumerate(vals)]
+            vals = [default(col) if i in bad else v for i, v in enumerate(vals)]
             arr = pa.array(vals, type=col.type)
         _value_checks(col, arr, bad)
         arrays.append(arr)
@@ -164,7 +171,7 @@ def check_table(kind: RecordKind, table: pa.Table) -> tuple[pa.Table, list[Rejec
     present = set(table.column_names)
     for col in kind.columns:
         if col.name not in present:  # an older agent: the column's default
-            arrays.append(pa.array([col.default] * n, type=col.type))
+            arrays.append(pa.array([default(col)] * n, type=col.type))
             continue
         arr = table.column(col.name).combine_chunks()
         if arr.type != col.type:
@@ -172,7 +179,7 @@ def check_table(kind: RecordKind, table: pa.Table) -> tuple[pa.Table, list[Rejec
         if arr.null_count:
             for i in pc.indices_nonzero(arr.is_null()).to_pylist():
                 bad.setdefault(i, Rejected(i, "wrong_type", f"{col.name}: null"))
-            arr = pc.fill_null(arr, pa.scalar(col.default, type=col.type))
+            arr = pc.fill_null(arr, pa.scalar(default(col), type=col.type))
         if pa.types.is_string(col.type):
             try:
                 arr.validate(full=True)
@@ -202,7 +209,10 @@ def _convert(col: Column, arr: pa.Array, bad: dict[int, Rejected]) -> pa.Array:
     if pa.types.is_string(want) and pa.types.is_large_string(arr.type):
         return pc.cast(arr, want)
     if pa.types.is_timestamp(want) and pa.types.is_timestamp(arr.type):
-        return pc.cast(arr, want, safe=True)
+        try:
+            return pc.cast(arr, want, safe=True)
+        except (pa.ArrowInvalid, OverflowError) as e:  # seconds far out of nanosecond range
+            raise BadMessage("out_of_range", f"{col.name}: {e}"[:200]) from None
     raise BadMessage("wrong_type", f"{col.name}: {arr.type}, want {want}")
 
 

@@ -3,11 +3,25 @@
 How a batch goes (one topic-partition at a time, so a batch is a contiguous offset range):
 
 1. Cut the range [first, last] at ``batch_max_rows`` / ``batch_max_bytes`` / ``batch_max_age_s``.
-2. Record the intent: commit offset ``first`` (unchanged position) with metadata ``bs1:pending:<last>``.
-3. Decode and validate; bad messages go to the dead-letter topic with their reason.
+2. Record the intent: commit offset ``first`` (unchanged position) with metadata
+   ``bs1:pending:<last>:<reference time, ms>`` (the time expiry is judged against, so a replay
+   judges the same rows expired).
+3. Decode and validate (total: any exception of one message dead-letters that message with its
+   exception class); bad messages go to the dead-letter topic with their reason; rows older than
+   their table's TTL are set aside as ``expired`` (counted; dead-lettered under ``--expired=dead-letter``).
 4. Insert the good rows with ``insert_deduplication_token = topic:partition:first-last`` (and the
    worker's own per-host per-minute counters with that token + ``:c``).
 5. Wait until the broker has every dead letter, then commit ``last + 1``.
+
+Failures are classified (ingest._errors.classify): the message's fault dead-letters it; an
+infrastructure fault (disk full, read-only, engine or broker away, 5xx, timeouts) is retried through
+ingest._retry with the consumer's partitions paused and polled, so the worker stays in the group, reads
+nothing new, and resumes exactly where it was. A store fault never dead-letters or skips a record.
+
+Test-only seam: ``BLINDSPOT_TEST_CRASH_AT=<step>`` ends the process with ``os._exit(137)`` at that
+step of a batch (``after_intent``, ``before_insert``, ``after_insert``, ``after_counters``,
+``before_commit``; ``decode``: while decoding a message whose value starts with ``CRASH``):
+tests/test_ingest_crash_steps.py kills a worker at each and checks the replay.
 
 A crash (or a lost partition) anywhere leaves the committed offset at ``first`` with the intent beside
 it. Whoever owns the partition next reads the intent and cuts exactly the same range again, so the
@@ -25,6 +39,7 @@ import argparse
 import bisect
 import itertools
 import logging
+import os
 import signal
 import threading
 import time
@@ -34,27 +49,36 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import confluent_kafka
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from blindspot import wire
 from blindspot.records import PIPELINE_COUNTER, RecordKind
-from ingest._errors import PermanentError, SchemaError, TransientError
+from ingest._errors import Fault, PermanentError, TransientError, classify
+from ingest._retry import Stopping, retry
 from ingest.clickhouse_sink.service import ClickHouseService
 from ingest.kafka_source import DeadLetters, KafkaSourceConfig, ensure_topics
+from ingest.schema import expiry
 from ingest.validate import BadMessage, Rejected, build_batch, check_table
 
 __all__ = ["Worker", "WorkerStats", "main"]
 
 log = logging.getLogger(__name__)
-INTENT = "bs1:pending:"
+INTENT = "bs1:pending:"  # bs1:pending:<last>:<reference ms>:<attempt>[:<offset being decoded>]
+# A range replayed this many times (each replay follows a crash or a lost partition) is decoded under
+# guard: the offset of each message is recorded in the intent before it is decoded, so a message that
+# kills the process while being decoded is dead-lettered (crashed_worker) by the next owner, undecoded.
+GUARD_AFTER_ATTEMPTS = 3
 DATABASE = "blindspot"
 LEAVE_GROUP_TIMEOUT_S = 10.0  # serving the revoke at stop: a commit round trip, or a lost assignment
+# Rows this close to their TTL on arrival count as expired too: the engine must not drop a row we
+# counted as ingested between our check and its insert.
+EXPIRY_MARGIN_NS = 60 * 10**9
+EXPIRED_POLICIES = ("drop", "dead-letter")
+CRASH_STEPS = ("after_intent", "before_insert", "after_insert", "after_counters", "before_commit")
 T = TypeVar("T")
-
-
-class _Stopping(Exception):
-    """Raised inside a retry loop when the worker is asked to stop: leave without committing."""
 
 
 class _PartitionGone(Exception):
@@ -62,10 +86,13 @@ class _PartitionGone(Exception):
     Whatever was inserted is covered by the intent: the next owner cuts the same range again."""
 
 
-# Commit errors that mean "not yours any more", not "try again".
-_GONE = {confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS, confluent_kafka.KafkaError.ILLEGAL_GENERATION,
-         confluent_kafka.KafkaError.UNKNOWN_MEMBER_ID, confluent_kafka.KafkaError.FENCED_INSTANCE_ID,
-         confluent_kafka.KafkaError._ASSIGNMENT_LOST, confluent_kafka.KafkaError._STATE}
+
+def _crash_point(step: str, when: bool = True) -> None:
+    """Test-only: die like kill -9 at ``step`` when BLINDSPOT_TEST_CRASH_AT names it (``decode``: while
+    decoding a message whose value starts with ``CRASH``, as a native crash in a decoder would)."""
+    if when and os.environ.get("BLINDSPOT_TEST_CRASH_AT") == step:
+        logging.getLogger(__name__).warning("BLINDSPOT_TEST_CRASH_AT=%s: exiting", step)
+        os._exit(137)
 
 
 class _Metrics:
@@ -77,8 +104,17 @@ class _Metrics:
                                ["table"], **kw)
         self.dead = Counter("blindspot_ingest_records_dead_lettered", "Messages sent to the dead-letter topic",
                             ["reason"], **kw)
-        self.retries = Counter("blindspot_ingest_retries", "Retried operations after a transient error",
+        self.retries = Counter("blindspot_ingest_retries", "Retried operations after an infrastructure fault",
                                ["operation"], **kw)
+        self.faults = Counter("blindspot_ingest_infrastructure_faults",
+                              "Infrastructure faults (retried, never skipped) by operation and exception class",
+                              ["operation", "error"], **kw)
+        self.paused = Gauge("blindspot_ingest_paused",
+                            "1 while consumption is paused waiting for the store or the broker", **kw)
+        self.expired = Counter("blindspot_ingest_records_expired",
+                               "Rows older than their table's TTL on arrival (not stored)", ["table"], **kw)
+        self.truncated = Counter("blindspot_ingest_dead_letters_truncated",
+                                 "Dead letters cut to fit the dead-letter topic (bs-dlq-truncated)", **kw)
         self.replayed = Counter("blindspot_ingest_batches_replayed",
                                 "Batches cut again from a recorded intent after a crash or rebalance", **kw)
         self.lag = Gauge("blindspot_ingest_consumer_lag_messages", "High watermark minus position",
@@ -97,6 +133,7 @@ class WorkerStats:
     batches: int = 0
     replayed: int = 0
     retries: int = 0
+    expired: int = 0
     by_reason: _Tally[str] = field(default_factory=_Tally)
 
 
@@ -130,14 +167,28 @@ class _Batch:
     rows: int = 0
     started: float = 0.0
     replay_end: int | None = None  # set when an intent from a previous owner dictates the range
+    replay_ref_ms: int | None = None  # the reference time recorded with that intent
+    attempt: int = 0  # how many times the range was cut before (from the intent)
+    crashed_at: int | None = None  # the offset a previous owner died decoding
 
 
 class Worker:
     """One consumer in the group. ``run(stop)`` until ``stop`` is set; then flush and commit."""
 
     def __init__(self, config: KafkaSourceConfig, service: ClickHouseService, *,
-                 registry: CollectorRegistry | None = None, worker_host: str = "ingest") -> None:
+                 registry: CollectorRegistry | None = None, worker_host: str = "ingest",
+                 retention_days: int = 30, expired: str = "drop") -> None:
+        if expired not in EXPIRED_POLICIES:
+            raise ValueError(f"expired policy must be one of {EXPIRED_POLICIES}, not {expired!r}")
         self.config = config
+        self.expired_policy = expired
+        self._expiry = expiry(retention_days)  # table -> (time column, days)
+        self._current: tuple[str, int] | None = None  # the partition whose batch is being flushed
+        self._revoked: set[tuple[str, int]] = set()  # taken away while that batch waited for a retry
+        self._held: list[Any] = []  # messages a paused poll still returned: handled next
+        self._paused = False
+        self._stale = False  # set by a rebalance: messages read before it are not handled
+        self._truncated_seen = 0
         self.service = service
         self.stats = WorkerStats()
         self.worker_host = worker_host
@@ -152,32 +203,55 @@ class Worker:
     # -- rebalance -----------------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         # Read the intents a previous owner may have left: those ranges are cut again identically.
-        committed = self._retry("read_offsets", lambda: consumer.committed(partitions, timeout=10))
+        self._rebalanced()
+        # Plain waits here: this callback may run inside a paused poll of a retry (ingest._retry).
+        committed = retry("read_offsets", lambda: consumer.committed(partitions, timeout=10), wait=self._stop.wait,
+                          initial_s=self.config.retry_initial_s, max_s=self.config.retry_max_s,
+                          on_retry=self._count_fault)
         for tp in committed:
             b = _Batch()
             md = tp.metadata or ""
             if md.startswith(INTENT):
-                b.replay_end = int(md[len(INTENT):])
+                fields = md[len(INTENT):].split(":")
+                b.replay_end = int(fields[0])
+                b.replay_ref_ms = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+                b.attempt = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 1
+                b.crashed_at = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
                 log.info("partition %s[%d]: replaying the range up to %d", tp.topic, tp.partition, b.replay_end)
             self._batches[(tp.topic, tp.partition)] = b
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         # Commit what we hold before someone else owns it (they would replay it anyway: the intent).
+        # Not while a batch waits for the store (a poll inside a retry serves this callback): nothing
+        # can go in now; the next owner replays from the intents.
+        self._rebalanced()
         for tp in partitions:
             key = (tp.topic, tp.partition)
+            if self._current is not None:
+                self._revoked.add(key)
+                self._batches.pop(key, None)
+                continue
             try:
                 if self._batches.get(key) and self._batches[key].msgs:
                     self._flush(key)
-            except (_Stopping, _PartitionGone, confluent_kafka.KafkaException) as e:
+            except (Stopping, _PartitionGone, confluent_kafka.KafkaException) as e:
                 log.warning("partition %s[%d] revoked before its batch was committed: %s", *key, e)
             self._batches.pop(key, None)
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self._rebalanced()
         for tp in partitions:
+            self._revoked.add((tp.topic, tp.partition))
             self._batches.pop((tp.topic, tp.partition), None)
         log.warning("lost %s (no commit)", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _rebalanced(self) -> None:
+        """Messages read before a rebalance are not handled after it: every position is reset to the
+        committed offset on assignment, so they are read again (eager rebalancing revokes all)."""
+        self._stale = True
+        self._held.clear()
 
     # -- main loop -----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -196,11 +270,15 @@ class Worker:
             while not self._stop.is_set():
                 # Whatever is queued, without waiting to fill a count (consume() would sit out its whole
                 # timeout for that); only when nothing is queued, block until one message arrives.
-                msgs = consumer.consume(num_messages=10_000, timeout=0)
-                if not msgs:
+                fresh = consumer.consume(num_messages=10_000, timeout=0)
+                if not fresh and not self._held:
                     one = consumer.poll(0.2)
-                    msgs = [one] if one is not None else []
+                    fresh = [one] if one is not None else []
+                msgs, self._held = [*self._held, *fresh], []
+                self._stale = False  # rebalances served above came before these messages
                 for m in msgs:
+                    if self._stale:  # a rebalance inside a retry's paused poll: these are read again
+                        break
                     err = m.error()
                     if err is not None:
                         if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
@@ -219,7 +297,7 @@ class Worker:
             for key, b in list(self._batches.items()):
                 if b.msgs:
                     self._flush_or_forget(key)
-        except _Stopping:
+        except Stopping:
             log.warning("stopped while retrying: uncommitted batches will be replayed by the next owner")
         finally:
             self._leave_group(consumer)
@@ -268,24 +346,34 @@ class Worker:
 
     def _records_in(self, m: Any, value: bytes) -> int:
         """Records in one message, for the batch's row bound: an Arrow batch's length is in its header
-        (no column is decoded here); anything else counts as one."""
+        (nothing is decoded or decompressed here); anything else counts as one."""
         kind = self._topic_kind.get(m.topic())
         if kind is None or m.headers() != wire.headers_for(kind, wire.ENC_ARROW):
             return 1
-        try:
-            return int(sum(b.num_rows for b in pa.ipc.open_stream(value)))
-        except (pa.ArrowException, OSError, ValueError):
-            return 1  # dead-lettered when the batch is flushed
+        return wire.batch_rows(value)
 
     def _flush_or_forget(self, key: tuple[str, int]) -> None:
+        b = self._batches.get(key)
         try:
             self._flush(key)
         except _PartitionGone as e:
             log.warning("partition %s[%d] moved on before its commit (%s); its next owner replays it", *key, e)
-            self._batches.pop(key, None)
+            if self._batches.get(key) is b:  # not a fresh assignment of the same partition
+                self._batches.pop(key, None)
 
     # -- one batch -----------------------------------------------------------------------------
     def _flush(self, key: tuple[str, int]) -> None:
+        """The one place that orders a batch: intent -> decode -> insert -> counters -> dead letters
+        delivered -> commit."""
+        self._current = key
+        self._revoked.discard(key)
+        try:
+            self._flush_batch(key)
+        finally:
+            self._current = None
+            self._resume()
+
+    def _flush_batch(self, key: tuple[str, int]) -> None:
         b = self._batches[key]
         msgs = b.msgs
         topic, partition = key
@@ -295,80 +383,214 @@ class Worker:
         consumer = self._consumer
         assert consumer is not None and self._dlq is not None
         replay = b.replay_end is not None
+        attempt = b.attempt + 1
         if replay:
             self.stats.replayed += 1
             self._m.replayed.inc()
+            ref_ms = b.replay_ref_ms if b.replay_ref_ms is not None else int(time.time() * 1000)
         else:
-            intent = confluent_kafka.TopicPartition(topic, partition, first, metadata=f"{INTENT}{last}")
-            self._commit(intent)
+            ref_ms = int(time.time() * 1000)
+        intent_md = f"{INTENT}{last}:{ref_ms}:{attempt}"
+
+        def intent(md: str) -> None:
+            self._commit(confluent_kafka.TopicPartition(topic, partition, first, metadata=md))
+
+        intent(intent_md)
+        _crash_point("after_intent")
 
         kind = self._topic_kind.get(topic)
         dead = _Tally[tuple[int, str]]()  # (minute, host) -> dead letters, for pipeline_counters
+        expired = _Tally[tuple[int, str]]()  # (minute, host) -> rows expired on arrival
+        guard = None
+        if attempt > GUARD_AFTER_ATTEMPTS:
+            log.warning("partition %s[%d]: range %d-%d cut %d times; decoding it under guard", topic, partition,
+                        first, last, attempt)
+
+            def guard(offset: int) -> None:
+                intent(f"{intent_md}:{offset}")
+
+        table, segs = self._decode(topic, kind, msgs, dead, guard=guard, crashed_at=b.crashed_at)
+        if guard is not None:
+            intent(intent_md)
+        if kind is not None and table is not None and table.num_rows:
+            table, segs = self._set_aside_expired(kind, table, segs, ref_ms, expired, dead)
+        _crash_point("before_insert")
+        if kind is not None and table is not None and table.num_rows:
+            self._insert(kind, table, segs, token, dead)
+            self._m.written.labels(kind.table).inc(table.num_rows)
+        _crash_point("after_insert")
+        self._insert_counters(kind, segs, dead, expired, token)
+        _crash_point("after_counters")
+
+        def delivered() -> None:
+            assert self._dlq is not None
+            if not self._dlq.flush():
+                raise TransientError("dead letters not yet acknowledged by the broker")
+
+        self._retry("dead_letters", delivered)
+        self._m.truncated.inc(self._dlq.truncated - self._truncated_seen)
+        self._truncated_seen = self._dlq.truncated
+        _crash_point("before_commit")
+        self._commit(confluent_kafka.TopicPartition(topic, partition, last + 1, metadata=""))
+        if self._batches.get(key) is b:
+            self._batches[key] = _Batch()
+        self.stats.batches += 1
+        self._m.consumed.labels(topic).inc(len(msgs))
+        self._m.batch_rows.observe(b.rows)
+        self._m.batch_seconds.observe(time.perf_counter() - t0)
+
+    def _decode(self, topic: str, kind: RecordKind | None, msgs: list[Any], dead: _Tally[tuple[int, str]],
+                guard: Callable[[int], None] | None = None, crashed_at: int | None = None
+                ) -> tuple[pa.Table | None, list[_Seg]]:
+        """Every message of a batch -> the good rows as one table in ``kind``'s schema, and where each
+        row came from. Total: a message that fails in any way, expected or not, is dead-lettered (with
+        the exception class) and the others go on; nothing here raises for a message's sake."""
         rows: list[dict[str, Any]] = []  # msgpack: one record a message
         row_msgs: list[Any] = []
         parts: list[pa.Table] = []  # arrow batches in a foreign schema: checked one by one
         part_segs: list[_Seg] = []
         fast: list[tuple[Any, pa.Table]] = []  # arrow batches in exactly our schema: checked together
         for m in msgs:
+            if m.offset() == crashed_at:
+                self._dead_letter(m, "crashed_worker", "a worker died decoding this message", dead)
+                continue
+            if guard is not None:
+                guard(m.offset())
+            _crash_point("decode", (m.value() or b"").startswith(b"CRASH"))
             try:
                 if kind is None:
                     raise wire.WireError("unknown_kind", f"no record kind reads topic {topic}")
                 _kind, enc = wire.message_kind(m.headers(), kind)
                 if enc == wire.ENC_MSGPACK:
-                    rows.append(wire.decode(m.value()))
-                    row_msgs.append(m)
+                    row = wire.decode(m.value())
+                    if guard is None:
+                        rows.append(row)
+                        row_msgs.append(m)
+                        continue
+                    # Under guard every check of a message happens here, while its offset is recorded.
+                    good, bad = build_batch(kind, [row])
+                    for r in bad:
+                        self._dead_letter(m, r.reason, r.detail, dead)
+                    if good.num_rows:
+                        parts.append(good)
+                        part_segs.append(_Seg(m, range(1), None))
                     continue
                 raw = wire.decode_batch(m.value())
-                if raw.schema.equals(kind.arrow_schema):
+                if raw.schema.equals(kind.arrow_schema) and guard is None:
                     fast.append((m, raw))
                     continue
                 good, rejected = check_table(kind, raw)
-            except (wire.WireError, BadMessage) as e:
-                self._dead_letter(m, e.reason, e.detail, dead)
+                seg = self._seg_after_rejects(m, raw, rejected, dead)
+            except Exception as e:
+                self._dead_letter_error(m, e, dead)
                 continue
-            seg = self._seg_after_rejects(m, raw, rejected, dead)
             if good.num_rows:
                 parts.append(good)
                 part_segs.append(seg)
         if fast:
             assert kind is not None
-            # One check over all of them: per-column work once per batch, not once per message.
-            whole = pa.concat_tables([raw for _, raw in fast])
-            good, rejected = check_table(kind, whole)
-            starts = list(itertools.accumulate((raw.num_rows for _, raw in fast), initial=0))
-            by_msg: dict[int, list[Rejected]] = {}
-            for r in rejected:
-                j = bisect.bisect_right(starts, r.index) - 1
-                by_msg.setdefault(j, []).append(Rejected(r.index - starts[j], r.reason, r.detail))
-            fast_segs = [self._seg_after_rejects(m, raw, by_msg.get(j, []), dead)
-                         for j, (m, raw) in enumerate(fast)]
-            if good.num_rows:
+            try:
+                good, fast_segs = self._check_together(kind, fast, dead)
+            except Exception:  # one of them is bad in a way the checks did not expect: one by one
+                log.exception("checking %d Arrow messages together failed; checking them one by one", len(fast))
+                good, fast_segs = None, []
+                for m, raw in fast:
+                    try:
+                        one, rejected = check_table(kind, raw)
+                        seg = self._seg_after_rejects(m, raw, rejected, dead)
+                    except Exception as e:
+                        self._dead_letter_error(m, e, dead)
+                        continue
+                    if one.num_rows:
+                        parts.append(one)
+                        part_segs.append(seg)
+            if good is not None and good.num_rows:
                 parts.insert(0, good)
                 part_segs[:0] = [sg for sg in fast_segs if sg.rows]
         # Single msgpack records first, then the Arrow rows: a fixed order, so a replay is identical.
         segs: list[_Seg] = []
         if kind is not None and rows:
-            table, rejected = build_batch(kind, rows)
+            try:
+                table, rejected = build_batch(kind, rows)
+            except Exception:
+                log.exception("checking %d records together failed; checking them one by one", len(rows))
+                table, rejected = self._build_one_by_one(kind, rows)
             gone = {r.index for r in rejected}
             for r in rejected:
-                self._dead_letter(row_msgs[r.index], r.reason, r.detail, dead)
+                self._dead_letter(row_msgs[r.index], r.reason, r.detail, dead, error=r.error)
             segs = [_Seg(m, range(1), None) for i, m in enumerate(row_msgs) if i not in gone]
             if table.num_rows:
                 parts.insert(0, table)
         segs += part_segs
-        if kind is not None and parts:
-            table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-            self._insert(kind, table, segs, token, dead)
-            self._m.written.labels(kind.table).inc(table.num_rows)
-        self._insert_counters(kind, segs, dead, token)
-        if not self._dlq.flush():
-            raise TransientError("dead letters not delivered; batch will be read again")
-        self._commit(confluent_kafka.TopicPartition(topic, partition, last + 1, metadata=""))
-        self._batches[key] = _Batch()
-        self.stats.batches += 1
-        self._m.consumed.labels(topic).inc(len(msgs))
-        self._m.batch_rows.observe(b.rows)
-        self._m.batch_seconds.observe(time.perf_counter() - t0)
+        if not parts:
+            return None, segs
+        return (parts[0] if len(parts) == 1 else pa.concat_tables(parts)), segs
+
+    def _check_together(self, kind: RecordKind, fast: list[tuple[Any, pa.Table]], dead: _Tally[tuple[int, str]]
+                        ) -> tuple[pa.Table, list[_Seg]]:
+        """One check over Arrow messages in exactly our schema: per-column work once per batch."""
+        whole = pa.concat_tables([raw for _, raw in fast])
+        good, rejected = check_table(kind, whole)
+        starts = list(itertools.accumulate((raw.num_rows for _, raw in fast), initial=0))
+        by_msg: dict[int, list[Rejected]] = {}
+        for r in rejected:
+            j = bisect.bisect_right(starts, r.index) - 1
+            by_msg.setdefault(j, []).append(Rejected(r.index - starts[j], r.reason, r.detail))
+        return good, [self._seg_after_rejects(m, raw, by_msg.get(j, []), dead) for j, (m, raw) in enumerate(fast)]
+
+    @staticmethod
+    def _build_one_by_one(kind: RecordKind, rows: list[dict[str, Any]]) -> tuple[pa.Table, list[Rejected]]:
+        tables, rejected = [], []
+        for i, r in enumerate(rows):
+            try:
+                t, bad = build_batch(kind, [r])
+            except Exception as e:
+                rejected.append(Rejected(i, "decode_failed", f"{type(e).__name__}: {e}"[:200], type(e).__name__))
+                continue
+            if bad:
+                rejected.append(Rejected(i, bad[0].reason, bad[0].detail))
+            else:
+                tables.append(t)
+        return (pa.concat_tables(tables) if tables else kind.to_arrow([])), rejected
+
+    def _set_aside_expired(self, kind: RecordKind, table: pa.Table, segs: list[_Seg], ref_ms: int,
+                           expired: _Tally[tuple[int, str]], dead: _Tally[tuple[int, str]]
+                           ) -> tuple[pa.Table, list[_Seg]]:
+        """Rows the engine would drop at insert (older than their table's TTL, judged against the
+        intent's reference time): not inserted, counted ``expired``, dead-lettered if the policy says so."""
+        ttl = self._expiry.get(kind.table)
+        if ttl is None:
+            return table, segs
+        column, days = ttl
+        cutoff = ref_ms * 1_000_000 - days * 86_400 * 10**9 + EXPIRY_MARGIN_NS
+        times = table.column(column).cast(pa.int64())
+        mask = pc.less(times, cutoff)
+        if not pc.any(mask).as_py():
+            return table, segs
+        flags = np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+        kept: list[_Seg] = []
+        pos = 0
+        for seg in segs:
+            n = len(seg.rows)
+            mine = flags[pos:pos + n]
+            pos += n
+            if not mine.any():
+                kept.append(seg)
+                continue
+            stay = [r for r, x in zip(seg.rows, mine, strict=True) if not x]
+            for r, x in zip(seg.rows, mine, strict=True):
+                if not x:
+                    continue
+                self.stats.expired += 1
+                self._m.expired.labels(kind.table).inc()
+                if self.expired_policy == "dead-letter":
+                    self._dead_letter(seg.msg, "expired", f"{column} older than {days} days", expired,
+                                      raw=seg.raw, row=r if seg.raw is not None else None, count=False)
+                else:
+                    expired[(_minute_ns(seg.msg), _host(seg.msg))] += 1
+            if stay:
+                kept.append(_Seg(seg.msg, stay, seg.raw))
+        return table.filter(pc.invert(mask)), kept
 
     def _seg_after_rejects(self, m: Any, raw: pa.Table, rejected: list[Rejected], dead: _Tally[tuple[int, str]]
                            ) -> _Seg:
@@ -382,21 +604,23 @@ class Worker:
 
     def _insert(self, kind: RecordKind, table: pa.Table, segs: list[_Seg], token: str,
                 dead: _Tally[tuple[int, str]]) -> None:
-        """Insert; a batch the engine refuses is split until the refused rows are found (each half has
-        its own deterministic token, so a replay splits and deduplicates the same way)."""
+        """Insert; infrastructure faults are retried in place (never split, never dead-lettered). A
+        batch the engine refuses for a row's sake (ingest._errors.ENGINE_ROW_CODES) is split until the
+        refused rows are found (each half has its own deterministic token, so a replay splits and
+        deduplicates the same way)."""
         if table.num_rows == 0:
             return
         try:
             self._retry("insert", lambda: self.service.insert_arrow(DATABASE, kind.table, table,
                                                                     dedup_token=token))
             self.stats.written += table.num_rows
-        except SchemaError:
-            raise  # the tables are wrong: no record can go in; stop and let an operator look
         except PermanentError as e:
+            if classify(e) is not Fault.MESSAGE:
+                raise
             if table.num_rows == 1:
                 seg = segs[0]
                 self._dead_letter(seg.msg, "rejected_by_clickhouse", str(e)[:300], dead, raw=seg.raw,
-                                  row=seg.rows[0] if seg.raw is not None else None)
+                                  row=seg.rows[0] if seg.raw is not None else None, error=type(e).__name__)
                 return
             half = table.num_rows // 2
             left, right = _split(segs, half)
@@ -404,9 +628,9 @@ class Worker:
             self._insert(kind, table.slice(half), right, token + "/b", dead)
 
     def _insert_counters(self, kind: RecordKind | None, segs: list[_Seg], dead: _Tally[tuple[int, str]],
-                         token: str) -> None:
-        """Per-host per-minute ``ingested`` / ``dead_lettered`` rows, minute and host taken from the
-        messages themselves (Kafka timestamp, key) so a replayed batch makes identical rows."""
+                         expired: _Tally[tuple[int, str]], token: str) -> None:
+        """Per-host per-minute ``ingested`` / ``dead_lettered`` / ``expired`` rows, minute and host taken
+        from the messages themselves (Kafka timestamp, key) so a replayed batch makes identical rows."""
         if kind is PIPELINE_COUNTER:
             return
         tally = _Tally[tuple[int, str, str]]()
@@ -414,26 +638,43 @@ class Worker:
             tally[(_minute_ns(seg.msg), _host(seg.msg), "ingested")] += len(seg.rows)
         for (minute, host), n in dead.items():
             tally[(minute, host, "dead_lettered")] += n
+        for (minute, host), n in expired.items():
+            tally[(minute, host, "expired")] += n
         if not tally:
             return
         keys = sorted(tally)
         rows = [{"time": t, "host": h, "component": "ingest", "counter": c, "value": tally[(t, h, c)]}
                 for t, h, c in keys]
         table = PIPELINE_COUNTER.to_arrow(rows)
-        self._retry("insert", lambda: self.service.insert_arrow(DATABASE, PIPELINE_COUNTER.table, table,
-                                                                dedup_token=token + ":c"))
+        self._retry("insert_counters", lambda: self.service.insert_arrow(
+            DATABASE, PIPELINE_COUNTER.table, table, dedup_token=token + ":c"))
+
+    def _dead_letter_error(self, m: Any, e: Exception, dead: _Tally[tuple[int, str]]) -> None:
+        """A message whose decoding or checking raised: its own verdict, or ``decode_failed`` with the
+        exception class for anything unexpected (the message goes, the worker stays)."""
+        if isinstance(e, wire.WireError | BadMessage):
+            self._dead_letter(m, e.reason, e.detail, dead, error=type(e).__name__)
+        else:
+            log.warning("message %s:%s:%s failed to decode (%s: %s); dead-lettered", m.topic(), m.partition(),
+                        m.offset(), type(e).__name__, e)
+            self._dead_letter(m, "decode_failed", f"{type(e).__name__}: {e}"[:300], dead, error=type(e).__name__)
 
     def _dead_letter(self, m: Any, reason: str, detail: str, dead: _Tally[tuple[int, str]],
-                     raw: pa.Table | None = None, row: int | None = None) -> None:
+                     raw: pa.Table | None = None, row: int | None = None, error: str | None = None,
+                     count: bool = True) -> None:
         """One bad record (or a whole unreadable message) to the dead-letter topic. A bad row inside an
-        Arrow batch goes alone, as a one-row batch, with its index in ``bs-src-row``."""
+        Arrow batch goes alone, as a one-row batch, with its index in ``bs-src-row``. ``dead`` is the
+        pipeline counter tally it is counted in; ``count`` False keeps it out of ``dead_lettered``."""
         assert self._dlq is not None
+        dlq = self._dlq
         if raw is not None and row is not None:
-            self._dlq.send(m, reason, detail, value=wire.ipc_bytes(raw.slice(row, 1)), row=row)
+            one = wire.ipc_bytes(raw.slice(row, 1))
+            self._retry("dead_letter", lambda: dlq.send(m, reason, detail, value=one, row=row, error=error))
         else:
-            self._dlq.send(m, reason, detail)
+            self._retry("dead_letter", lambda: dlq.send(m, reason, detail, error=error))
         dead[(_minute_ns(m), _host(m))] += 1
-        self.stats.dead_lettered += 1
+        if count:
+            self.stats.dead_lettered += 1
         self.stats.by_reason[reason] += 1
         self._m.dead.labels(reason).inc()
 
@@ -443,26 +684,51 @@ class Worker:
         try:
             self._retry("commit", lambda: consumer.commit(offsets=[tp], asynchronous=False))
         except confluent_kafka.KafkaException as e:
-            if e.args and getattr(e.args[0], "code", lambda: None)() in _GONE:
+            if classify(e) is Fault.GONE:
                 raise _PartitionGone(str(e)) from e
             raise
 
-    # -- retries, lag --------------------------------------------------------------------------
+    # -- retries, pausing, lag -----------------------------------------------------------------
     def _retry(self, operation: str, fn: Callable[[], T]) -> T:
-        delay = self.config.retry_initial_s
-        while True:
+        return retry(operation, fn, wait=self._wait, initial_s=self.config.retry_initial_s,
+                     max_s=self.config.retry_max_s, on_retry=self._count_fault)
+
+    def _count_fault(self, operation: str, e: BaseException) -> None:
+        self.stats.retries += 1
+        self._m.retries.labels(operation).inc()
+        self._m.faults.labels(operation, type(e).__name__).inc()
+
+    def _wait(self, delay: float) -> bool:
+        """Back off between retries without leaving the group: every assigned partition is paused (so
+        nothing new is read) and the consumer is polled (heartbeats, rebalances, max.poll.interval.ms).
+        True: stop. Raises _PartitionGone when the batch's partition was taken away meanwhile."""
+        consumer = self._consumer
+        if consumer is None or self._current is None:
+            return self._stop.wait(delay)
+        self._paused = True
+        self._m.paused.set(1)
+        deadline = time.monotonic() + delay
+        while not self._stop.is_set():
+            # Every poll: an assignment that arrived meanwhile is paused too.
+            consumer.pause(consumer.assignment())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            m = consumer.poll(min(left, 0.5))
+            if m is not None and m.error() is None:
+                self._held.append(m)  # fetched before the pause; handled after this batch, in order
+            if self._current in self._revoked:
+                raise _PartitionGone("revoked while waiting for the store")
+        return self._stop.is_set()
+
+    def _resume(self) -> None:
+        if self._paused and self._consumer is not None:
             try:
-                return fn()
-            except (TransientError, confluent_kafka.KafkaException) as e:
-                if isinstance(e, confluent_kafka.KafkaException) and (
-                        not _retriable(e) or e.args[0].code() in _GONE):
-                    raise
-                self.stats.retries += 1
-                self._m.retries.labels(operation).inc()
-                log.warning("%s failed (%s); retrying in %.1fs", operation, e, delay)
-                if self._stop.wait(delay):
-                    raise _Stopping() from e
-                delay = min(delay * 2, self.config.retry_max_s)
+                self._consumer.resume(self._consumer.assignment())
+            except confluent_kafka.KafkaException as e:
+                log.warning("resume: %s", e)
+            self._paused = False
+            self._m.paused.set(0)
 
     def _update_lag(self) -> None:
         self._last_lag = time.monotonic()
@@ -480,17 +746,6 @@ class Worker:
             log.debug("lag: %s", e)
 
 
-def _retriable(e: confluent_kafka.KafkaException) -> bool:
-    err = e.args[0] if e.args else None
-    if err is None or not hasattr(err, "retriable"):
-        return False
-    # A lost membership is not retried: the partition is someone else's now (its intent is kept).
-    return bool(err.retriable()) or err.code() in (
-        confluent_kafka.KafkaError._TRANSPORT, confluent_kafka.KafkaError._TIMED_OUT,
-        confluent_kafka.KafkaError.REQUEST_TIMED_OUT, confluent_kafka.KafkaError.COORDINATOR_NOT_AVAILABLE,
-        confluent_kafka.KafkaError.NOT_COORDINATOR, confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
-
-
 def _minute_ns(m: Any) -> int:
     _kind, ts_ms = m.timestamp()
     return (max(ts_ms, 0) // 60_000) * 60_000 * 1_000_000
@@ -505,7 +760,9 @@ def _host(m: Any) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kafka", required=True, metavar="BOOTSTRAP", help="Kafka bootstrap servers")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--clickhouse", metavar="URL", help="ClickHouse server (password from $CLICKHOUSE_PASSWORD)")
+    where.add_argument("--clickhouse", metavar="URL",
+                       help="ClickHouse server, http:// or https:// (TLS); no password in the URL: "
+                            "$BLINDSPOT_CLICKHOUSE_PASSWORD or --clickhouse-password-file")
     where.add_argument("--data-dir", metavar="DIR", help="embedded engine (chDB) folder owned by this process")
     p.add_argument("--kafka-config", metavar="FILE", help="librdkafka properties (TLS/SASL); or BLINDSPOT_RDKAFKA_*")
     p.add_argument("--group", default="blindspot-ingest", help="consumer group id")
@@ -513,7 +770,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-rows", type=int, default=50_000)
     p.add_argument("--batch-bytes", type=int, default=32 * 1024 * 1024)
     p.add_argument("--batch-age", type=float, default=1.0, help="seconds")
+    p.add_argument("--clickhouse-password-file", metavar="FILE", help="file holding the ClickHouse password")
     p.add_argument("--retention-days", type=int, default=30)
+    p.add_argument("--expired", choices=EXPIRED_POLICIES, default=os.environ.get("BLINDSPOT_INGEST_EXPIRED", "drop"),
+                   help="rows older than the retention on arrival: counted 'expired' and dropped, or also "
+                        "sent to the dead-letter topic (default: $BLINDSPOT_INGEST_EXPIRED or drop)")
     p.add_argument("--metrics-address", default="127.0.0.1:9436", metavar="HOST:PORT",
                    help="Prometheus /metrics (default 127.0.0.1:9436; 'off' to disable)")
 
@@ -534,23 +795,26 @@ def main(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     # A ClickHouse server that is not up yet is waited for (a fleet restarts in any order); a locked
     # embedded folder is not: another process owns it, and waiting would not change that.
-    delay = cfg.retry_initial_s
-    while True:
+    def opened() -> ClickHouseService:
         try:
-            service = open_service(data_dir=args.data_dir, url=args.clickhouse)
-            try:
-                migrate(service, retention_days=args.retention_days)
-            except BaseException:
-                service.close()
-                raise
-            break
+            svc = open_service(data_dir=args.data_dir, url=args.clickhouse,
+                               password_file=getattr(args, "clickhouse_password_file", None))
         except TransientError as e:
             if args.data_dir:
-                raise
-            log.warning("ClickHouse not reachable (%s); retrying in %.1fs", e, delay)
-            if stop.wait(delay):
-                return 1
-            delay = min(delay * 2, cfg.retry_max_s)
+                raise PermanentError(str(e)) from e
+            raise
+        try:
+            migrate(svc, retention_days=args.retention_days)
+        except BaseException:
+            svc.close()
+            raise
+        return svc
+
+    try:
+        service = retry("open ClickHouse", opened, wait=stop.wait, initial_s=cfg.retry_initial_s,
+                        max_s=cfg.retry_max_s)
+    except Stopping:
+        return 1
     metrics.serve(args.metrics_address)
     queries = None
     if args.data_dir:
@@ -559,7 +823,7 @@ def main(args: argparse.Namespace) -> int:
 
         service.execute("USE blindspot")
         queries = QueryServer(args.data_dir, service).start()
-    worker = Worker(cfg, service)
+    worker = Worker(cfg, service, retention_days=args.retention_days, expired=getattr(args, "expired", "drop"))
     try:
         worker.run(stop)
     finally:
@@ -567,8 +831,8 @@ def main(args: argparse.Namespace) -> int:
             queries.close()
         service.close()
     s = worker.stats
-    log.info("ingest stopped: consumed %d, written %d, dead-lettered %d, batches %d (replayed %d), "
-             "retries %d", s.consumed, s.written, s.dead_lettered, s.batches, s.replayed, s.retries)
+    log.info("ingest stopped: consumed %d, written %d, dead-lettered %d, expired %d, batches %d (replayed %d), "
+             "retries %d", s.consumed, s.written, s.dead_lettered, s.expired, s.batches, s.replayed, s.retries)
     return 0
 
 

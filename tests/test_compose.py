@@ -98,3 +98,47 @@ def test_no_secrets_in_file(compose: dict[str, Any]) -> None:
     text = (ROOT / "compose.yaml").read_text()
     assert "change-me" not in text
     assert (ROOT / ".env.example").is_file() and ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_grafana_reads_through_a_read_only_clickhouse_user(compose: dict[str, Any]) -> None:
+    import xml.etree.ElementTree as ET
+
+    s = compose["services"]
+    g = s["grafana"]["environment"]
+    assert g["BLINDSPOT_CLICKHOUSE_USER"] == "grafana"
+    assert g["BLINDSPOT_CLICKHOUSE_PASSWORD"].startswith("${BLINDSPOT_GRAFANA_CLICKHOUSE_PASSWORD")
+    assert s["clickhouse"]["environment"]["CLICKHOUSE_USER"] != "grafana"  # ingest writes as another user
+    src = "./deploy/clickhouse/users.d/grafana-reader.xml"
+    assert f"{src}:/etc/clickhouse-server/users.d/grafana-reader.xml:ro" in s["clickhouse"]["volumes"]
+    root = ET.parse(ROOT / src).getroot()  # noqa: S314 (our own file)
+    user = root.find("users/grafana")
+    assert user is not None
+    assert user.find("password").get("from_env") == "BLINDSPOT_GRAFANA_CLICKHOUSE_PASSWORD"
+    assert user.find("password").text is None  # no password in the file
+    profile = root.find(f"profiles/{user.findtext('profile')}")
+    assert profile is not None and profile.findtext("readonly") in ("1", "2")
+    grants = [q.text for q in user.findall("grants/query")]
+    assert grants == ["GRANT SELECT ON blindspot.*"]
+    assert "BLINDSPOT_GRAFANA_CLICKHOUSE_PASSWORD" in s["clickhouse"]["environment"]
+
+
+def test_kafka_listener_published_to_the_host_requires_authentication(compose: dict[str, Any]) -> None:
+    s = compose["services"]
+    env = s["kafka"]["environment"]
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    published = {p.split(":")[-1] for p in s["kafka"]["ports"]}
+    listeners = {lst.split("://")[0]: lst.rsplit(":", 1)[1] for lst in env["KAFKA_LISTENERS"].split(",")}
+    for name, port in listeners.items():
+        if port in published:
+            assert protocols[name].startswith("SASL_"), f"{name} is published on the host without authentication"
+    assert protocols["HOST"] == "SASL_PLAINTEXT" and "9092" in published
+    assert env["KAFKA_LISTENER_NAME_HOST_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    jaas = env["KAFKA_LISTENER_NAME_HOST_PLAIN_SASL_JAAS_CONFIG"]
+    assert re.search(r'user_agent="\$\{BLINDSPOT_KAFKA_AGENT_PASSWORD(:\?[^}]*)?\}"', jaas), jaas
+    agent = s["agent"]["environment"]
+    assert agent["BLINDSPOT_RDKAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert agent["BLINDSPOT_RDKAFKA_SASL_USERNAME"] == "agent"
+    assert agent["BLINDSPOT_RDKAFKA_SASL_PASSWORD"].startswith("${BLINDSPOT_KAFKA_AGENT_PASSWORD")
+    example = (ROOT / ".env.example").read_text()
+    for var in ("BLINDSPOT_GRAFANA_CLICKHOUSE_PASSWORD", "BLINDSPOT_KAFKA_AGENT_PASSWORD"):
+        assert f"{var}=" in example

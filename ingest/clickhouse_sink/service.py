@@ -4,7 +4,7 @@
 process, so exactly one process owns it (``blindspot run`` or ``blindspot ingest --data-dir``) and other
 processes query through that owner (blindspot/query_server.py). ``ServerService`` talks to a
 ClickHouse server over HTTP with clickhouse-connect; the password comes from the environment
-(``CLICKHOUSE_PASSWORD``) or a file, never from the URL on a command line.
+(``BLINDSPOT_CLICKHOUSE_PASSWORD``) or a file, never from the URL; ``https://`` means verified TLS.
 
 Both take SQL with server-side parameters (``{name:Type}``) so nothing from event data is ever
 spliced into SQL text, and inserts pass every setting they rely on explicitly (chDB 26 defaults to
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from ingest._errors import PermanentError, SchemaError, SinkUnavailable
+from ingest._errors import SinkUnavailable, classify_engine
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOKEN = re.compile(r"^[A-Za-z0-9._:/\-]{1,200}$")
@@ -102,8 +102,8 @@ class ChdbService:
         with self._lock:
             try:
                 return self._session.query(sql, fmt, params=params or None)
-            except RuntimeError as e:
-                raise _classify_chdb(e) from e
+            except Exception as e:  # chdb.ChdbError (a RuntimeError) and whatever the binding raises
+                raise classify_engine(f"{type(e).__name__}: {e}") from e
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._run(sql, "CSV", params)
@@ -135,32 +135,21 @@ class ChdbService:
             self._session.close()
 
 
-def _classify_chdb(e: Exception) -> Exception:
-    text = str(e)
-    m = re.search(r"Code: (\d+)", text)
-    code = int(m.group(1)) if m else 0
-    # 16 no such column, 47 unknown identifier, 60 unknown table, 81 unknown database
-    if code in (16, 47, 60, 81):
-        return SchemaError(text)
-    if code in (159, 209, 210, 241, 242):  # timeout, socket, memory limit, table read-only
-        return SinkUnavailable(text)
-    return PermanentError(text)
-
-
 class ServerService:
-    """A ClickHouse server over HTTP (clickhouse-connect)."""
+    """A ClickHouse server over HTTP(S) (clickhouse-connect). ``https://`` means TLS, verified; a
+    password in the URL is refused: it comes from ``BLINDSPOT_CLICKHOUSE_PASSWORD`` (or the older
+    ``CLICKHOUSE_PASSWORD``) or a file (``--clickhouse-password-file``)."""
 
-    def __init__(self, url: str, *, password_file: str | None = None) -> None:
+    def __init__(self, url: str, *, password_file: str | None = None, timeout_s: float = 30.0) -> None:
         import clickhouse_connect
         from clickhouse_connect.driver.exceptions import OperationalError
 
         self._operational_error = OperationalError
-        password = os.environ.get("CLICKHOUSE_PASSWORD")
-        if password is None and password_file:
-            password = Path(password_file).read_text().strip()
+        self.params = server_params(url, password_file=password_file)
         try:
             self._client = clickhouse_connect.get_client(
-                dsn=url, password=password or "", autogenerate_session_id=False
+                **self.params, autogenerate_session_id=False, connect_timeout=timeout_s,
+                send_receive_timeout=timeout_s,
             )
         except OperationalError as e:
             raise SinkUnavailable(f"ClickHouse at {_redact(url)} unreachable: {e}") from e
@@ -172,8 +161,8 @@ class ServerService:
             return fn(*a, **kw)
         except self._operational_error as e:
             raise SinkUnavailable(str(e)) from e
-        except DatabaseError as e:
-            raise _classify_chdb(e) from e
+        except DatabaseError as e:  # an HTTP error answer: its ClickHouse code decides, if it has one
+            raise classify_engine(str(e)) from e
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._wrap(self._client.command, sql, parameters=params)
@@ -198,10 +187,43 @@ def _redact(url: str) -> str:
     return re.sub(r"//[^@/]*@", "//***@", url)
 
 
-def open_service(*, data_dir: str | os.PathLike[str] | None = None, url: str | None = None) -> ClickHouseService:
+def server_params(url: str, *, password_file: str | None = None,
+                  environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """clickhouse-connect's connection arguments for ``url`` (http[s]://user@host:port/database).
+    Raises ValueError for a password in the URL or a scheme other than http/https."""
+    from urllib.parse import unquote, urlsplit
+
+    env = os.environ if environ is None else environ
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https"):
+        raise ValueError(f"ClickHouse URL must start with http:// or https://, not {_redact(url)!r}")
+    if u.password is not None:
+        raise ValueError("a password in the ClickHouse URL would show in process lists and logs: "
+                         "set BLINDSPOT_CLICKHOUSE_PASSWORD or use --clickhouse-password-file")
+    password = env.get("BLINDSPOT_CLICKHOUSE_PASSWORD", env.get("CLICKHOUSE_PASSWORD"))
+    if password_file:
+        password = Path(password_file).read_text().strip()
+    secure = u.scheme == "https"
+    params: dict[str, Any] = {
+        "host": u.hostname or "localhost",
+        "port": u.port or (8443 if secure else 8123),
+        "username": unquote(u.username) if u.username else "default",
+        "password": password or "",
+        "interface": u.scheme,
+        "secure": secure,
+    }
+    if secure:
+        params["verify"] = True
+    if u.path.strip("/"):
+        params["database"] = u.path.strip("/")
+    return params
+
+
+def open_service(*, data_dir: str | os.PathLike[str] | None = None, url: str | None = None,
+                 password_file: str | None = None) -> ClickHouseService:
     """The embedded engine on ``data_dir``, or the server at ``url`` (exactly one)."""
     if (data_dir is None) == (url is None):
         raise ValueError("give exactly one of data_dir (embedded chDB) or url (ClickHouse server)")
     if url is not None:
-        return ServerService(url)
+        return ServerService(url, password_file=password_file)
     return ChdbService(data_dir)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from blindspot.records import RecordKind
-from ingest._errors import TransientError
+from ingest._retry import retry
 from ingest.clickhouse_sink.config import ClickHouseSinkConfig
 from ingest.clickhouse_sink.service import ClickHouseService
 
@@ -54,28 +54,23 @@ class ClickHouseSink:
     ) -> int:
         """Insert ``rows`` into ``kind.table``; return how many rows were written.
 
-        Transient failures are retried with exponential backoff until ``max_attempts`` (None: until
-        the sink is stopped, then the last error is raised). Permanent failures raise at once.
+        Infrastructure failures are retried (ingest._retry) until ``max_attempts`` (None: until the
+        sink is stopped, which raises Stopping). Failures of the rows themselves raise at once.
         """
         table = rows if isinstance(rows, pa.Table) else kind.to_arrow(rows)
         if table.num_rows == 0:
             return 0
-        delay, attempt = self.config.retry_initial_s, 0
-        while True:
-            attempt += 1
-            t0 = time.perf_counter()
-            try:
-                self.service.insert_arrow(self.config.database, kind.table, table, dedup_token=dedup_token)
-            except TransientError as e:
-                self.counters.retries += 1
-                if (max_attempts is not None and attempt >= max_attempts) or self._stop.is_set():
-                    raise
-                log.warning("insert into %s failed (%s); retry %d in %.1fs", kind.table, e, attempt, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.config.retry_max_s)
-                continue
-            self.counters.insert_seconds += time.perf_counter() - t0
-            self.counters.rows_written += table.num_rows
-            self.counters.batches_written += 1
-            self.counters.by_table[kind.table] = self.counters.by_table.get(kind.table, 0) + table.num_rows
-            return int(table.num_rows)
+        t0 = time.perf_counter()
+
+        def counted(_op: str, _e: BaseException) -> None:
+            self.counters.retries += 1
+
+        retry(f"insert into {kind.table}",
+              lambda: self.service.insert_arrow(self.config.database, kind.table, table, dedup_token=dedup_token),
+              wait=self._stop.wait, initial_s=self.config.retry_initial_s, max_s=self.config.retry_max_s,
+              on_retry=counted, max_attempts=max_attempts)
+        self.counters.insert_seconds += time.perf_counter() - t0
+        self.counters.rows_written += table.num_rows
+        self.counters.batches_written += 1
+        self.counters.by_table[kind.table] = self.counters.by_table.get(kind.table, 0) + table.num_rows
+        return int(table.num_rows)

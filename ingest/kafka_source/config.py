@@ -12,6 +12,10 @@ from typing import Any
 from blindspot.records import KINDS, RecordKind
 
 DLQ_TOPIC = "blindspot.dlq.v1"
+# The dead-letter topic's max.message.bytes and its producer's message.max.bytes: room for the largest
+# message a worker reads at the broker's default limit (1 MiB) plus the headers the worker adds. A
+# dead letter that would still not fit is cut (ingest/kafka_source/source.py: bs-dlq-truncated).
+DLQ_MAX_BYTES = 4 * 1024 * 1024
 
 
 def default_topics(prefix: str = "") -> list[str]:
@@ -81,6 +85,7 @@ class KafkaSourceConfig:
             "linger.ms": 20,
             # A dead letter must not be lost quietly: the batch waits for its acknowledgement.
             "message.timeout.ms": 0,
+            "message.max.bytes": DLQ_MAX_BYTES,
         }
         conf.update(self.extra)
         return conf
