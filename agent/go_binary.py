@@ -549,6 +549,16 @@ def inspect(path: str | Path, want_offsets: bool = True, parse: Parser | None = 
     return hit
 
 
+def is_cached(path: str | Path, want_offsets: bool = True) -> bool:
+    """Whether ``inspect(path, want_offsets)`` would answer from the cache (a stat and a lookup)."""
+    try:
+        key = (_identity(os.stat(str(path))), want_offsets)
+    except OSError:
+        return False
+    with _lock:
+        return key in _cache
+
+
 def stats() -> dict[str, int]:
     """Counters for a source: rejections by reason and in total, cache evictions."""
     with _lock:

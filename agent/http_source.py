@@ -19,7 +19,9 @@ import itertools
 import logging
 import mmap
 import os
+import queue
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +53,9 @@ GO_OFFSET_KEYS = ("response_conn", "response_req", "conn_rwc", "req_pattern", "r
                   "persistconn_conn", "tcpconn_fd", "netfd_sysfd")
 Emit = Callable[[str, dict], None]
 REAP_INTERVAL_S = 10.0  # traced processes whose exit event was lost (ring full) are found this often
+# Executables not seen before are read off the poll thread (a hostile one may take the inspection's
+# whole timeout); at most this many processes wait for it, more are counted and not traced.
+INSPECT_BACKLOG = 256
 MAX_WAITING = 65_536  # outbound rows waiting for their inbound one (Go uprobes): ~2 s of a busy client
 MAX_SERVERS = 65_536  # (pid, goroutine) keys of recent served requests kept for linking
 EmitTable = Callable[[str, pa.Table], None]
@@ -165,6 +170,11 @@ class HttpSource:
         # Exited processes, kept until a later decode: their last records may still be pending.
         self._gone: dict[int, tuple[GoProcess, int]] = {}
         self._decodes = 0
+        # Processes whose executable is being read by the inspector thread, and what it found.
+        self._inspecting: set[int] = set()
+        self._to_inspect: queue.Queue[int | None] = queue.Queue(maxsize=INSPECT_BACKLOG)
+        self._inspected: deque[tuple[int, GoProcess | None]] = deque()
+        self._inspector: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -185,12 +195,15 @@ class HttpSource:
             for prog in ("uprobe_finish_request", "uprobe_persistconn_roundtrip"):
                 self.bpf.load_func(prog.encode(), BPF.KPROBE)
         for pid in self.cfg.pids or go_procs.scan_pids():
-            self._consider(pid)
+            self._consider(pid, wait=True)
+        self._inspector = threading.Thread(target=self._inspect_loop, name="go-inspector", daemon=True)
+        self._inspector.start()
 
     def close(self) -> None:
         if self.bpf is None:
             return
         self.poll(0)
+        self._stop_inspector()
         for pid in list(self.procs):
             self._detach(pid)
         self._decode()  # what the detaches swept
@@ -228,6 +241,7 @@ class HttpSource:
         if self._ring.pending_bytes() >= self._ring.size // 8:
             self._read_ring()  # early, so the ring never fills between decodes
         self.bpf.ring_buffer_poll(0)  # exec/exit; an exited process stays known until its records are decoded
+        self._attach_inspected()
         now = time.monotonic()
         if now - self._last_sweep >= self.cfg.quiet_s / 4:
             self._last_sweep = now
@@ -253,7 +267,10 @@ class HttpSource:
     def traced(self, pid: int) -> bool:
         return pid in self.procs
 
-    def _consider(self, pid: int) -> None:
+    def _consider(self, pid: int, wait: bool = False) -> None:
+        """Trace ``pid`` if it runs a Go program: at once when its executable was read before (a new
+        process of a known binary is traced before its first request), else once the inspector thread
+        has read it (``wait``: here, now)."""
         if pid in self.procs or pid == os.getpid():
             return
         if self.cfg.pids and pid not in self.cfg.pids:
@@ -264,21 +281,63 @@ class HttpSource:
                     return
             except OSError:
                 return
+        if wait or go_binary.is_cached(f"/proc/{pid}/exe", self.cfg.go_uprobes):
+            p = self._inspect(pid)
+            if p is not None:
+                self._attach(p)
+            return
+        if pid in self._inspecting:
+            return
         try:
-            p = go_procs.inspect_pid(pid, want_offsets=self.cfg.go_uprobes, configured=self.cfg.services,
-                                     parse=self._worker.parse if self._worker is not None else None)
+            self._to_inspect.put_nowait(pid)
+        except queue.Full:
+            self._errors.record("inspect_backlog_full", None, f"pid {pid} not traced: {INSPECT_BACKLOG} waiting")
+            return
+        self._inspecting.add(pid)
+
+    def _inspect(self, pid: int) -> GoProcess | None:
+        try:
+            return go_procs.inspect_pid(pid, want_offsets=self.cfg.go_uprobes, configured=self.cfg.services,
+                                        parse=self._worker.parse if self._worker is not None else None)
         except Exception as e:  # inspect_pid is meant to be total; this is the backstop
             self._errors.record("inspect", e, f"pid {pid}")
+            return None
+
+    def _inspect_loop(self) -> None:
+        while (pid := self._to_inspect.get()) is not None:
+            self._inspected.append((pid, self._inspect(pid)))
+
+    def _attach_inspected(self) -> None:
+        while self._inspected:
+            pid, p = self._inspected.popleft()
+            if pid not in self._inspecting:  # exited (or detached) while it was read
+                continue
+            self._inspecting.discard(pid)
+            if p is None or pid in self.procs:
+                continue
+            try:  # the pid may have been reused by another executable meanwhile
+                st = os.stat(f"/proc/{pid}/exe")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == p.inode:
+                self._attach(p)
+
+    def _stop_inspector(self) -> None:
+        if self._inspector is None:
             return
-        if p is None:
-            return
-        self._attach(p)
+        with contextlib.suppress(queue.Empty):
+            while True:  # what still waits is not read: the source is closing
+                self._to_inspect.get_nowait()
+        with contextlib.suppress(queue.Full):
+            self._to_inspect.put_nowait(None)
+        self._inspector.join(timeout=30)
+        self._inspector = None
 
     def add_pid(self, pid: int) -> bool:
         """Trace ``pid`` now (tests; a pid allow-list); True if it is a Go process."""
         if self.cfg.pids and pid not in self.cfg.pids:
             self.cfg.pids = (*self.cfg.pids, pid)
-        self._consider(pid)
+        self._consider(pid, wait=True)
         return pid in self.procs
 
     def _attach(self, p: GoProcess) -> None:
@@ -311,6 +370,7 @@ class HttpSource:
         self._c["procs_attached"] += 1
 
     def _detach(self, pid: int) -> None:
+        self._inspecting.discard(pid)  # exited before its executable was read: the result is dropped
         p = self.procs.get(pid)
         if p is None or self.bpf is None:
             return

@@ -145,3 +145,38 @@ def test_process_whose_exit_event_was_lost_is_reaped(src: Any) -> None:
     assert not src.traced(c.pid)
     assert all(k.value != c.pid for k in src.bpf["pids"].keys())
     assert src.counters()["source_errors:http:exit_event_missed"] == 1
+
+
+def test_an_executable_slow_to_read_does_not_stall_the_poll_loop(src: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading an executable never seen before happens off the poll thread: a hostile one may take the
+    inspection's whole timeout, and the rings must go on being drained meanwhile. A second process of
+    a binary already read is traced at once, from its exec event."""
+    from collections import OrderedDict
+
+    from agent import go_binary, go_procs
+
+    monkeypatch.setattr(go_binary, "_cache", OrderedDict())  # nothing read before, in this process
+    real = go_procs.inspect_pid
+
+    def slow(pid: int, **kw: Any) -> Any:
+        time.sleep(2.0)
+        return real(pid, **kw)
+
+    monkeypatch.setattr(go_procs, "inspect_pid", slow)
+    build = gobuild.build(gobuild.GO_VERSIONS[-1], "stripped")
+    first = procs.spawn([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
+    first.stdout.readline()  # type: ignore[union-attr]
+    t0, worst = time.monotonic(), 0.0
+    while not src.traced(first.pid):
+        assert time.monotonic() - t0 < 20
+        t = time.monotonic()
+        src.poll(0)
+        worst = max(worst, time.monotonic() - t)
+        time.sleep(0.02)
+    assert time.monotonic() - t0 >= 1.5  # it did go the slow way
+    assert worst < 0.5, worst  # and the loop was never held for it
+    monkeypatch.setattr(go_procs, "inspect_pid", real)
+    second = procs.spawn([str(build.bin("server"))], stdout=subprocess.PIPE, text=True)
+    second.stdout.readline()  # type: ignore[union-attr]
+    src.poll(0)  # its exec event: the binary is known, so it is traced right there
+    assert src.traced(second.pid)
