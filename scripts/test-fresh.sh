@@ -10,6 +10,7 @@
 set -euo pipefail
 src=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
 T=$(mktemp -d "${TMPDIR:-/tmp}/blindspot-fresh.XXXXXX")
+chmod 755 "$T"  # like a checkout anywhere: tests run the CLI as another user too
 cleanup() {
   if [[ ${KEEP_FRESH:-} != 1 ]]; then
     chmod -R u+w "$T" 2>/dev/null || true  # the Go module cache is read-only

@@ -11,6 +11,10 @@ import pytest
 from tests import procs
 from tests.embedded_agent import Agent, running_agent
 
+# One definition for the whole session: a fixture imported into several modules is one instance per
+# module (each its own broker). Test modules use it without importing it.
+from tests.kafka_fixture import kafka_bootstrap  # noqa: F401
+
 # Hermetic: the agents and workers the suite starts read no config of this machine's
 # (/etc/blindspot/blindspot.toml, BLINDSPOT_* variables of the shell), only what each test gives them.
 _TEST_KNOBS = ("BLINDSPOT_TEST_", "BLINDSPOT_GO_CACHE", "BLINDSPOT_GO_VERSIONS", "BLINDSPOT_CACHE")

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from tests.embedded_agent import BLINDSPOT, REPO
-from tests.kafka_fixture import create_topics, kafka_bootstrap, prefix
+from tests.kafka_fixture import create_topics, prefix
 from tests.procs import spawn
 from tests.test_fleet_pipeline import engine, start_worker, stored
 from tests.test_tcp_lifecycle import run_client, start_server
 from tests.traffic import CLIENT_COMM, SERVER_COMM, reply_size
 
-__all__ = ["engine", "kafka_bootstrap", "prefix"]
+__all__ = ["engine", "prefix"]
 pytestmark = [pytest.mark.root, pytest.mark.kafka]
 
 ROWS = """

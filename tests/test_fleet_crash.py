@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
 from blindspot.query_server import FORMATS, query_via_socket, socket_path
 from blindspot.records import TCP_CONNECTION
-from tests.kafka_fixture import REPO, create_topics, kafka_bootstrap, make_rows, prefix, query_dir
+from tests.kafka_fixture import REPO, create_topics, make_rows, prefix, query_dir
 from tests.procs import spawn
 
-__all__ = ["kafka_bootstrap", "prefix"]
+__all__ = ["prefix"]
 pytestmark = pytest.mark.kafka
 
 _PREPARE = """

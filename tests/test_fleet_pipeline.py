@@ -24,9 +24,9 @@ from ingest.clickhouse_sink.service import ChdbService, open_service
 from ingest.kafka_source import H_DETAIL, H_REASON, H_SRC, H_SRC_ROW, KafkaSourceConfig
 from ingest.schema import migrate
 from ingest.worker import Worker
-from tests.kafka_fixture import consume_all, create_topics, kafka_bootstrap, kafka_sh, make_rows, prefix
+from tests.kafka_fixture import consume_all, create_topics, kafka_sh, make_rows, prefix
 
-__all__ = ["kafka_bootstrap", "prefix"]  # fixtures used by name
+__all__ = ["prefix"]  # fixtures used by name
 pytestmark = pytest.mark.kafka
 
 

@@ -17,11 +17,11 @@ from blindspot.records import TCP_CONNECTION
 from ingest.clickhouse_sink.service import open_service
 from ingest.schema import migrate
 from ingest.worker import CRASH_STEPS
-from tests.kafka_fixture import REPO, consume_all, create_topics, kafka_bootstrap, make_rows, prefix, query_dir
+from tests.kafka_fixture import REPO, consume_all, create_topics, make_rows, prefix, query_dir
 from tests.test_fleet_crash import committed_everything, prepare, wait_committed
 from tests.test_fleet_pipeline import publish
 
-__all__ = ["kafka_bootstrap", "prefix"]
+__all__ = ["prefix"]
 
 ROLLUPS = {  # rollup table -> SQL giving the number of closed connections it holds
     "test_rollup": "SELECT sum(n) AS n FROM blindspot.test_rollup",

@@ -17,10 +17,10 @@ from ingest._retry import retry
 from ingest.clickhouse_sink.service import ServerService, server_params
 from ingest.schema import migrate
 from tests.clickhouse_fake import FakeClickHouse
-from tests.kafka_fixture import consume_all, create_topics, kafka_bootstrap, make_rows, prefix
+from tests.kafka_fixture import consume_all, create_topics, make_rows, prefix
 from tests.test_fleet_pipeline import publish, start_worker, wait_for
 
-__all__ = ["kafka_bootstrap", "prefix"]
+__all__ = ["prefix"]
 
 
 @pytest.fixture

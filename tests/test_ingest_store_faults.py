@@ -20,11 +20,11 @@ from blindspot.records import TCP_CONNECTION
 from ingest.clickhouse_sink.service import open_service
 from ingest.kafka_source import H_ERROR, H_REASON, H_SRC, H_TRUNCATED
 from ingest.schema import migrate
-from tests.kafka_fixture import consume_all, create_topics, kafka_bootstrap, make_rows, prefix
+from tests.kafka_fixture import consume_all, create_topics, make_rows, prefix
 from tests.test_fleet_pipeline import engine, publish, start_worker, stored, wait_for
 from tests.test_ingest_faults import _bad_offsets, _compressed
 
-__all__ = ["engine", "kafka_bootstrap", "prefix"]
+__all__ = ["engine", "prefix"]
 pytestmark = pytest.mark.kafka
 ARROW = wire.headers_for(TCP_CONNECTION, wire.ENC_ARROW)
 MSGPACK = wire.headers_for(TCP_CONNECTION)
