@@ -42,7 +42,7 @@ left=()
 for d in /proc/[0-9]*; do
   pid=${d#/proc/}
   [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-  cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null || true)
+  cmd=$( { tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null || true)  # a process may be gone by now
   cwd=$(readlink "$d/cwd" 2>/dev/null || true)
   if [[ $cmd == *"$T"* || $cwd == "$T"* ]]; then left+=("$pid $cmd"); fi
 done
