@@ -370,6 +370,8 @@ def overview() -> Board:
         "host, sumIf(value, counter = 'captured') AS captured,\n"
         "       sumIf(value, startsWith(counter, 'lost_')) AS lost_kernel,\n"
         "       sumIf(value, startsWith(counter, 'dropped')) AS dropped,\n"
+        "       sumIf(value, counter = 'rejected') AS rejected,\n"
+        "       sumIf(value, startsWith(counter, 'source_errors:')) AS source_errors,\n"
         "       sumIf(value, startsWith(counter, 'dead_letter')) AS dead_lettered,\n"
         "       sumIf(value, counter = 'expired') AS expired,\n"
         "       sumIf(value, counter = 'ingested') AS ingested,\n"
@@ -377,15 +379,17 @@ def overview() -> Board:
         "pipeline_counters", "", "host", "kernel_completeness, host", step=False), 1,
         w=24, options=TABLE_OPTS,
         # counter names as agent/pipeline.py reports them: lost_ringbuf, lost_map_full (kernel),
-        # dropped_queue_full, dropped_sink (agent); dead_letter*, expired, ingested (fleet ingest)
-        description="Events lost in the kernel (ring buffer full), dropped by the agent (buffers full), "
-                    "dead-lettered by ingest, or expired (older than the retention on arrival, not "
-                    "stored); ingested: stored by fleet ingest. A gap here is missing data, not a quiet "
-                    "service.")
+        # dropped_queue_full, dropped_sink, dropped_write_error, rejected, source_errors:<source>:<what>
+        # (agent); dead_letter*, expired, ingested (fleet ingest)
+        description="Events lost in the kernel (ring buffer full), dropped by the agent (buffers full, "
+                    "write errors), rejected by its decoders, failures its sources counted and went on "
+                    "(source_errors), dead-lettered by ingest, or expired (older than the retention on "
+                    "arrival, not stored); ingested: stored by fleet ingest. A gap here is missing data, "
+                    "not a quiet service.")
     b.panel("timeseries", "Events lost per second, by component and counter", tiered(
         "concat(component, ':', counter) AS loss, sum(value) / {step} AS per_s", "pipeline_counters",
         "(startsWith(counter, 'lost_') OR startsWith(counter, 'dropped') OR startsWith(counter, 'dead_letter') "
-        "OR counter = 'expired')",
+        "OR counter IN ('expired', 'rejected') OR startsWith(counter, 'source_errors:'))",
         "time, loss", "time"), 0, unit="ops", w=24, field=TS)
     return b
 
