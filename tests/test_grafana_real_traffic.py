@@ -134,9 +134,20 @@ def test_connection_numbers_match_the_traffic(agent: Agent, traffic: dict[str, A
     assert closed >= traffic["n"] + 1
     failed = agent.rows(gs.expand(by_title["Failed connects, resets, retransmits per second"], ctx))
     assert round(sum(float(r["failed_connects"]) for r in failed) * step) >= 1
-    table = agent.rows(gs.expand(by_title["Connections (latest 200 in the last hour of the range)"], ctx))
-    assert {r["service"] for r in table} == {CLIENT_COMM} and len(table) >= traffic["n"] + 1
-    assert {"refused", "closed"} <= {r["close_reason"] for r in table}
+    # Raw rows, exact times: read with the range a dashboard refresh would ask for now (the rollups above
+    # count whole minutes; this one compares each end_time with "now" cut to the second).
+    deadline = time.monotonic() + 15
+    while True:
+        now = gs.context_for(3600)
+        tctx = gs.QueryContext(now.time_from, now.time_to, now.interval_ms, ctx.variables, {})
+        table = agent.rows(gs.expand(by_title["Connections (latest 200 in the last hour of the range)"], tctx))
+        if {"refused", "closed"} <= {r["close_reason"] for r in table} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    evidence = agent.rows("SELECT host, close_reason, end_time, now64(9) AS now FROM blindspot.tcp_connections "
+                          "WHERE comm = {c:String} ORDER BY end_time DESC LIMIT 5", c=CLIENT_COMM)
+    assert {r["service"] for r in table} == {CLIENT_COMM} and len(table) >= traffic["n"] + 1, (tctx, evidence)
+    assert {"refused", "closed"} <= {r["close_reason"] for r in table}, (tctx, evidence)
 
 
 # --- HTTP: the Go test programs (tests/go) behind the gray-release router, traced by the agent ----------
