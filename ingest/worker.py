@@ -479,14 +479,9 @@ class Worker:
                 if raw.schema.equals(kind.arrow_schema) and guard is None:
                     fast.append((m, raw))
                     continue
-                good, rejected = check_table(kind, raw)
-                seg = self._seg_after_rejects(m, raw, rejected, dead)
+                self._check_alone(kind, m, raw, dead, parts, part_segs)
             except Exception as e:
                 self._dead_letter_error(m, e, dead)
-                continue
-            if good.num_rows:
-                parts.append(good)
-                part_segs.append(seg)
         if fast:
             assert kind is not None
             try:
@@ -495,15 +490,7 @@ class Worker:
                 log.exception("checking %d Arrow messages together failed; checking them one by one", len(fast))
                 good, fast_segs = None, []
                 for m, raw in fast:
-                    try:
-                        one, rejected = check_table(kind, raw)
-                        seg = self._seg_after_rejects(m, raw, rejected, dead)
-                    except Exception as e:
-                        self._dead_letter_error(m, e, dead)
-                        continue
-                    if one.num_rows:
-                        parts.append(one)
-                        part_segs.append(seg)
+                    self._check_alone(kind, m, raw, dead, parts, part_segs)
             if good is not None and good.num_rows:
                 parts.insert(0, good)
                 part_segs[:0] = [sg for sg in fast_segs if sg.rows]
@@ -525,6 +512,20 @@ class Worker:
         if not parts:
             return None, segs
         return (parts[0] if len(parts) == 1 else pa.concat_tables(parts)), segs
+
+    def _check_alone(self, kind: RecordKind, m: Any, raw: pa.Table, dead: _Tally[tuple[int, str]],
+                     parts: list[pa.Table], part_segs: list[_Seg]) -> None:
+        """One Arrow message checked on its own: its good rows (and where they came from) appended; a
+        message the checks fail on in a way they did not expect is dead-lettered with the exception."""
+        try:
+            good, rejected = check_table(kind, raw)
+            seg = self._seg_after_rejects(m, raw, rejected, dead)
+        except Exception as e:
+            self._dead_letter_error(m, e, dead)
+            return
+        if good.num_rows:
+            parts.append(good)
+            part_segs.append(seg)
 
     def _check_together(self, kind: RecordKind, fast: list[tuple[Any, pa.Table]], dead: _Tally[tuple[int, str]]
                         ) -> tuple[pa.Table, list[_Seg]]:
