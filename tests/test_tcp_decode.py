@@ -9,6 +9,7 @@ import pytest
 
 from agent import _tcp_event as ev
 from agent.tcp_decode import Clock, address, close_reason, conn_id, decode_closed, decode_open
+from tests.fuzz.corpus import tcp_record
 
 ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, LAST_ACK = 1, 2, 3, 4, 5, 9
 
@@ -47,14 +48,7 @@ def test_conn_id_is_stable_and_distinct() -> None:
 
 
 def _event(**kw: object) -> ev.TcpRecord:
-    e = ev.TcpEvent()
-    e.sk, e.family, e.sport, e.dport = 0xFFFF8881, socket.AF_INET, 40000, 80
-    e.saddr[:4] = [127, 0, 0, 1]
-    e.daddr[:4] = [127, 0, 0, 2]
-    e.comm = b"curl"
-    for k, v in kw.items():
-        setattr(e, k, v)
-    return ev.unpack(bytes(e))  # the same path as the ring buffer callback
+    return ev.unpack(tcp_record(**kw))  # the same path as the ring buffer callback
 
 
 def test_decode_closed_uses_app_bytes_and_wall_clock() -> None:

@@ -109,19 +109,25 @@ def _events() -> dict[str, bytes]:
     }
 
 
+def tcp_record(**kw: object) -> bytes:
+    """A ``struct tcp_event`` as the ring buffer hands it over: a curl client 127.0.0.1:40000 ->
+    127.0.0.2:80, with ``kw`` set over it (also what tests/test_tcp_decode.py decodes)."""
+    from agent import _tcp_event as ev
+
+    e = ev.TcpEvent()
+    e.sk, e.family, e.sport, e.dport = 0xFFFF8881, socket.AF_INET, 40000, 80
+    e.saddr[:4] = [127, 0, 0, 1]
+    e.daddr[:4] = [127, 0, 0, 2]
+    e.comm = b"curl"
+    for k, v in kw.items():
+        setattr(e, k, v)
+    return bytes(e)
+
+
 def _tcp() -> dict[str, bytes]:
     from agent import _tcp_event as ev
 
-    def rec(**kw: object) -> bytes:
-        e = ev.TcpEvent()
-        e.sk, e.family, e.sport, e.dport = 0xFFFF8881, socket.AF_INET, 40000, 80
-        e.saddr[:4] = [127, 0, 0, 1]
-        e.daddr[:4] = [127, 0, 0, 2]
-        e.comm = b"curl"
-        for k, v in kw.items():
-            setattr(e, k, v)
-        return bytes(e)
-
+    rec = tcp_record
     return {
         "closed_normal.bin": rec(start_ns=1_000, established_ns=2_000, end_ns=9_000, flags=ev.F_ESTABLISHED),
         "end_before_start.bin": rec(start_ns=9_000, established_ns=2_000, end_ns=1_000, flags=ev.F_ESTABLISHED),
