@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest._errors import SchemaError
+from contract.errors import SchemaError
 from ingest.clickhouse_sink.service import ClickHouseService
 
 log = logging.getLogger(__name__)
