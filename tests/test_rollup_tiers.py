@@ -6,19 +6,24 @@ span several hours; a retried batch is counted once in both tiers; a tier placeh
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
 from blindspot.records import TCP_CONNECTION
 from ingest import ClickHouseSink, migrate, open_service
-from ingest._errors import SchemaError
 from ingest.clickhouse_sink.service import ChdbService
-from ingest.schema import expand_tiers, migrations
+from ingest.schema import SchemaError, expand_tiers, migrations
 from tests.grafana_seed import seed
 
 S = 1_000_000_000
-PAIRS = ["tcp_conn", "tcp_conn_fleet", "http", "http_fleet"]  # {name}_1m and {name}_1h
+# {name}_1m and {name}_1h -> (a summed column, a filter, its total in the seed: tests/grafana_seed.py)
+PAIRS = {
+    "tcp_conn": ("closed", "service != 'tier-dedup'", 3000),
+    "tcp_conn_fleet": ("closed", "service != 'tier-dedup'", 3000),
+    "http": ("requests", "1", 18000),
+    "http_fleet": ("requests", "1", 18000),
+    "pipeline_counters": ("value", "counter = 'captured'", 3 * 180 * 1000),  # 3 hosts, 180 minutes
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,8 @@ def hourly(cols: list[tuple[str, str]], table: str, hour: str) -> str:
     for name, typ in cols:
         if name in ("minute", "hour"):
             keys.append(f"{hour} AS hour")
-        elif typ.startswith("SimpleAggregateFunction(sum,"):
+        elif typ.startswith("SimpleAggregateFunction(sum,") or (table.startswith("pipeline_counters_")
+                                                                 and name == "value"):  # SummingMergeTree
             values.append(f"sum({name}) AS {name}")
         elif typ.startswith("AggregateFunction(sumForEach,"):
             values.append(f"sumForEachMerge({name}) AS {name}")
@@ -56,7 +62,7 @@ def hourly(cols: list[tuple[str, str]], table: str, hour: str) -> str:
             f"GROUP BY {', '.join(key_names)} ORDER BY {', '.join(key_names)}")
 
 
-@pytest.mark.parametrize("name", PAIRS)
+@pytest.mark.parametrize("name", sorted(PAIRS))
 def test_hour_tier_is_minute_tier_reaggregated(service: ChdbService, name: str) -> None:
     minute_cols, hour_cols = columns(service, f"{name}_1m"), columns(service, f"{name}_1h")
     assert minute_cols[0] == ("minute", "DateTime('UTC')") and hour_cols[0] == ("hour", "DateTime('UTC')")
@@ -70,10 +76,10 @@ def test_hour_tier_is_minute_tier_reaggregated(service: ChdbService, name: str) 
     per_hour = service.query_arrow(f"SELECT uniqExact(minute) AS m FROM blindspot.{name}_1m "
                                    "GROUP BY toStartOfHour(minute)").to_pylist()
     assert max(r["m"] for r in per_hour) > 1
-    total = "requests" if name.startswith("http") else "closed"
-    got = service.query_arrow(f"SELECT sum({total}) AS n FROM blindspot.{name}_1h "
-                              "WHERE service != 'tier-dedup'").to_pylist()
-    assert got == [{"n": 18000 if name.startswith("http") else 3000}]
+    column, where, total = PAIRS[name]
+    for tier in ("1m", "1h"):
+        got = service.query_arrow(f"SELECT sum({column}) AS n FROM blindspot.{name}_{tier} WHERE {where}")
+        assert got.to_pylist() == [{"n": total}], tier
 
 
 def test_retried_batch_counts_once_in_both_tiers(service: ChdbService) -> None:
@@ -83,7 +89,7 @@ def test_retried_batch_counts_once_in_both_tiers(service: ChdbService) -> None:
              "end_time": now - 7200 * S + i * 60 * S + S, "local_addr": "10.0.0.1", "remote_addr": "10.0.0.2",
              "comm": "tier-dedup"} for i in range(90)]
     for _ in range(2):  # the retry after a crash: same rows, same token
-        sink.write(TCP_CONNECTION, rows, dedup_token="blindspot.tcp.v1:7:0-89")
+        sink.write(TCP_CONNECTION, TCP_CONNECTION.to_arrow(rows), dedup_token="blindspot.tcp.v1:7:0-89")
     for table in ("tcp_conn_1m", "tcp_conn_1h", "tcp_conn_fleet_1m", "tcp_conn_fleet_1h"):
         got = service.query_arrow(f"SELECT sum(opened) AS o, sum(closed) AS c FROM blindspot.{table} "
                                   "WHERE service = 'tier-dedup'").to_pylist()
@@ -101,7 +107,7 @@ def test_every_rollup_pair_is_one_template() -> None:
         assert made.count(f"blindspot.{name}_1m") == 1 and made.count(f"blindspot.{name}_1h") == 1
 
 
-def test_tier_placeholder_outside_a_tier_statement_is_refused(tmp_path: Path) -> None:
+def test_tier_placeholder_outside_a_tier_statement_is_refused() -> None:
     assert expand_tiers(["CREATE TABLE t_{tier} (b DateTime) TTL {bucket} + INTERVAL {bucket_ttl_days} DAY",
                          "SELECT 1"]) == [
         "CREATE TABLE t_1m (b DateTime) TTL minute + INTERVAL 3 DAY",
