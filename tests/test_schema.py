@@ -4,6 +4,7 @@ batch with the same token is stored once, and event data never becomes SQL."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,11 @@ ARROW_TO_CH = {"string": "String", "uint8": "UInt8", "uint16": "UInt16", "uint32
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> ChdbService:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbService]:
     svc = open_service(data_dir=tmp_path_factory.mktemp("chdb"))
     assert isinstance(svc, ChdbService)
-    return svc
+    yield svc
+    svc.close()  # chDB serves one folder per process: the next module opens its own
 
 
 def test_migrations_apply_once(service: ChdbService) -> None:
