@@ -57,7 +57,9 @@ def names_from_enum(values: Mapping[str, int]) -> dict[int, str]:
     for name, value in values.items():
         if name in _NOT_REASONS:
             continue
-        out.setdefault(value, name.removeprefix("SKB_DROP_REASON_").removeprefix("SKB_"))
+        # SKB_DROP_REASON_SKB_CSUM is SKB_CSUM (as the print fmt names it); SKB_CONSUMED is CONSUMED.
+        short = name[len("SKB_DROP_REASON_"):] if name.startswith("SKB_DROP_REASON_") else name.removeprefix("SKB_")
+        out.setdefault(value, short)
     return out
 
 

@@ -135,6 +135,7 @@ def _tcp() -> dict[str, bytes]:
         "all_zero.bin": bytes(ev.TCP_EVENT_SIZE),
         "comm_ff.bin": rec(comm=b"\xff" * 16),
         "family_odd.bin": rec(family=0xFFFF),
+        "drop_reason_unknown.bin": rec(drops=0xFFFFFFFF, drop_reason=0xFFFFFFFF, flags=ev.F_ESTABLISHED),
     }
 
 
