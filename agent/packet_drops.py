@@ -56,6 +56,8 @@ def kernel_drops() -> tuple[list[str], drop_reasons.DropTracepoint] | None:
     ]
     if tp.has_rx_sk:
         flags.append("-DBS_HAVE_RX_SK")
+    log.info("packet drops: %d reasons named (from %s), a drop is reason >= %d, rx_sk %s",
+             len(tp.names), "BTF" if btf_names else "tracefs", tp.first, "yes" if tp.has_rx_sk else "no")
     return flags, tp
 
 

@@ -123,19 +123,20 @@ def test_no_socket(agent: Agent, netns: Netns) -> None:
 
 def test_listen_overflow(agent: Agent, netns: Netns) -> None:
     got = netns.run("listen_overflow")
-    assert got["overflows"] == 1 and got["received"] == ["1", "2", "3"]
+    n = got["overflows"]  # the namespace's own TcpExtListenOverflows: 1 unless the script stalled
+    assert n >= 1 and got["received"] == ["1", "2", "3"]
     drops = drops_by_reason(agent, netns, lambda m: "TCP_LISTEN_OVERFLOW" in m)
     # Dropped at the listener (the connection does not exist on the server yet): the host's count only.
-    assert drops["TCP_LISTEN_OVERFLOW"] == (1, 0), drops
+    assert drops["TCP_LISTEN_OVERFLOW"] == (n, 0), drops
     # Besides: the bare ACKs a deferred accept ignores are freed as NOT_SPECIFIED (counted, never on a
     # connection), and sockets destroyed with something still queued free it as QUEUE_PURGE
     # (sk_stream_kill_queues, after the connection's row is out): neither is on a connection.
     assert set(drops) <= {"TCP_LISTEN_OVERFLOW", *INCIDENTAL}, drops
     assert all(conn == 0 for _, conn in drops.values()), drops
-    # The client lost its first data segment and had to send it again.
+    # The client's segment was dropped n times: n retransmissions, the last one accepted.
     rows = agent.wait_rows(CONN_BY_LOCAL_PORT, lambda r: len(r) >= 2, port=got["late_port"])
     client = next(r for r in rows if r["role"] == "client")
-    assert int(client["retransmits"]) == 1, rows
+    assert int(client["retransmits"]) == n, rows
     assert int(client["drops"]) == 0, rows
 
 
