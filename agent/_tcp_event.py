@@ -41,6 +41,10 @@ class TcpEvent(C.Structure):
         ("kind", C.c_uint8),
         ("_pad", C.c_uint8 * 3),
         ("comm", C.c_char * 16),
+        ("drops", C.c_uint32),
+        ("drop_reason", C.c_uint32),
+        ("drop_votes", C.c_uint32),
+        ("_pad2", C.c_uint32),
     ]
 
 
@@ -57,7 +61,7 @@ def unpack(buf: bytes | bytearray | memoryview) -> TcpRecord:
 
 
 _D = header_defines(HEADER)
-TCP_EVENT_SIZE = 144  # pinned by _Static_assert in the header
+TCP_EVENT_SIZE = 160  # pinned by _Static_assert in the header
 assert C.sizeof(TcpEvent) == TCP_EVENT_SIZE
 
 KIND_OPEN = _D["BS_TCP_OPEN"]
@@ -74,4 +78,5 @@ STAT_EMITTED = _D["BS_STAT_EMITTED"]
 STAT_LOST_RINGBUF = _D["BS_STAT_LOST_RINGBUF"]
 STAT_LOST_MAP_FULL = _D["BS_STAT_LOST_MAP_FULL"]
 STAT_LISTENERS_FULL = _D["BS_STAT_LISTENERS_FULL"]
+STAT_DROP_KEYS_FULL = _D["BS_STAT_DROP_KEYS_FULL"]
 STAT_N = _D["BS_STAT_N"]

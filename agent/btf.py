@@ -95,3 +95,12 @@ def struct_size(name: str, btf_path: Path = VMLINUX_BTF) -> int:
     if name not in structs:
         raise BTFUnavailable(f"struct {name} not in BTF")
     return int(structs[name]["size"])
+
+
+def enum_values(name: str, btf_path: Path = VMLINUX_BTF) -> dict[str, int]:
+    """Names and values of ``enum name`` on the running kernel (e.g. ``skb_drop_reason``)."""
+    by_id = _struct_index(btf_path)["__by_id__"]
+    for t in by_id.values():  # type: ignore[union-attr]
+        if t["kind"] in ("ENUM", "ENUM64") and t.get("name") == name:
+            return {v["name"]: int(v["val"]) for v in t.get("values", [])}
+    raise BTFUnavailable(f"enum {name} not in BTF")

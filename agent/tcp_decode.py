@@ -7,10 +7,12 @@ import functools
 import hashlib
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent import _tcp_event as ev
+from agent.drop_reasons import reason_name
 
 TCP_SYN_SENT, TCP_SYN_RECV = 2, 3
 ROLE_NAMES = {ev.ROLE_CLIENT: "client", ev.ROLE_SERVER: "server", ev.ROLE_UNKNOWN: "unknown"}
@@ -113,13 +115,23 @@ def owner_source(flags: int) -> str:
     return "unknown"
 
 
+def drop_reason(e: ev.TcpRecord, names: Mapping[int, str]) -> str:
+    """The name of a connection's main drop reason ("" when none of its packets was dropped)."""
+    return reason_name(names, e.drop_reason) if e.drops else ""
+
+
+_NO_NAMES: Mapping[int, str] = {}
+
+
 def decode_closed(
-    e: ev.TcpRecord, *, clock: Clock, host: str, boot_id: str, agent_start_ns: int, app_bytes: bool
+    e: ev.TcpRecord, *, clock: Clock, host: str, boot_id: str, agent_start_ns: int, app_bytes: bool,
+    drop_names: Mapping[int, str] = _NO_NAMES,
 ) -> dict[str, Any]:
     """One ``tcp_connections`` row from a ``struct tcp_event``.
 
     ``app_bytes``: the kernel has the sock_*_length tracepoints, so payload bytes are exact. Without
     them, fall back to the sequence-space counters, which count a SYN and a FIN as one byte each.
+    ``drop_names``: the running kernel's drop reasons (agent/drop_reasons.py).
     """
     preexisting = bool(e.flags & ev.F_PREEXISTING)
     start = e.start_ns
@@ -149,11 +161,14 @@ def decode_closed(
         "close_reason": close_reason(e.old_state, e.flags, e.sk_err),
         "started_before_agent": int(preexisting),
         "owner_source": owner_source(e.flags),
+        "drops": e.drops,
+        "drop_reason": drop_reason(e, drop_names),
     }
 
 
 def decode_open(
-    c: ev.TcpRecord, *, clock: Clock, host: str, boot_id: str, agent_start_ns: int, snapshot_ns: int
+    c: ev.TcpRecord, *, clock: Clock, host: str, boot_id: str, agent_start_ns: int, snapshot_ns: int,
+    drop_names: Mapping[int, str] = _NO_NAMES,
 ) -> dict[str, Any] | None:
     """One ``tcp_connections_open`` row from an entry of the BPF ``conns`` map, or None for entries
     that are not open connections (still in the handshake, or closed and waiting for their owner)."""
@@ -176,4 +191,6 @@ def decode_open(
         "bytes_sent": c.app_bytes_sent,
         "bytes_received": c.app_bytes_received,
         "started_before_agent": int(preexisting),
+        "drops": c.drops,
+        "drop_reason": drop_reason(c, drop_names),
     }

@@ -16,13 +16,13 @@ from typing import Any
 import pyarrow as pa
 
 from agent import _tcp_event as ev
-from agent import procfs
+from agent import packet_drops, procfs
 from agent._bpf_abi import load_bpf
 from agent.btf import BTFUnavailable, FieldRef, offset_of
 from agent.config import TcpSourceConfig
 from agent.errors import SourceErrors
 from agent.tcp_decode import Clock, decode_closed, decode_open
-from contract.records import TCP_CONNECTION, TCP_OPEN_CONNECTION, RecordKind
+from contract.records import PACKET_DROP, TCP_CONNECTION, TCP_OPEN_CONNECTION, RecordKind
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def kernel_field_defines() -> list[str]:
 
 class TcpSource:
     name = "tcp"
-    kinds = (TCP_CONNECTION, TCP_OPEN_CONNECTION)
+    kinds = (TCP_CONNECTION, TCP_OPEN_CONNECTION, PACKET_DROP)
 
     def __init__(self, config: TcpSourceConfig, emit: Emit, *, host: str) -> None:
         self.config = config
@@ -78,6 +78,8 @@ class TcpSource:
         self.start_ns = time.time_ns()
         self.app_bytes = False
         self.decoded = 0
+        self.drop_names: dict[int, str] = {}  # the running kernel's drop reasons; empty: drops not traced
+        self._drop_tally: packet_drops.DropTally | None = None
         self._last_counters: dict[str, int] = {}
         self._closed: list[dict[str, Any]] = []  # decoded in this poll
         self._errors = SourceErrors(self.name, log)
@@ -97,6 +99,11 @@ class TcpSource:
         ]
         if self.app_bytes:
             cflags.append("-DBS_HAVE_SOCK_LENGTH")
+        drops = packet_drops.kernel_drops()
+        if drops is not None:
+            cflags += drops[0]
+            self.drop_names = dict(drops[1].names)
+            self._drop_tally = packet_drops.DropTally(self.drop_names)
         self._bpf = load_bpf(src_file=str(ev.BPF_DIR / "tcp_lifecycle.c").encode(), cflags=cflags)
         self._seed_listeners()
         self._bpf["events"].open_ring_buffer(self._on_event)
@@ -133,6 +140,7 @@ class TcpSource:
             boot_id=self.boot_id,
             agent_start_ns=self.start_ns,
             app_bytes=self.app_bytes,
+            drop_names=self.drop_names,
         )
         self.decoded += 1
         self._closed.append(row)
@@ -172,7 +180,7 @@ class TcpSource:
                 continue
             try:
                 row = decode_open(c, clock=self.clock, host=self.host, boot_id=self.boot_id,
-                                  agent_start_ns=self.start_ns, snapshot_ns=now)
+                                  agent_start_ns=self.start_ns, snapshot_ns=now, drop_names=self.drop_names)
             except Exception as ex:  # one bad entry, not the snapshot
                 self._errors.record("snapshot", ex, "one open connection not reported")
                 continue
@@ -181,7 +189,23 @@ class TcpSource:
         self._emit_closed_rows()
         if open_rows:
             self._emit(TCP_OPEN_CONNECTION.name, rows_table(TCP_OPEN_CONNECTION, open_rows, self._errors))
+        self.report_drops()
         return len(open_rows)
+
+    def report_drops(self) -> int:
+        """Emit one ``packet_drops`` row per (reason, netns) whose kernel counts moved since the last
+        call; return how many."""
+        if self._drop_tally is None or self._bpf is None:
+            return 0
+        try:
+            entries = packet_drops.map_entries(self._bpf["drops"])
+            rows = self._drop_tally.rows(entries, host=self.host, time_ns=time.time_ns())
+        except Exception as ex:  # the next call reports these drops: counts are cumulative
+            self._errors.record("drops", ex, "packet drops not read this time")
+            return 0
+        if rows:
+            self._emit(PACKET_DROP.name, rows_table(PACKET_DROP, rows, self._errors))
+        return len(rows)
 
     def counters(self) -> dict[str, int]:
         """Cumulative kernel-side counters: records emitted, and records/connections lost."""
@@ -194,6 +218,7 @@ class TcpSource:
             "lost_ringbuf": per_slot[ev.STAT_LOST_RINGBUF],
             "lost_map_full": per_slot[ev.STAT_LOST_MAP_FULL],
             "source_errors:tcp:kernel_listeners_full": per_slot[ev.STAT_LISTENERS_FULL],
+            "source_errors:tcp:kernel_drop_keys_full": per_slot[ev.STAT_DROP_KEYS_FULL],
             "decoded": self.decoded,
         }
         return {**self._last_counters, **self._errors.counters()}
@@ -201,6 +226,7 @@ class TcpSource:
     def close(self) -> None:
         if self._bpf is not None:
             self.poll(0)  # drain what the kernel already submitted
+            self.report_drops()
             self.counters()
             self._bpf.cleanup()
             self._bpf = None

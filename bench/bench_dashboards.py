@@ -59,7 +59,9 @@ SELECT
     toUInt32(100 + h % 5000) AS srtt_us,
     multiIf(handshake_ns = 0, 'refused', h % 101 = 0, 'reset_received', 'fin') AS close_reason,
     0 AS started_before_agent,
-    'exact' AS owner_source
+    'exact' AS owner_source,
+    toUInt32(if(h % 499 = 0, 1 + h % 40, 0)) AS drops,
+    if(drops > 0, ['NETFILTER_DROP', 'TCP_OFO_DROP', 'QDISC_DROP'][h % 3 + 1], '') AS drop_reason
 FROM (SELECT number, cityHash64(number) AS h FROM numbers({offset}, {count}))
 """
 
@@ -114,8 +116,23 @@ SELECT now64(9) - toIntervalSecond(intDiv(number, {hosts} * 50) * 5) AS snapshot
        snapshot_time - toIntervalSecond(600) AS start_time, 'server' AS role, 2 AS family,
        toIPv6('10.0.0.1') AS local_addr, 8080 AS local_port, toIPv6('10.1.0.1') AS remote_addr,
        toUInt16(number % 60000) AS remote_port, 1000 AS pid, 'shop' AS comm, 100 AS bytes_sent,
-       100 AS bytes_received, 0 AS started_before_agent
+       100 AS bytes_received, 0 AS started_before_agent,
+       toUInt32(number % 97 = 0) AS drops, if(drops > 0, 'TCP_OFO_DROP', '') AS drop_reason
 FROM numbers({count})
+"""
+
+# Host-level drops: every host reports 4 reasons every 10 minutes (the agent writes a row only for a
+# reason whose count moved, at most every snapshot interval; as dense as the counters above).
+DROPS_SQL = """
+INSERT INTO blindspot.packet_drops {settings}
+SELECT
+    fromUnixTimestamp64Nano(toInt64({t0} + intDiv(number, {hosts} * 4) * 600 * 1000000000)) AS time,
+    concat('host-', leftPad(toString(number % {hosts}), 4, '0')) AS host,
+    toUInt32(4026531840) AS netns,
+    ['NO_SOCKET', 'NETFILTER_DROP', 'TCP_LISTEN_OVERFLOW', 'QUEUE_PURGE'][intDiv(number, {hosts}) % 4 + 1] AS reason,
+    cityHash64(number) % 50 AS drops,
+    drops % 7 AS conn_drops
+FROM numbers({offset}, {count})
 """
 
 
@@ -139,6 +156,10 @@ def load(svc: Any, hosts: int, tcp_rows: int, http_rows: int, web: int) -> dict[
     n_open = hosts * 50 * 3
     svc.execute(OPEN_SQL.format(settings=INSERT, hosts=hosts, count=n_open))
     counts["tcp_connections_open"] = n_open
+    n_drops = hosts * 4 * (30 * DAY // 600)
+    for off in range(0, n_drops, chunk):
+        svc.execute(DROPS_SQL.format(settings=INSERT, hosts=hosts, t0=t0, offset=off, count=min(chunk, n_drops - off)))
+    counts["packet_drops"] = n_drops
     return counts
 
 
@@ -176,7 +197,8 @@ def main() -> int:
     if ROOT in data.parents:
         ap.error("keep the bench data folder outside the work tree")
     marker = data / "fleet.json"
-    fleet = {"hosts": args.hosts, "web": args.web_hosts, "tcp": args.tcp_rows, "http": args.http_rows}
+    fleet = {"hosts": args.hosts, "web": args.web_hosts, "tcp": args.tcp_rows, "http": args.http_rows,
+             "drops": 1}  # a folder from before packet drops (0040) is rebuilt
     if args.fresh or not marker.exists() or json.loads(marker.read_text()).get("fleet") != fleet:
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir(parents=True)

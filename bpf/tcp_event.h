@@ -31,7 +31,8 @@
 #define BS_STAT_LOST_RINGBUF 1  /* ring buffer full: a record was lost */
 #define BS_STAT_LOST_MAP_FULL 2 /* connection table full: a connection is not tracked */
 #define BS_STAT_LISTENERS_FULL 3 /* listener table full: that port's accepted connections have no owner */
-#define BS_STAT_N 4
+#define BS_STAT_DROP_KEYS_FULL 4 /* drop table full: a packet drop of a new (reason, netns) not counted */
+#define BS_STAT_N 5
 
 struct tcp_event {
 	__u64 sk;             /* kernel address of struct sock: identity while open */
@@ -60,8 +61,15 @@ struct tcp_event {
 	__u8 kind;            /* BS_TCP_* */
 	__u8 _pad[3];
 	char comm[BS_COMM_LEN]; /* owner's task comm */
+	/* Packets of this connection the kernel dropped (skb:kfree_skb with a named reason; see
+	 * bpf/drop_event.h), and the reason of most of them (majority vote, exact when one reason
+	 * has more than half; the running kernel's enum skb_drop_reason number, named by user space). */
+	__u32 drops;       /* packets */
+	__u32 drop_reason; /* enum skb_drop_reason; 0 when drops == 0 */
+	__u32 drop_votes;  /* majority-vote state behind drop_reason (not a count) */
+	__u32 _pad2;
 };
 
-_Static_assert(sizeof(struct tcp_event) == 144, "struct tcp_event layout is shared with user space");
+_Static_assert(sizeof(struct tcp_event) == 160, "struct tcp_event layout is shared with user space");
 
 #endif /* BLINDSPOT_TCP_EVENT_H */

@@ -14,10 +14,15 @@
 //   BS_OFF_BYTES_ACKED, BS_OFF_TOTAL_RETRANS,    read from the running kernel's BTF (the headers
 //   BS_OFF_SK_ERR                                bcc compiles against may be another kernel's)
 //   BS_HAVE_SOCK_LENGTH                          attach the sock_*_length tracepoints
+//   BS_HAVE_DROP_REASON, BS_HAVE_RX_SK,          packet drops (skb:kfree_skb): its fields on this
+//   BS_DROP_FIRST, BS_DROP_NOT_SPECIFIED,        kernel, the enum skb_drop_reason numbers that
+//   BS_MAX_DROP_KEYS, BS_OFF_SKB_SK, BS_OFF_SKB_DEV, bound what a drop is (bpf/drop_event.h), and
+//   BS_OFF_DEV_NET, BS_OFF_SK_NET, BS_OFF_NET_INUM   BTF offsets (agent/packet_drops.py)
 #include <uapi/linux/ptrace.h>
 #include <linux/tcp.h>
 #include <net/sock.h>
 #include "tcp_event.h"
+#include "drop_event.h"
 
 #ifndef BS_OFF_SRTT_US /* no BTF: trust the headers (right only if they match the kernel) */
 #define BS_OFF_SRTT_US offsetof(struct tcp_sock, srtt_us)
@@ -256,6 +261,66 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 TRACEPOINT_PROBE(sock, sock_recv_length)
 {
 	on_sock_io((__u64)args->sk, args->protocol, args->ret, 0);
+	return 0;
+}
+#endif
+
+#ifdef BS_HAVE_DROP_REASON
+BPF_PERCPU_HASH(drops, struct drop_key, struct drop_count, BS_MAX_DROP_KEYS);
+
+// Every packet the kernel frees with a reason. Counted in maps only: a drop storm costs a hash
+// update per packet, never a ring-buffer record or a wake-up of the agent.
+TRACEPOINT_PROBE(skb, kfree_skb)
+{
+	__u32 reason = args->reason;
+	if (reason < BS_DROP_FIRST) // SKB_NOT_DROPPED_YET, SKB_CONSUMED: freed, not dropped
+		return 0;
+	const char *skb = (const char *)args->skbaddr;
+	__u64 sk = 0;
+#ifdef BS_HAVE_RX_SK
+	sk = (__u64)args->rx_sk; // the receiving socket the kernel found (6.11+)
+#endif
+	if (!sk) // the owning socket: the sender's on the way out, early demux's on the way in
+		bpf_probe_read_kernel(&sk, sizeof(sk), skb + BS_OFF_SKB_SK);
+
+	__u32 attributed = 0;
+	if (sk && reason != BS_DROP_NOT_SPECIFIED) {
+		struct tcp_event *c = conns.lookup(&sk);
+		if (c) {
+			__sync_fetch_and_add(&c->drops, 1);
+			// Majority vote (Boyer-Moore): racy across CPUs, so approximate; the count is exact.
+			if (c->drop_votes == 0) {
+				c->drop_reason = reason;
+				c->drop_votes = 1;
+			} else if (c->drop_reason == reason) {
+				c->drop_votes++;
+			} else {
+				c->drop_votes--;
+			}
+			attributed = 1;
+		}
+	}
+
+	struct drop_key key = {.reason = reason};
+	const char *net = 0;
+	if (sk) {
+		bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + BS_OFF_SK_NET);
+	} else {
+		const char *dev = 0;
+		bpf_probe_read_kernel(&dev, sizeof(dev), skb + BS_OFF_SKB_DEV);
+		if (dev)
+			bpf_probe_read_kernel(&net, sizeof(net), dev + BS_OFF_DEV_NET);
+	}
+	if (net)
+		bpf_probe_read_kernel(&key.netns, sizeof(key.netns), net + BS_OFF_NET_INUM);
+	struct drop_count zero = {};
+	struct drop_count *v = drops.lookup_or_try_init(&key, &zero);
+	if (!v) {
+		count(BS_STAT_DROP_KEYS_FULL);
+		return 0;
+	}
+	v->drops++; // this CPU's slot: no atomics needed
+	v->conn_drops += attributed;
 	return 0;
 }
 #endif

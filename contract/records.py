@@ -93,6 +93,12 @@ _CONNECTION_ENDS = (
     _s("comm", 16),
 )
 
+# Packets of the connection the kernel dropped, and the reason of most of them (agent/packet_drops.py).
+_DROPS = (
+    _u("drops", 32),
+    _s("drop_reason", 32),
+)
+
 TCP_CONNECTION = RecordKind(
     name="tcp_connection",
     table="tcp_connections",
@@ -113,6 +119,7 @@ TCP_CONNECTION = RecordKind(
         _s("close_reason", 32),
         _u("started_before_agent", 8),
         _s("owner_source", 16),
+        *_DROPS,
     ),
 )
 
@@ -130,6 +137,7 @@ TCP_OPEN_CONNECTION = RecordKind(
         _u("bytes_sent"),
         _u("bytes_received"),
         _u("started_before_agent", 8),
+        *_DROPS,
     ),
 )
 
@@ -144,6 +152,22 @@ PIPELINE_COUNTER = RecordKind(
         _s("component", 32),  # agent, ingest, embedded
         _s("counter", 64),  # captured, lost_kernel, dropped, dead_lettered, ...
         _u("value"),  # delta over the interval ending at ``time``
+    ),
+)
+
+# Packet drops per host, network namespace and reason, as deltas per interval (agent/packet_drops.py).
+PACKET_DROP = RecordKind(
+    name="packet_drop",
+    table="packet_drops",
+    topic="blindspot.drops.v1",
+    schema_version=1,
+    columns=(
+        Column("time", TIME_NS),
+        _s("host"),
+        _u("netns", 32),  # network namespace inode number; 0 when unknown
+        _s("reason", 64),  # the kernel's skb_drop_reason name: NO_SOCKET, NETFILTER_DROP, ...
+        _u("drops"),  # packets dropped in the interval ending at ``time``
+        _u("conn_drops"),  # of those, packets of a tracked TCP connection (also on its row)
     ),
 )
 
@@ -192,7 +216,7 @@ HTTP_REQUEST = RecordKind(
 )
 
 KINDS: dict[str, RecordKind] = {
-    k.name: k for k in (TCP_CONNECTION, TCP_OPEN_CONNECTION, PIPELINE_COUNTER, HTTP_REQUEST)
+    k.name: k for k in (TCP_CONNECTION, TCP_OPEN_CONNECTION, PIPELINE_COUNTER, HTTP_REQUEST, PACKET_DROP)
 }
 
 

@@ -201,6 +201,34 @@ def connections() -> Board:
         options=TABLE_OPTS, field={"unit": "decbytes"},
         description="Per peer, whole hours (whole days beyond 2 days). Server side groups all client "
                     "ports of a peer together.")
+    b.panel("timeseries", "Packet drops per second, by reason", tiered(
+        "reason, sum(drops) / {step} AS drops", "packet_drops", "", "time, reason", "time"), 0,
+        unit="pps", field=TS,
+        description="Every packet the kernel dropped on the selected hosts (skb:kfree_skb), by the "
+                    "kernel's own reason: NETFILTER_DROP, NO_SOCKET, TCP_LISTEN_OVERFLOW, ... "
+                    "NOT_SPECIFIED is a free the kernel gave no reason for; QUEUE_PURGE, what a socket "
+                    "still held when destroyed. Not filtered by service: most drops belong to no process.")
+    conn_cols = ("host, conn_id, comm AS service, pid, role,\n"
+                 "         replaceRegexpOne(IPv6NumToString(local_addr), '^::ffff:', '') AS local, local_port,\n"
+                 "         replaceRegexpOne(IPv6NumToString(remote_addr), '^::ffff:', '') AS remote, remote_port,\n"
+                 "         drops, drop_reason")
+    conn_f = tcp_f.replace("service IN", "comm IN")
+    b.panel("table", "Connections with most packet drops", (
+        "SELECT host, any(service) AS service, any(pid) AS pid, any(role) AS role, any(local) AS local,\n"
+        "       any(local_port) AS local_port, any(remote) AS remote, any(remote_port) AS remote_port,\n"
+        "       max(drops) AS packet_drops, argMax(drop_reason, drops) AS main_reason,\n"
+        "       max(retransmits) AS retransmitted, if(min(open) = 1, 'open', 'closed') AS state\n"
+        "FROM (\n"
+        f"  SELECT {conn_cols}, retransmits, 0 AS open\n"
+        "  FROM blindspot.tcp_connections\n"
+        f"  WHERE $__timeFilter(end_time) AND drops > 0 AND {conn_f}\n"
+        "  UNION ALL\n"
+        f"  SELECT {conn_cols}, toUInt32(0) AS retransmits, 1 AS open\n"
+        "  FROM blindspot.tcp_connections_open\n"
+        f"  WHERE $__timeFilter(snapshot_time) AND drops > 0 AND {conn_f}\n"
+        ")\nGROUP BY host, conn_id ORDER BY packet_drops DESC LIMIT 50"), 1, w=24, options=TABLE_OPTS,
+        description="Closed connections and still-open ones (their latest snapshot) whose packets the kernel "
+                    "dropped, with the reason of most of those drops. retransmitted: closed ones only.")
     b.panel("table", "Connections (latest 200 in the last hour of the range)", (
         "SELECT end_time, host, comm AS service, pid, role,\n"
         "       replaceRegexpOne(IPv6NumToString(local_addr), '^::ffff:', '') AS local, local_port,\n"

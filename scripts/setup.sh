@@ -10,7 +10,8 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # python3-bpfcc/bpfcc-tools: bcc (PyPI's "bcc" is an unrelated package); bpftool: reads kernel struct
 # offsets from BTF; linux-headers-amd64: bcc needs *some* headers to compile; wrk: load for bench/.
 # openjdk-17-jre-headless/maven: scripts/kafka.sh assembles the local Kafka broker from Maven Central jars.
-DEB_PKGS=(python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 wrk openjdk-17-jre-headless maven)
+# nftables/iproute2: the packet-drop tests drop packets with an nft rule inside a network namespace.
+DEB_PKGS=(python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 wrk openjdk-17-jre-headless maven nftables iproute2)
 missing=()
 for p in "${DEB_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from contract.records import PIPELINE_COUNTER, TCP_CONNECTION, TCP_OPEN_CONNECTION
+from contract.records import PACKET_DROP, PIPELINE_COUNTER, TCP_CONNECTION, TCP_OPEN_CONNECTION
 from ingest.clickhouse_sink import ClickHouseSink
 
 S = 1_000_000_000
@@ -24,7 +24,8 @@ ROUTES = ["/api/cart", "/api/items/{id}", "/healthz"]
 def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = None) -> dict[str, int]:
     rng = rng or random.Random(7)
     sink = ClickHouseSink(service)
-    tcp, http, counters, open_rows = [], [], [], []
+    tcp, http, counters, open_rows, drops = [], [], [], [], []
+    drop_reasons = ["NETFILTER_DROP", "NO_SOCKET", "TCP_LISTEN_OVERFLOW", "TCP_OFO_DROP"]
     start = now_ns - hours * 3600 * S
     for i in range(3000):
         t0 = start + rng.randrange(hours * 3600 * S - 60 * S)
@@ -44,6 +45,8 @@ def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = 
             "srtt_us": rng.randrange(50, 5000), "started_before_agent": int(i < 20),
             "close_reason": "refused" if failed else ("reset_received" if rng.random() < 0.02 else "fin"),
             "owner_source": "exact",
+            "drops": (d := rng.randrange(1, 40) if rng.random() < 0.1 else 0),
+            "drop_reason": rng.choice(drop_reasons) if d else "",
         })
     for host in HOSTS:
         snap = now_ns - 10 * S
@@ -54,6 +57,7 @@ def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = 
                 "remote_addr": "10.0.1.9", "remote_port": 50000 + j, "pid": 100,
                 "comm": ["router", "shop-v1", "shop-v2", "curl"][j % 4],
                 "bytes_sent": 1000, "bytes_received": 200,
+                "drops": j % 3, "drop_reason": "TCP_OFO_DROP" if j % 3 else "",
             })
         for m in range(hours * 60):
             t = start + m * 60 * S
@@ -61,6 +65,11 @@ def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = 
                                ("dead_lettered", int(m % 50 == 0))):
                 counters.append({"time": t, "host": host, "component": "agent" if counter != "dead_lettered"
                                  else "ingest", "counter": counter, "value": v})
+            for k, reason in enumerate(drop_reasons):
+                if (m + k) % 3 == 0:
+                    n_drops = rng.randrange(1, 100)
+                    drops.append({"time": t, "host": host, "netns": 4026531840, "reason": reason,
+                                  "drops": n_drops, "conn_drops": n_drops // 2})
     # HTTP as issue 4's tracer records it (0010_http_requests.sql): the router's inbound row carries
     # X-Gray-Version; its outbound row links to it by parent_request_id; the upstream's own row (no
     # header: the router does not forward it) sits on the mirrored connection, nested in time.
@@ -106,6 +115,7 @@ def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = 
         "tcp": sink.write(TCP_CONNECTION, TCP_CONNECTION.to_arrow(tcp), dedup_token="seed-tcp"),
         "tcp_open": sink.write(TCP_OPEN_CONNECTION, TCP_OPEN_CONNECTION.to_arrow(open_rows), dedup_token="seed-open"),
         "counters": sink.write(PIPELINE_COUNTER, PIPELINE_COUNTER.to_arrow(counters), dedup_token="seed-counters"),
+        "drops": sink.write(PACKET_DROP, PACKET_DROP.to_arrow(drops), dedup_token="seed-drops"),
     }
     service.insert_arrow("blindspot", "http_requests", http_table(http), dedup_token="seed-http")
     n["http"] = len(http)

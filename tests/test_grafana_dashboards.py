@@ -216,7 +216,7 @@ def test_every_panel_runs(engine: Any, board_name: str, scenario: str) -> None:
 
 
 def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
-    from contract.records import PIPELINE_COUNTER, TCP_CONNECTION
+    from contract.records import PACKET_DROP, PIPELINE_COUNTER, TCP_CONNECTION
     from ingest.clickhouse_sink import ClickHouseSink
 
     def totals() -> dict[str, int]:
@@ -233,6 +233,8 @@ def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
             "tcp_peers_1d": "SELECT sum(connections) FROM blindspot.tcp_peers_1d",
             "http_fleet_1m": "SELECT sum(requests) FROM blindspot.http_fleet_1m",
             "http_peers_1d": "SELECT sum(requests) FROM blindspot.http_peers_1d",
+            "drops_1m": "SELECT sum(drops) FROM blindspot.packet_drops_1m",
+            "drops_1h": "SELECT sum(conn_drops) FROM blindspot.packet_drops_1h",
         }
         return {k: int(engine.query_arrow(s).column(0)[0].as_py() or 0) for k, s in q.items()}
 
@@ -241,6 +243,7 @@ def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
             "role": "client", "comm": "x", "local_addr": "10.9.9.9", "remote_addr": "10.9.9.8"}
            for i in range(50)]
     ctr = [{"time": now, "host": "retry", "component": "agent", "counter": "captured", "value": 7}]
+    drops = [{"time": now, "host": "retry", "netns": 1, "reason": "NO_SOCKET", "drops": 9, "conn_drops": 4}]
     http = [{c: 0 if not pa.types.is_string(t) else "" for c, t in
              HTTP_COLUMNS.items()} | {"time": now, "end_time": now,
                                                                   "service": "retry", "side": "server"}]
@@ -249,12 +252,14 @@ def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
     for _ in range(2):  # the second is a retry of the same batch, same token
         sink.write(TCP_CONNECTION, TCP_CONNECTION.to_arrow(tcp), dedup_token="retry-tcp-1")
         sink.write(PIPELINE_COUNTER, PIPELINE_COUNTER.to_arrow(ctr), dedup_token="retry-ctr-1")
+        sink.write(PACKET_DROP, PACKET_DROP.to_arrow(drops), dedup_token="retry-drops-1")
         engine.insert_arrow("blindspot", "http_requests", http_table(http), dedup_token="retry-http-1")
     after = totals()
     assert {k: after[k] - before[k] for k in after} == {
         "tcp_conn_1m": 50, "tcp_conn_1h": 50, "tcp_peers_1h": 50, "hist_1h": 50,
         "pipe_1m": 7, "pipe_1h": 7, "http_1m": 1, "http_peers_1h": 1,
-        "tcp_fleet_1h": 50, "tcp_peers_1d": 50, "http_fleet_1m": 1, "http_peers_1d": 1}
+        "tcp_fleet_1h": 50, "tcp_peers_1d": 50, "http_fleet_1m": 1, "http_peers_1d": 1,
+        "drops_1m": 9, "drops_1h": 4}
 
 
 def test_routing_matrix_follows_the_links(engine: Any) -> None:

@@ -229,6 +229,6 @@ def test_ring_buffer_overflow_is_counted_not_silent(tmp_path: Path) -> None:
         lost = a.wait_rows(
             "SELECT toUInt64(sum(value)) AS v FROM blindspot.pipeline_counters WHERE counter = 'lost_ringbuf'",
             lambda r: bool(r) and int(r[0]["v"]) >= 2 * n - rows, timeout_s=10)
-    assert rows < 2 * n, "a 4 KiB ring buffer cannot hold 600 records of 144 bytes"
+    assert rows < 2 * n, "a 4 KiB ring buffer cannot hold 600 records of 160 bytes"
     assert int(lost[0]["v"]) >= 2 * n - rows > 0
     assert "kernel-side loss so far" in a.log()

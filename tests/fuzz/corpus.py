@@ -135,14 +135,15 @@ def _tcp() -> dict[str, bytes]:
         "all_zero.bin": bytes(ev.TCP_EVENT_SIZE),
         "comm_ff.bin": rec(comm=b"\xff" * 16),
         "family_odd.bin": rec(family=0xFFFF),
+        "drop_reason_unknown.bin": rec(drops=0xFFFFFFFF, drop_reason=0xFFFFFFFF, flags=ev.F_ESTABLISHED),
     }
 
 
 def _wire() -> dict[str, bytes]:
     import msgpack
+    from blindspot.records import HTTP_REQUEST, TCP_CONNECTION
 
     from blindspot import wire
-    from blindspot.records import HTTP_REQUEST, TCP_CONNECTION
 
     tcp_row = {c.name: c.default for c in TCP_CONNECTION.columns} | {"host": "h", "local_addr": "127.0.0.1",
                                                                       "remote_addr": "::1"}

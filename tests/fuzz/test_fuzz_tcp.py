@@ -1,4 +1,4 @@
-"""Fuzz target: the TCP record decoder (agent/_tcp_event.unpack + agent/tcp_decode). Any 144 bytes
+"""Fuzz target: the TCP record decoder (agent/_tcp_event.unpack + agent/tcp_decode). Any 160 bytes
 the ring buffer or the conns map hands over become a row every column accepts (or, for decode_open,
 None); a buffer of another size is refused with struct.error (records are fixed-size)."""
 
