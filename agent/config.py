@@ -35,6 +35,10 @@ class TcpSourceConfig(Section):
     # A closed connection is emitted when its owner closes the fd; one whose owner keeps the fd
     # this long after TCP_CLOSE is emitted by the snapshot sweep instead.
     closed_grace_s: float = Field(30.0, ge=0)
+    # The ring is read at every pipeline poll; what was read is decoded in one batch (a fixed ~0.5 ms
+    # plus ~0.35 us a record here) at most this long after, or once this many records wait.
+    decode_interval_s: float = Field(0.25, gt=0)
+    decode_max_rows: int = Field(8192, ge=1)
 
 
 class HttpConfig(Section):

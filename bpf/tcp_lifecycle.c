@@ -84,10 +84,11 @@ static __always_inline void emit_and_delete(__u64 sk, struct tcp_event *c)
 	__builtin_memcpy(e, c, sizeof(*e));
 	e->kind = BS_TCP_CLOSED;
 	if (conns.delete(&sk)) {
-		events.ringbuf_discard(e, 0);
+		events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		return;
 	}
-	events.ringbuf_submit(e, 0);
+	// No wake-up: user space reads the ring in bulk on a timer (agent/ringbuf.py), never sleeps on it.
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	count(BS_STAT_EMITTED);
 }
 
