@@ -6,6 +6,7 @@ fuzzer found (saved by hand with ``save``: name them after what they broke).
 
 from __future__ import annotations
 
+import ctypes as C
 import socket
 from pathlib import Path
 
@@ -136,6 +137,13 @@ def _tcp() -> dict[str, bytes]:
         "comm_ff.bin": rec(comm=b"\xff" * 16),
         "family_odd.bin": rec(family=0xFFFF),
         "drop_reason_unknown.bin": rec(drops=0xFFFFFFFF, drop_reason=0xFFFFFFFF, flags=ev.F_ESTABLISHED),
+        # A drain as agent/tcp_bulk.py decodes it: normal, corrupt-time, non-closed and odd-family records.
+        "drain_mixed.bin": b"".join((
+            rec(start_ns=1_000, established_ns=2_000, end_ns=9_000, flags=ev.F_ESTABLISHED, kind=ev.KIND_CLOSED),
+            rec(start_ns=(1 << 64) - 1, end_ns=1 << 62, kind=ev.KIND_CLOSED, sk_err=-1),
+            rec(kind=ev.KIND_OPEN, family=10, saddr=(C.c_uint8 * 16)(*range(16))),
+            b"\xff" * ev.TCP_EVENT_SIZE,
+        )),
     }
 
 

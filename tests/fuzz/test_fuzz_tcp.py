@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import _tcp_event as ev
+from agent.tcp_bulk import decode_closed_batch, records
 from agent.tcp_decode import Clock, decode_closed, decode_open
 from contract.records import TCP_CONNECTION, TCP_OPEN_CONNECTION
 from ingest.validate import build_batch
@@ -65,3 +66,26 @@ def test_tcp_decode_total(data: bytes) -> None:
 def test_short_record_is_refused(data: bytes) -> None:
     with pytest.raises(struct.error):
         ev.unpack(data)
+
+
+def _check_drain(data: bytes) -> None:
+    """Any bytes, read as a drain of whole records (agent/tcp_bulk.py): one row per closed record,
+    every one accepted by the columns."""
+    recs = records(data)
+    closed = recs[recs["kind"] == ev.KIND_CLOSED]
+    for app_bytes in (True, False):
+        table = decode_closed_batch(closed, clock=CLOCK, host="h", boot_id="b", agent_start_ns=5,
+                                    app_bytes=app_bytes, drop_names={})
+        assert table.num_rows == len(closed)
+        _, rejected = build_batch(TCP_CONNECTION, TCP_CONNECTION.to_rows(table))
+        assert rejected == [], rejected
+
+
+@pytest.mark.parametrize(("name", "data"), seeds("tcp_event"))
+def test_corpus_tcp_drain(name: str, data: bytes) -> None:
+    _check_drain(data)
+
+
+@given(data=st.binary(max_size=ev.TCP_EVENT_SIZE * 8))
+def test_tcp_bulk_decode_total(data: bytes) -> None:
+    _check_drain(data)
