@@ -43,7 +43,9 @@ struct go_client_mark {
 };
 
 BPF_HASH(pids, __u32, struct go_proc, 4096);                    // traced tgids (user space fills)
-BPF_HASH(inflight_io, __u64, struct inflight, 16384);           // pid_tgid -> syscall in progress
+// Unused since the exit probes read the syscall's arguments from its saved registers (issue 13); still
+// declared (1 entry) because user space sweeps it by name (agent/http_source.py _forget_pid).
+BPF_HASH(inflight_io, __u64, struct inflight, 1);
 BPF_HASH(conns, __u64, struct conn_state, BS_HTTP_MAX_CONNS);   // tgid<<32|fd -> connection
 BPF_HASH(client_marks, __u64, struct go_client_mark, 16384);    // tgid<<32|fd -> goroutine of roundTrip
 BPF_HASH(flushed, __u64, __u64, 16384);                         // tgid<<32|fd -> start_ns user space emitted
@@ -169,15 +171,24 @@ static __always_inline void read_addrs(struct conn_state *st, int fd)
 	st->ev.flags |= BS_HTTP_F_ADDR;
 }
 
-static __always_inline void io_enter(int fd, const void *buf, __u64 nbytes, __u32 is_write)
+// The arguments of the read/write/recvfrom/sendto this thread is returning from: x86-64 keeps the
+// caller's registers in the task's pt_regs (fd, buf, count in rdi, rsi, rdx), and no syscall of
+// these four changes them. Reading them at exit replaces a sys_enter probe and a map entry per
+// syscall: a Go program's plain TCP traffic paid for both on every read and write (issue 13).
+static __always_inline int exit_args(struct inflight *io, __u32 is_write)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
-	if (!pids.lookup(&tgid))
-		return;
-	struct inflight in = {.buf = (__u64)buf, .count = nbytes, .fd = fd, .is_write = is_write};
-	if (inflight_io.update(&id, &in))
-		count(BS_HTTP_STAT_AUX_MAP_FULL);
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	unsigned long di = 0, si = 0, dx = 0;
+	if (!regs)
+		return 0;
+	bpf_probe_read_kernel(&di, sizeof(di), &regs->di);
+	bpf_probe_read_kernel(&si, sizeof(si), &regs->si);
+	bpf_probe_read_kernel(&dx, sizeof(dx), &regs->dx);
+	io->fd = (int)di;
+	io->buf = si;
+	io->count = dx;
+	io->is_write = is_write;
+	return 1;
 }
 
 static __always_inline void start_exchange(struct conn_state *st, __u32 tgid, __u32 tid, int fd, long ret,
@@ -228,15 +239,15 @@ static __always_inline void start_exchange(struct conn_state *st, __u32 tgid, __
 	st->active = 1;
 }
 
-static __always_inline void io_exit(long ret)
+static __always_inline void io_exit(long ret, __u32 is_write)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct inflight *in = inflight_io.lookup(&id);
-	if (!in)
-		return;
-	struct inflight io = *in;
-	inflight_io.delete(&id);
 	__u32 tgid = id >> 32;
+	if (!pids.lookup(&tgid))
+		return;
+	struct inflight io = {};
+	if (!exit_args(&io, is_write))
+		return;
 	__u64 key = ((__u64)tgid << 32) | (__u32)io.fd;
 	struct conn_state *st = conns.lookup(&key);
 	__u64 now = bpf_ktime_get_ns();
@@ -325,14 +336,10 @@ static __always_inline void io_exit(long ret)
 	st->ev.end_ns = now;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { io_enter(args->fd, args->buf, args->count, 0); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { io_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { io_enter(args->fd, args->buf, args->count, 1); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { io_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { io_enter(args->fd, args->ubuf, args->size, 0); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { io_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { io_enter(args->fd, args->buff, args->len, 1); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { io_exit(args->ret, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { io_exit(args->ret, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { io_exit(args->ret, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { io_exit(args->ret, 1); return 0; }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
@@ -372,7 +379,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	__u32 tgid = id >> 32;
 	if (!pids.lookup(&tgid))
 		return 0;
-	inflight_io.delete(&id); // a thread that dies inside a traced syscall leaves no entry behind
 	if ((__u32)id != tgid)
 		return 0; // a thread: only the group leader's exit ends the process
 	struct http_proc *r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
