@@ -110,9 +110,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", default=",".join(MODES), help="subset, in this order within each round")
+    ap.add_argument("--batch-age", type=float, default=1.0,
+                    help="the agents' batch_max_age_s (product default 1): each insert into tcp_connections "
+                         "has a fixed engine cost (~80 ms of CPU here, its rollups' views)")
     ap.add_argument("--rates", default="", help="fixed-rate zero-loss steps after the rounds (default config)")
     a = ap.parse_args()
     modes = [m for m in a.modes.split(",") if m]
+    AGENT_ENV["BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S"] = str(a.batch_age)
     tool = str(build_go(REPO / "bench" / "tcpload", "tcpload"))
     server = spawn([tool, "-mode", "server"], stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None

@@ -103,12 +103,13 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=3000, help="connections/s (0: as fast as the tool can)")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--http", action="store_true", help="HTTP source on (default: --no-http)")
+    ap.add_argument("--batch-age", type=float, default=1.0, help="pipeline batch_max_age_s (product default 1)")
     ap.add_argument("--tree", type=Path, help="run this checkout's code instead of this one's")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "blindspot-profile-tcp.txt")
     a = ap.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     tool = str(build_go(REPO / "bench" / "tcpload", "tcpload"))
-    env = {"BLINDSPOT_HTTP_ENABLED": "1" if a.http else "0", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "1"}
+    env = {"BLINDSPOT_HTTP_ENABLED": "1" if a.http else "0", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": str(a.batch_age)}
     if a.tree:
         env["PYTHONPATH"] = str(a.tree.resolve())
         os.environ["PYTHONPATH"] = env["PYTHONPATH"]
