@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import REPO, build_go, cpu_seconds
+from bench.bench_drops import STATS
+from bench.profile_tcp import bpf_times
 from tests.embedded_agent import Agent, running_agent
 from tests.procs import spawn
 
@@ -40,6 +42,7 @@ WHERE (local_port = {p:UInt16} OR remote_port = {p:UInt16}) AND end_time >= from
 LOSS_SQL = """SELECT toUInt64(sumIf(value, counter IN ('lost_ringbuf', 'lost_map_full'))) AS lost
 FROM blindspot.pipeline_counters"""
 MODES = ("untraced", "tcplife", "no-http", "default")
+BPF_STATS = False
 AGENT_ENV = {"BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "1", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "1"}
 
 
@@ -71,10 +74,14 @@ def tcplife(out: Path) -> Iterator[subprocess.Popen]:
 
 def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent | None) -> dict:
     pid = pid_of()
+    k0 = bpf_times(pid) if BPF_STATS else {}
     cpu0, t0 = cpu_seconds(pid), time.time_ns()
     r = load(tool, port, seconds)
     time.sleep(1.5)  # the tracer's last drain (and for blindspot, its last batch) belongs to the load
     r["cpu_s"] = cpu_seconds(pid) - cpu0
+    if BPF_STATS:
+        k1 = bpf_times(pid)
+        r["bpf_ns"] = sum(v[0] - k0.get(name, (0, 0))[0] for name, v in k1.items())
     if agent is not None:
         want = 2 * r["connections"]
         rows = agent.wait_rows(COUNT_SQL, lambda rs, want=want: int(rs[0]["n"]) >= want, timeout_s=20,
@@ -100,6 +107,8 @@ def line(rnd: int, mode: str, r: dict, base: float) -> str:
     out = f"round {rnd} {mode:9s} {r['rate']:8.0f} conn/s  ratio {r['rate'] / base:5.3f}"
     if "cpu_s" in r:
         out += f"  CPU {1000 * r['cpu_s'] / max(r['connections'], 1):.4f} s/1000 conn"
+    if "bpf_ns" in r:
+        out += f"  BPF {r['bpf_ns'] / max(r['connections'], 1):6.0f} ns/conn"
     if "rows" in r:
         out += f"  rows {r['rows']}/{r['want_rows']} lost {r['lost']} {'EXACT' if r['exact'] else 'LOSS'}"
     return out
@@ -113,9 +122,17 @@ def main() -> None:
     ap.add_argument("--batch-age", type=float, default=1.0,
                     help="the agents' batch_max_age_s (product default 1): each insert into tcp_connections "
                          "has a fixed engine cost (~80 ms of CPU here, its rollups' views)")
+    ap.add_argument("--bpf-stats", action="store_true",
+                    help="also report the tracers' BPF run time per connection (kernel.bpf_stats_enabled, "
+                         "which itself adds two clock reads per program run)")
     ap.add_argument("--rates", default="", help="fixed-rate zero-loss steps after the rounds (default config)")
     a = ap.parse_args()
     modes = [m for m in a.modes.split(",") if m]
+    global BPF_STATS
+    BPF_STATS = a.bpf_stats
+    stats_before = STATS.read_text().strip()
+    if BPF_STATS:
+        STATS.write_text("1")
     AGENT_ENV["BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S"] = str(a.batch_age)
     tool = str(build_go(REPO / "bench" / "tcpload", "tcpload"))
     server = spawn([tool, "-mode", "server"], stdout=subprocess.PIPE, text=True)
@@ -138,6 +155,7 @@ def main() -> None:
                 fixed_rates(tool, port, a.seconds, tmp, [int(x) for x in a.rates.split(",")])
     finally:
         server.terminate()
+        STATS.write_text(stats_before)
     summary(results)
 
 
@@ -175,6 +193,8 @@ def summary(results: dict[str, list[dict]]) -> None:
         if "cpu" in m:
             each = ", ".join(f"{1000 * r['cpu_s'] / max(r['connections'], 1):.4f}" for r in rs)
             text += f"  CPU {m['cpu']:.4f} s/1000 conn (rounds: {each})"
+        if all("bpf_ns" in r for r in rs):
+            text += f"  BPF {statistics.median(r['bpf_ns'] / max(r['connections'], 1) for r in rs):.0f} ns/conn"
         if all("exact" in r for r in rs):
             text += f"  stored exactly in {sum(r['exact'] for r in rs)}/{len(rs)} rounds"
         print(text)
