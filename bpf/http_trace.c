@@ -178,15 +178,14 @@ static __always_inline void read_addrs(struct conn_state *st, int fd)
 static __always_inline int exit_args(struct inflight *io, __u32 is_write)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	unsigned long di = 0, si = 0, dx = 0;
+	unsigned long r[3] = {}; // dx, si, di: adjacent in struct pt_regs, so one read
 	if (!regs)
 		return 0;
-	bpf_probe_read_kernel(&di, sizeof(di), &regs->di);
-	bpf_probe_read_kernel(&si, sizeof(si), &regs->si);
-	bpf_probe_read_kernel(&dx, sizeof(dx), &regs->dx);
-	io->fd = (int)di;
-	io->buf = si;
-	io->count = dx;
+	_Static_assert(offsetof(struct pt_regs, di) == offsetof(struct pt_regs, dx) + 16, "pt_regs layout");
+	bpf_probe_read_kernel(r, sizeof(r), &regs->dx);
+	io->fd = (int)r[2];
+	io->buf = r[1];
+	io->count = r[0];
 	io->is_write = is_write;
 	return 1;
 }
