@@ -34,6 +34,8 @@ class AgentMetrics(MetricSet):
         self.go_binaries_rejected = Counter("blindspot_go_binaries_rejected",
                                             "Executables refused by the Go binary reader, by reason", ["reason"],
                                             **kw)
+        self.packet_drops = Counter("blindspot_packet_drops", "Packets the kernel dropped, by its reason "
+                                    "(skb:kfree_skb; rows in packet_drops)", ["reason"], **kw)
         self.queue_batches = Gauge("blindspot_handoff_queue_batches", "Batches waiting for the writer", **kw)
         for reason in ("not_http", "decode_error"):  # visible at 0 from the start
             self.rejected.labels("http", reason)

@@ -213,6 +213,8 @@ class Pipeline:
                 self.metrics.source_errors.labels(source, what).inc(delta)
             elif key.startswith("go_binary_rejected:"):
                 self.metrics.go_binaries_rejected.labels(key.split(":", 1)[1]).inc(delta)
+            elif key.startswith("packet_drops:"):
+                self.metrics.packet_drops.labels(key.split(":", 1)[1]).inc(delta)
         # Records a source refused, per source: malformed (the decoder failed) or not the protocol.
         for s in self.sources:
             counts = s.counters()

@@ -290,7 +290,7 @@ def test_refusals_and_source_errors_reach_prometheus() -> None:
         name = "src"
 
         def counters(self) -> dict[str, int]:
-            return {"go_binary_rejected:nobits": 2, "source_errors:src:proc_event": 3}
+            return {"go_binary_rejected:nobits": 2, "source_errors:src:proc_event": 3, "packet_drops:NO_SOCKET": 7}
 
     p = Pipeline([_Src()], _Collect(), PipelineConfig(), host="h",
                  metrics=AgentMetrics.on(CollectorRegistry()))
@@ -298,3 +298,9 @@ def test_refusals_and_source_errors_reach_prometheus() -> None:
     p.export_metrics()  # deltas: nothing new the second time
     assert p.metrics.go_binaries_rejected.labels("nobits")._value.get() == 2
     assert p.metrics.source_errors.labels("src", "proc_event")._value.get() == 3
+    assert p.metrics.packet_drops.labels("NO_SOCKET")._value.get() == 7
+    rows = {}
+    p.report_counters()
+    for _kind, batch in p.batcher.drain():
+        rows.update({r["counter"]: r["value"] for r in PIPELINE_COUNTER.to_rows(batch)})
+    assert "packet_drops:NO_SOCKET" not in rows  # drops have their own table, not pipeline_counters
