@@ -23,6 +23,8 @@ Go net/http request, kept in ClickHouse tables you query with SQL.
                                     fleet mode: Kafka -> ClickHouse, each record once
   blindspot grafana provision --url URL
                                     data source and dashboards into an existing Grafana
+  blindspot canary --service S --baseline V1 --canary V2
+                                    pass / fail / not enough data for a canary (exit 0 / 1 / 2)
 """
 
 EPILOG = """\
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("sql", help="the SQL statement ('-' reads it from standard input)")
     _add_fleet_commands(sub)
     _add_grafana(sub)
+    _add_canary(sub)
     return parser
 
 
@@ -265,7 +268,24 @@ def cmd_grafana(args: argparse.Namespace) -> int:
 # --- end grafana -------------------------------------------------------------------------------------
 
 
-COMMANDS = {"run": cmd_run, "query": cmd_query, "agent": cmd_agent, "ingest": cmd_ingest, "grafana": cmd_grafana}
+# --- canary (issue 12): `blindspot canary --service S --baseline V1 --canary V2` -------------------------
+def _add_canary(sub: Any) -> None:
+    from blindspot import canary
+
+    c = sub.add_parser("canary", help="verdict on a canary version against its baseline (exit 0/1/2)",
+                       description=canary.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    canary.add_arguments(c)
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    from blindspot import canary
+
+    return canary.main(args)
+# --- end canary --------------------------------------------------------------------------------------
+
+
+COMMANDS = {"run": cmd_run, "query": cmd_query, "agent": cmd_agent, "ingest": cmd_ingest, "grafana": cmd_grafana,
+            "canary": cmd_canary}
 
 
 def main(argv: list[str] | None = None) -> int:
