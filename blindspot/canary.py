@@ -11,9 +11,9 @@ Checks, each one-sided ("is the canary worse?") at level ``alpha``, and each als
 larger than a practical margin (a huge sample makes a harmless difference significant):
 
 * errors (5xx or no response): Fisher's exact test, or ``proportionsZTest`` past 10,000 errors;
-* latency, whole distribution: Mann-Whitney U (``mannWhitneyUTest``), with the median ratio;
+* latency, whole distribution: Mann-Whitney U (``mannWhitneyUTest``), with the median's increase;
 * latency, tail: the share of canary requests slower than the baseline's p99 (Fisher), with the
-  p99 ratio;
+  p99's increase;
 * traffic share against ``--weight`` (two-sided binomial z test), when a weight is given;
 * gray leaks involving the service (blindspot.gray_leaks, migration 0040).
 
@@ -46,14 +46,17 @@ class Rules:
     alpha: float = 0.01
     min_requests: int = 100
     max_error_increase: float = 0.002  # absolute: 0.2 percentage points
-    max_p50_increase: float = 0.10  # relative: canary median at most 10 % above the baseline's
+    max_p50_increase: float = 0.10  # relative: canary median at most 10 % above the baseline's ...
+    max_p50_increase_ms: float = 1.0  # ... or 1 ms, whichever is larger (scheduling noise of a host)
     max_p99_increase: float = 0.25  # relative
+    max_p99_increase_ms: float = 5.0
     max_share_deviation: float = 0.05  # absolute, against --weight
     max_leaks: int = 0
 
 
 RULE_TYPES = {"alpha": "Float64", "min_requests": "UInt64", "max_error_increase": "Float64",
-              "max_p50_increase": "Float64", "max_p99_increase": "Float64",
+              "max_p50_increase": "Float64", "max_p50_increase_ms": "Float64",
+              "max_p99_increase": "Float64", "max_p99_increase_ms": "Float64",
               "max_share_deviation": "Float64", "max_leaks": "UInt64"}
 
 # The statement. <<name>> slots are filled by cli_sql() / dashboard_sql() with fixed SQL text (a
@@ -113,8 +116,10 @@ SELECT a.service AS service, a.baseline AS baseline, a.canary AS canary,
           erfc(abs(canary_share - weight) / sqrt(weight * (1 - weight) / (n_b + n_c)) / sqrt(2))) AS share_p,
        toUInt64(ifNull(l.leaks, 0)) AS gray_leaks,
        error_p < <<alpha>> AND error_rate_canary > error_rate_baseline + <<max_error_increase>> AS error_worse,
-       latency_p < <<alpha>> AND p50_canary_ms > p50_baseline_ms * (1 + <<max_p50_increase>>) AS latency_worse,
-       tail_p < <<alpha>> AND p99_canary_ms > p99_baseline_ms * (1 + <<max_p99_increase>>) AS tail_worse,
+       latency_p < <<alpha>> AND p50_canary_ms - p50_baseline_ms
+           > greatest(p50_baseline_ms * <<max_p50_increase>>, <<max_p50_increase_ms>>) AS latency_worse,
+       tail_p < <<alpha>> AND p99_canary_ms - p99_baseline_ms
+           > greatest(p99_baseline_ms * <<max_p99_increase>>, <<max_p99_increase_ms>>) AS tail_worse,
        share_p < <<alpha>> AND abs(canary_share - weight) > <<max_share_deviation>> AS share_off,
        gray_leaks > <<max_leaks>> AS leaking,
        arrayFilter(x -> x != '', [

@@ -10,9 +10,11 @@
 --     X-Request-ID the service forwarded (same host and pid, the call inside the inbound request's
 --     span; link = 'x-request-id');
 --   outbound call -> callee: the same TCP connection seen from both ends (the callee's remote address
---     and port are the call's local ones, its local port the call's remote one) and the callee's
---     span inside the call's, to within 1 ms (both ends stamp syscall exits: on loopback a read can
---     return before the write that fed it). Hosts may differ; NAT between them hides the hop.
+--     and port are the call's local ones, its local port the call's remote one), the callee's span
+--     inside the call's to within 1 ms (both ends stamp syscall exits: on loopback a read can return
+--     before the write that fed it), and the two spans overlapping (so the next request on a
+--     keep-alive connection, which starts after the call ended, never matches). Hosts may differ;
+--     NAT between them hides the hop.
 CREATE VIEW IF NOT EXISTS blindspot.http_hops AS
 SELECT o.time AS time, link,
        i.host AS caller_host, i.request_id AS caller_request_id, i.service AS caller_service,
@@ -53,7 +55,8 @@ INNER JOIN (SELECT host, request_id, service, service_version, x_gray_version, r
             WHERE side = 'server'
               AND time >= {t_from:DateTime64(9, 'UTC')} AND time <= {t_to:DateTime64(9, 'UTC')}) AS u
   ON u.remote_addr = o.local_addr AND u.remote_port = o.local_port AND u.local_port = o.remote_port
-WHERE u.time >= o.time - toIntervalMillisecond(1) AND u.end_time <= o.end_time + toIntervalMillisecond(1);
+WHERE u.time >= o.time - toIntervalMillisecond(1) AND u.end_time <= o.end_time + toIntervalMillisecond(1)
+  AND u.time < o.end_time AND o.time < u.end_time;
 
 -- http_chains: every inbound request that entered from outside (no hop in the window leads to it:
 -- the root) and every hop it caused, at any depth (up to 16). Each row carries the chain's gray lane:
