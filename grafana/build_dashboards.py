@@ -298,6 +298,19 @@ def routed(select: str, tail: str) -> str:
 
 ROUTED_HELP = ("Inbound requests of the router (the X-Gray-Version they arrived with) joined to the upstream "
                "request that served them (its version). Raw rows: the last hour of the range.")
+# Every hop (issue 12): the parameterized views of 0040_gray_hops.sql, over the last hour of the range.
+_HOPS_WINDOW = "t_from = greatest($__fromTime, $__toTime - INTERVAL 1 HOUR), t_to = $__toTime"
+_HOPS_SERVICE = ("$__conditionalAll((callee_service IN (${service:singlequote}) OR caller_service IN "
+                 "(${service:singlequote})), $service)")
+HOPS_HELP = ("Every hop of every request, at any depth (blindspot.http_chains): who called whom, in which gray "
+             "lane (the X-Gray-Version the request entered with, else the version of the first gray service it "
+             "reached) and which version served it. Linked by parent request (Go uprobes) or a forwarded "
+             "X-Request-ID, and the connection seen from both ends. Raw rows: the last hour of the range.")
+LEAKS_HELP = ("Requests that reached another version of a gray service than their lane while that service runs "
+              "the lane's version (entered as v2, reached v1 while a v2 runs, or the reverse): "
+              "blindspot.gray_leaks. Examples: the entering request's X-Request-ID (else host:request_id) to "
+              "drill into with SQL.")
+
 # The verdict panel runs blindspot/canary.py's statement itself; only what it compares (each service's
 # versions against the one with most traffic in the window) and the window come from the dashboard.
 _CANARY_FROM, _CANARY_TO = "greatest($__fromTime, $__toTime - INTERVAL 15 MINUTE)", "$__toTime"
@@ -358,6 +371,30 @@ def gray_release() -> Board:
                "header, count() / greatest($__interval_s, 60) AS misrouted",
         tail="WHERE header NOT IN ('(no header)', served_by) GROUP BY time, header ORDER BY time"), 0,
         unit="reqps", field=TS, description=ROUTED_HELP + " Only requests whose header named another version.")
+    b.panel("table", "Every hop: caller -> callee, gray lane -> version that served, last hour of the range", (
+        "SELECT caller_service, caller_version, callee_service, lane, lane_source, callee_version,\n"
+        "       count() AS request_count, sum(leak) AS leaks\n"
+        f"FROM blindspot.http_chains({_HOPS_WINDOW})\n"
+        f"WHERE depth > 0 AND {_HOPS_SERVICE}\n"
+        "GROUP BY ALL ORDER BY caller_service, callee_service, lane, callee_version, caller_version"), 1,
+            options=TABLE_OPTS, description=HOPS_HELP)
+    b.panel("table", "Gray leaks, last hour of the range: per service pair and lane, with examples", (
+        "SELECT caller_service, caller_version, callee_service, callee_version, lane, lane_source,\n"
+        "       count() AS leak_count, max(time) AS latest,\n"
+        "       arrayStringConcat(groupUniqArray(5)(if(root_x_request_id != '', root_x_request_id,\n"
+        "           concat(root_host, ':', toString(root_request_id)))), ' ') AS examples\n"
+        f"FROM blindspot.gray_leaks({_HOPS_WINDOW})\n"
+        f"WHERE {_HOPS_SERVICE}\n"
+        "GROUP BY ALL ORDER BY leak_count DESC LIMIT 100"), 1, options=TABLE_OPTS,
+            description=LEAKS_HELP)
+    b.panel("timeseries", "Gray leaks per second by service pair, last hour of the range", (
+        "SELECT toStartOfInterval(time, INTERVAL greatest($__interval_s, 60) second) AS t,\n"
+        "       concat(caller_service, ' -> ', callee_service) AS pair, count() / greatest($__interval_s, 60)"
+        " AS leaks\n"
+        f"FROM blindspot.gray_leaks({_HOPS_WINDOW})\n"
+        f"WHERE {_HOPS_SERVICE}\n"
+        "GROUP BY t, pair ORDER BY t").replace("AS t,", "AS time,").replace("GROUP BY t,", "GROUP BY time,")
+            .replace("ORDER BY t", "ORDER BY time"), 0, unit="reqps", w=24, field=TS, description=LEAKS_HELP)
     b.panel("table", "Canary verdict, last 15 minutes of the range (same rules as `blindspot canary`)",
             canary_verdict(), 1, w=24, options=TABLE_OPTS, description=CANARY_HELP)
     return b
