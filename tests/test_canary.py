@@ -89,6 +89,14 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         migrate(svc)
         svc.insert_arrow("blindspot", "http_requests", http_table(rows), dedup_token="canary-seed")
+        # many errors (past Fisher's bound): 60,000 requests a version, 10 % against 11 % failing
+        svc.execute(
+            "INSERT INTO blindspot.http_requests (time, end_time, duration_ns, service, service_version, side, "
+            "status) SETTINGS async_insert = 0 "
+            "SELECT fromUnixTimestamp64Nano(toInt64({now:Int64} - 10e9 - number * 1000)) AS t, t, 5000000 + number, "
+            "'many', if(number % 2 = 0, 'v1', 'v2'), 'server', "
+            "if(intDiv(number, 2) % 100 < if(number % 2 = 0, 10, 11), 500, 200) FROM numbers(120000)",
+            {"now": now})
     finally:
         svc.close()
     arrow = base / "rows.arrow"
@@ -213,6 +221,17 @@ def test_too_little_traffic_is_not_enough_data(seeded: dict[str, Any]) -> None:
     assert (code, res["verdict"]) == (0, "pass")
 
 
+def test_many_errors_use_the_z_test(seeded: dict[str, Any]) -> None:
+    code, res = on_folder(seeded, "many")
+    n = res["numbers"]
+    assert (n["requests_baseline"], n["requests_canary"], n["errors_baseline"], n["errors_canary"]) == (
+        60000, 60000, 6000, 6600)
+    pool = 12600 / 120000
+    z = (0.11 - 0.10) / math.sqrt(pool * (1 - pool) * (2 / 60000))
+    assert n["error_p"] == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-6)
+    assert (code, res["verdict"], res["reasons"]) == (1, "fail", ["error rate higher"])
+
+
 def test_no_traffic_at_all_is_not_enough_data(seeded: dict[str, Any]) -> None:
     code, res = on_folder(seeded, "no-such-service")
     assert (code, res["verdict"], res["numbers"]) == (2, "not-enough-data", {})
@@ -294,7 +313,7 @@ def test_dashboard_panel_gives_the_same_verdicts(seeded: dict[str, Any]) -> None
     assert canary.dashboard_sql(build_dashboards.CANARY_PAIRS, build_dashboards._CANARY_FROM,
                                 build_dashboards._CANARY_TO) in panel["targets"][0]["rawSql"]
     ctx = gs.context_for(3600, variables={"service": gs.ALL, "version": gs.ALL, "host": gs.ALL},
-                         options={"service": ["errors-only", "latency-only", "equal", "little", "routes"],
+                         options={"service": ["errors-only", "latency-only", "equal", "little", "routes", "many"],
                                   "version": ["v1", "v2"], "host": ["node-a"]})
     svc = open_service(data_dir=seeded["data"])
     try:
@@ -308,4 +327,5 @@ def test_dashboard_panel_gives_the_same_verdicts(seeded: dict[str, Any]) -> None
         "equal": ("v1", "v2", "pass", ""),
         "little": ("v1", "v2", "not-enough-data", "canary has fewer than the minimum requests"),
         "routes": ("v1", "v2", "fail", "error rate higher"),
+        "many": ("v1", "v2", "fail", "error rate higher"),
     }
