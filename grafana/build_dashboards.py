@@ -387,14 +387,6 @@ def gray_release() -> Board:
         f"WHERE {_HOPS_SERVICE}\n"
         "GROUP BY ALL ORDER BY leak_count DESC LIMIT 100"), 1, options=TABLE_OPTS,
             description=LEAKS_HELP)
-    b.panel("timeseries", "Gray leaks per second by service pair, last hour of the range", (
-        "SELECT toStartOfInterval(time, INTERVAL greatest($__interval_s, 60) second) AS t,\n"
-        "       concat(caller_service, ' -> ', callee_service) AS pair, count() / greatest($__interval_s, 60)"
-        " AS leaks\n"
-        f"FROM blindspot.gray_leaks({_HOPS_WINDOW})\n"
-        f"WHERE {_HOPS_SERVICE}\n"
-        "GROUP BY t, pair ORDER BY t").replace("AS t,", "AS time,").replace("GROUP BY t,", "GROUP BY time,")
-            .replace("ORDER BY t", "ORDER BY time"), 0, unit="reqps", w=24, field=TS, description=LEAKS_HELP)
     b.panel("table", "Canary verdict, last 15 minutes of the range (same rules as `blindspot canary`)",
             canary_verdict(), 1, w=24, options=TABLE_OPTS, description=CANARY_HELP)
     return b

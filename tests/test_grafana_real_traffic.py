@@ -159,8 +159,7 @@ HTTP_MAY_BE_EMPTY = {"Routing matrix, last hour of the range: X-Gray-Version -> 
                      "Requests routed against their header, last hour of the range",
                      # issue 12: hops (no links without uprobes) and leaks (none when routing is right)
                      "Every hop: caller -> callee, gray lane -> version that served, last hour of the range",
-                     "Gray leaks, last hour of the range: per service pair and lane, with examples",
-                     "Gray leaks per second by service pair, last hour of the range"}
+                     "Gray leaks, last hour of the range: per service pair and lane, with examples"}
 
 
 def _go_build() -> dict[str, str]:
