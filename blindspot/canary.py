@@ -244,7 +244,10 @@ def _embedded(data_dir: Path, sql: str, fmt: str, params: dict[str, Any]) -> byt
         raise RuntimeError(f"no data in {data_dir} (run `blindspot run` first)")
     try:
         svc = ChdbService(data_dir)
-        return svc.query_text(sql, fmt, params)
+        try:
+            return svc.query_text(sql, fmt, params)
+        finally:
+            svc.close()
     except IngestError as e:
         raise RuntimeError(str(e)) from e
 
