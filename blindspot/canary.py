@@ -15,7 +15,7 @@ larger than a practical margin (a huge sample makes a harmless difference signif
 * latency, tail: the share of canary requests slower than the baseline's p99 (Fisher), with the
   p99's increase;
 * traffic share against ``--weight`` (two-sided binomial z test), when a weight is given;
-* gray leaks involving the service (blindspot.gray_leaks, migration 0040).
+* gray leaks involving the service (blindspot.gray_leaks, migration 0045).
 
 Verdict: ``not-enough-data`` (exit 2) while either version has fewer than ``min_requests`` requests in
 the window, else ``fail`` (exit 1) if any check fails, else ``pass`` (exit 0). Exit 3: no answer (the
@@ -137,7 +137,7 @@ LEFT JOIN leaks AS l ON l.service = a.service AND l.baseline = a.baseline AND l.
 ORDER BY a.service, a.canary"""
 
 # Leaks involving the service: a request of the window that reached a version of it other than its
-# gray lane, or left it for the wrong version of another service (blindspot.gray_leaks, 0040).
+# gray lane, or left it for the wrong version of another service (blindspot.gray_leaks, 0045).
 LEAKS = """\
 SELECT p.service AS service, p.baseline AS baseline, p.canary AS canary, count() AS leaks
         FROM pairs AS p
@@ -211,7 +211,6 @@ def run_query(args: argparse.Namespace, sql: str, params: dict[str, Any]) -> lis
     """Rows (JSONEachRow) of ``sql`` on the store the flags name; raises RuntimeError with a message."""
     fmt = "JSONEachRow"
     if args.clickhouse:
-        from ingest._errors import IngestError
         from ingest.clickhouse_sink.service import ServerService
 
         try:
@@ -220,7 +219,7 @@ def run_query(args: argparse.Namespace, sql: str, params: dict[str, Any]) -> lis
                 out = svc.query_text(sql, fmt, params)
             finally:
                 svc.close()
-        except (IngestError, ValueError, OSError) as e:
+        except Exception as e:  # the store's errors, a bad URL, an unreadable password file: no answer
             raise RuntimeError(str(e)) from e
     else:
         out = _embedded(Path(args.data_dir), sql, fmt, params)
@@ -236,7 +235,6 @@ def _embedded(data_dir: Path, sql: str, fmt: str, params: dict[str, Any]) -> byt
         pass  # no agent owns the folder: open it here
     except (QueryError, OSError) as e:
         raise RuntimeError(str(e)) from e
-    from ingest._errors import IngestError
     from ingest.clickhouse_sink import ChdbService
 
     os.umask(0o077)
@@ -248,7 +246,7 @@ def _embedded(data_dir: Path, sql: str, fmt: str, params: dict[str, Any]) -> byt
             return svc.query_text(sql, fmt, params)
         finally:
             svc.close()
-    except IngestError as e:
+    except Exception as e:  # the engine's errors (a locked folder, bad SQL): no answer
         raise RuntimeError(str(e)) from e
 
 
@@ -309,6 +307,14 @@ def render_text(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_parser(sub: Any) -> None:
+    """``blindspot canary``: the subcommand, in the shape of the command modules (``add_parser`` and
+    ``main``)."""
+    c = sub.add_parser("canary", help="verdict on a canary version against its baseline (exit 0/1/2)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(c)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", required=True, help="service name (http_requests.service)")
     p.add_argument("--baseline", required=True, metavar="VERSION", help="the stable version")
@@ -349,7 +355,7 @@ def main(args: argparse.Namespace) -> int:
 
         try:
             args.data_dir = config_mod.load(args.config).data_dir
-        except config_mod.ConfigError as e:
+        except ValueError as e:  # ConfigError
             print(f"blindspot canary: {e}", file=sys.stderr)
             return EXIT_ERROR
     rules = Rules(**{k: getattr(args, k) for k in asdict(Rules())})

@@ -272,9 +272,7 @@ def cmd_grafana(args: argparse.Namespace) -> int:
 def _add_canary(sub: Any) -> None:
     from blindspot import canary
 
-    c = sub.add_parser("canary", help="verdict on a canary version against its baseline (exit 0/1/2)",
-                       description=canary.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    canary.add_arguments(c)
+    canary.add_parser(sub)
 
 
 def cmd_canary(args: argparse.Namespace) -> int:

@@ -298,7 +298,7 @@ def routed(select: str, tail: str) -> str:
 
 ROUTED_HELP = ("Inbound requests of the router (the X-Gray-Version they arrived with) joined to the upstream "
                "request that served them (its version). Raw rows: the last hour of the range.")
-# Every hop (issue 12): the parameterized views of 0040_gray_hops.sql, over the last hour of the range.
+# Every hop (issue 12): the parameterized views of 0045_gray_hops.sql, over the last hour of the range.
 _HOPS_WINDOW = "t_from = greatest($__fromTime, $__toTime - INTERVAL 1 HOUR), t_to = $__toTime"
 _HOPS_SERVICE = ("$__conditionalAll((callee_service IN (${service:singlequote}) OR caller_service IN "
                  "(${service:singlequote})), $service)")

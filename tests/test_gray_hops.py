@@ -1,4 +1,4 @@
-"""The hop, chain and leak views (0040_gray_hops.sql) on the real engine, over seeded http_requests rows
+"""The hop, chain and leak views (0045_gray_hops.sql) on the real engine, over seeded http_requests rows
 laid out as the agent records them: an inbound row, the outbound rows made while serving it (linked by
 parent_request_id, or only by a forwarded X-Request-ID), and the callee's own inbound row on the same
 connection seen from the other end, nested in time.
