@@ -65,16 +65,48 @@ def service_identity(binary: GoBinary, env: dict[bytes, bytes], comm: str,
 
 
 def inspect_pid(pid: int, want_offsets: bool, configured: dict[str, tuple[str, str]] | None = None,
-                parse: go_binary.Parser | None = None) -> GoProcess | None:
+                parse: go_binary.Parser | None = None, snap: Snapshot | None = None) -> GoProcess | None:
     exe = f"/proc/{pid}/exe"
     try:
-        st = os.stat(exe)
-        comm = procfs.read_comm(Path(f"/proc/{pid}"))
-        binary = go_binary.inspect(exe, want_offsets=want_offsets, parse=parse)
+        if snap is not None:  # taken at exec: the process may be gone by now, its file is still open
+            st, comm, env, path = os.fstat(snap.fd), snap.comm, snap.env, f"/proc/{os.getpid()}/fd/{snap.fd}"
+        else:
+            st = os.stat(exe)
+            comm = procfs.read_comm(Path(f"/proc/{pid}"))
+            env, path = _environ(pid), exe
+        binary = go_binary.inspect(path, want_offsets=want_offsets, parse=parse)
     except (OSError, NotGo):  # gone, not ours, not Go, or refused (go_binary counts and logs those)
         return None
-    name, version = service_identity(binary, _environ(pid), comm, configured)
+    name, version = service_identity(binary, env, comm, configured)
     return GoProcess(pid, exe, comm, binary, name, version, (st.st_dev, st.st_ino))
+
+
+@dataclass
+class Snapshot:
+    """What identifies a process, read at its exec: reading its executable takes a while, and a short
+    process (a client's burst) may be gone by then, its requests still to be named."""
+
+    fd: int  # its executable, open
+    comm: str
+    env: dict[bytes, bytes]
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def snapshot(pid: int) -> Snapshot | None:
+    try:
+        fd = os.open(f"/proc/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        comm = procfs.read_comm(Path(f"/proc/{pid}"))
+    except OSError:
+        comm = ""
+    return Snapshot(fd, comm, _environ(pid))
 
 
 def scan_pids() -> list[int]:

@@ -1,0 +1,199 @@
+"""Go executables the HTTP source traces, one entry per file (inode), shared by all its processes.
+
+A uprobe belongs to a file, not to a process: every process of one executable hits the probes attached
+to it, and attaching them again for a second process of that file fails. So the probes are attached
+once per file, through a descriptor the agent holds on it (``/proc/self/fd/N``: still valid when the
+process it was found through has exited), and stay attached while the file is in use or still linked
+under a path (a restart of the same build must be traced from its first instruction). The kernel's
+``exes`` map gets the file's offsets only once its probes are in place: from then on, a new process of
+that file is traced from its exec by the kernel itself (bpf/http_trace.c), with no round trip through
+user space; a new build at the same path is a new inode, read and attached on its first exec.
+
+Also here: how long a process took from its exec to fully traced (Prometheus histogram, and the last
+values for a bench), and the requests a process made or served before that moment (counted per process,
+never silently unlinked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from agent.go_binary import GoBinary
+
+log = logging.getLogger(__name__)
+
+EXEC_TO_TRACED = Histogram(
+    "blindspot_http_exec_to_traced_seconds",
+    "Time from a Go process's exec to fully traced (syscalls, offsets and uprobes in place); 0 when the "
+    "kernel traced it at exec (its executable was known)",
+    buckets=(0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BEFORE_TRACED = Counter(
+    "blindspot_http_requests_before_traced_total",
+    "HTTP exchanges of Go processes that started before the process was fully traced (no route pattern, "
+    "no link to their inbound request)",
+)
+MAX_IDLE = 64  # executables without a process kept attached (restarts of the same build)
+RECENT = 4096  # exec-to-traced figures kept for a bench
+
+
+def kernel_dev(st_dev: int) -> int:
+    """A stat() st_dev in the kernel's own dev_t encoding (super_block s_dev: major << 20 | minor)."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+@dataclass
+class Exe:
+    inode: tuple[int, int]  # (st_dev, st_ino) as stat() names it
+    binary: GoBinary
+    fd: int  # held open: the path uprobes attach through, and st_nlink (deleted or replaced?)
+    kernel_keys: set[tuple[int, int]] = field(default_factory=set)  # (s_dev, ino) as the kernel names it
+    uprobes: dict[int, bytes] = field(default_factory=dict)  # file offset -> uprobe event name
+    ready: bool = False  # every probe wanted is attached (or none is wanted)
+    users: set[int] = field(default_factory=set)
+    idle_since: float = 0.0
+
+    @property
+    def path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+
+class ExeRegistry:
+    """``attach(path, offset, prog) -> event name`` and ``detach(event name)`` are the BPF object's;
+    ``set_kernel(key, leaf|None)`` writes or deletes the kernel's ``exes`` entry."""
+
+    def __init__(self, attach: Callable[[str, int, str], bytes], detach: Callable[[bytes], None],
+                 set_kernel: Callable[[tuple[int, int], Any], None], record_error: Callable[..., None]) -> None:
+        self._attach = attach
+        self._detach = detach
+        self._set_kernel = set_kernel
+        self._error = record_error
+        self.exes: dict[tuple[int, int], Exe] = {}
+        self.recent: deque[float] = deque(maxlen=RECENT)  # exec-to-traced seconds, newest last
+        self.traced_at: dict[int, int] = {}  # pid -> CLOCK_MONOTONIC ns it was fully traced
+        self.before: dict[int, int] = {}  # pid -> exchanges that started before that
+        self.c = {"exes_attached": 0, "exes_detached": 0, "procs_traced_at_exec": 0, "requests_before_traced": 0}
+
+    def get(self, inode: tuple[int, int]) -> Exe | None:
+        return self.exes.get(inode)
+
+    def add(self, pid: int, inode: tuple[int, int], binary: GoBinary,
+            probes: list[tuple[int, str]]) -> Exe | None:
+        """The file of ``pid``, its ``probes`` ((file offset, program)) attached once; None when the file
+        cannot be opened (the process is gone)."""
+        exe = self.exes.get(inode)
+        if exe is None:
+            try:
+                fd = os.open(f"/proc/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                self._error("exe_open_failed", e, f"pid {pid}")
+                return None
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != inode:  # the pid exec'd another file meanwhile
+                os.close(fd)
+                return None
+            exe = Exe(inode, binary, fd)
+            exe.kernel_keys.add((kernel_dev(st.st_dev), st.st_ino))
+            self.exes[inode] = exe
+            self.c["exes_attached"] += 1
+        if not exe.ready:
+            ok = True
+            for off, prog in probes:
+                if off in exe.uprobes:
+                    continue
+                try:
+                    exe.uprobes[off] = self._attach(exe.path, off, prog)
+                except Exception as e:  # traced without this probe for now: a later process retries
+                    ok = False
+                    self._error("uprobe_attach_failed", e, f"pid {pid} {prog}")
+            exe.ready = ok
+        exe.users.add(pid)
+        exe.idle_since = 0.0
+        return exe
+
+    def publish(self, exe: Exe, leaf: object, key: tuple[int, int] | None = None) -> None:
+        """Let the kernel trace new processes of ``exe`` from their exec: only once its probes are in."""
+        if key is not None:
+            exe.kernel_keys.add(key)
+        if not exe.ready:
+            return
+        for k in exe.kernel_keys:
+            try:
+                self._set_kernel(k, leaf)
+            except Exception as e:  # LRU map: only a failure of the map itself lands here
+                self._error("exes_map_update", e, f"{k}")
+
+    def traced(self, pid: int, exec_ns: int, at_exec: bool) -> None:
+        """``pid`` is fully traced now (or was from its exec, ``at_exec``); ``exec_ns`` 0: found by the
+        start-up scan, no exec to measure from."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if at_exec and exec_ns:
+            self.traced_at[pid] = exec_ns
+            self.c["procs_traced_at_exec"] += 1
+            delay = 0.0
+        else:
+            self.traced_at[pid] = now
+            delay = max(0, now - exec_ns) / 1e9 if exec_ns else -1.0
+        if delay >= 0:
+            EXEC_TO_TRACED.observe(delay)
+            self.recent.append(delay)
+
+    def count_before(self, pid: int, n: int) -> None:
+        if n:
+            self.before[pid] = self.before.get(pid, 0) + n
+            self.c["requests_before_traced"] += n
+            BEFORE_TRACED.inc(n)
+
+    def gone(self, pid: int, inode: tuple[int, int] | None, comm: str = "") -> None:
+        """``pid`` exited (its ``traced_at`` stays until its last records are decoded)."""
+        n = self.before.get(pid, 0)
+        if n:
+            log.info("pid %d (%s): %d HTTP exchanges before it was fully traced (no route pattern, no link)",
+                     pid, comm, n)
+        exe = self.exes.get(inode) if inode else None
+        if exe is not None:
+            exe.users.discard(pid)
+            if not exe.users:
+                exe.idle_since = time.monotonic()
+
+    def forget(self, pid: int) -> None:
+        self.traced_at.pop(pid, None)
+        self.before.pop(pid, None)
+
+    def reap(self) -> None:
+        """Detach executables nobody runs that are deleted or replaced (st_nlink 0), and the oldest idle
+        ones beyond MAX_IDLE."""
+        idle = sorted((e for e in self.exes.values() if not e.users), key=lambda e: e.idle_since)
+        for i, exe in enumerate(idle):
+            try:
+                linked = os.fstat(exe.fd).st_nlink > 0
+            except OSError:
+                linked = False
+            if linked and len(idle) - i <= MAX_IDLE:
+                continue
+            self.drop(exe)
+
+    def drop(self, exe: Exe) -> None:
+        for k in exe.kernel_keys:
+            with contextlib.suppress(Exception):
+                self._set_kernel(k, None)
+        for ev in exe.uprobes.values():
+            with contextlib.suppress(Exception):
+                self._detach(ev)
+        with contextlib.suppress(OSError):
+            os.close(exe.fd)
+        self.exes.pop(exe.inode, None)
+        self.c["exes_detached"] += 1
+
+    def close(self) -> None:
+        for exe in list(self.exes.values()):
+            self.drop(exe)
