@@ -86,6 +86,9 @@ class ExeRegistry:
     def get(self, inode: tuple[int, int]) -> Exe | None:
         return self.exes.get(inode)
 
+    def by_kernel_key(self, key: tuple[int, int]) -> Exe | None:
+        return next((e for e in self.exes.values() if key in e.kernel_keys), None)
+
     def add(self, pid: int, inode: tuple[int, int], binary: GoBinary,
             probes: list[tuple[int, str]]) -> Exe | None:
         """The file of ``pid``, its ``probes`` ((file offset, program)) attached once; None when the file

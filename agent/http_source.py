@@ -334,14 +334,15 @@ class HttpSource:
             p = self._inspect(pid)
             if p is not None:
                 self._attach(p)
-            else:
+            elif not self._adopt_exited(pid):
                 self._untrace(pid, definitive=os.path.exists(f"/proc/{pid}/exe"))
             return
         if pid in self._inspecting:
             return
         snap = go_procs.snapshot(pid)
         if snap is None:  # gone already
-            self._untrace(pid, definitive=False)
+            if not self._adopt_exited(pid):
+                self._untrace(pid, definitive=False)
             return
         try:
             self._to_inspect.put_nowait((pid, snap))
@@ -351,6 +352,21 @@ class HttpSource:
             self._untrace(pid, definitive=False)
             return
         self._inspecting.add(pid)
+
+    def _adopt_exited(self, pid: int) -> bool:
+        """A process the kernel traced from its exec (its file known) that exited before user space saw
+        the exec: its records are named after its file (its environment is gone with it)."""
+        info = self._execs.get(pid)
+        if info is None or not info[2] & ev.EXEC_TRACED or self._exes is None or os.path.exists(f"/proc/{pid}"):
+            return False
+        exe = self._exes.by_kernel_key(info[1])
+        if exe is None:
+            return False
+        del self._execs[pid]
+        name, version = go_procs.service_identity(exe.binary, {}, "")
+        self._gone[pid] = (GoProcess(pid, f"/proc/{pid}/exe", "", exe.binary, name, version, exe.inode), self._decodes)
+        self._exes.traced(pid, info[0], at_exec=True)
+        return True
 
     def _untrace(self, pid: int, definitive: bool) -> None:
         """``pid`` is not traced: if the kernel traces it since its exec (pending), it stops; when the

@@ -154,9 +154,123 @@ def cap(exe: Path) -> Iterator[Capture]:
     c.close()
 
 
+def known(cap: Capture, exe: Path) -> None:
+    """One earlier process of the file, come and gone (the previous deploy, a replica): from then on the
+    kernel traces every new process of the file from its exec."""
+    p, _ = serve(exe, "-role", "upstream", "-version", "v0")
+    deadline = time.monotonic() + 15
+    while not cap.src.traced(p.pid):
+        assert time.monotonic() < deadline, "never traced"
+        time.sleep(0.02)
+    p.kill()
+    p.wait()
+
+
 def test_gray_release_started_after_agent_every_request_linked(cap: Capture, exe: Path) -> None:
     """Router and both upstream versions from one executable, started after the agent, and a
-    300-request burst from a load client (the same executable) started right after them."""
+    300-request burst from a load client (the same executable) started right after them: every
+    request linked, the client's first ones captured, each process traced from its exec."""
+    known(cap, exe)
+    at_exec = cap.src.counters()["procs_traced_at_exec"]
     router, pr, ups = start_gray(exe)
     client, results = load(exe, pr)
     check_gray(cap, router, ups, client, results)
+    assert cap.src.counters()["procs_traced_at_exec"] == at_exec + 4
+    for pid in (router.pid, client.pid, *(p.pid for p, _ in ups.values())):
+        assert cap.src.before_traced(pid) == 0
+    assert cap.src.exec_to_traced()[-4:] == [0.0] * 4
+
+
+def test_first_process_of_a_new_file_every_request_captured_and_counted(cap: Capture, exe: Path) -> None:
+    """The very first processes of a never-seen executable, burst right after start: every request is
+    captured (traced from exec), and a call made before the file was read and its probes attached (a
+    window of ~10 ms here for a stripped build) is counted for its process, never silently unlinked."""
+    router, pr, _ups = start_gray(exe)
+    client, results = load(exe, pr)
+    assert [r.get("status") for r in results] == [200] * N
+    inbound = cap.wait_rows(lambda r: r["pid"] == router.pid and r["side"] == "server", N)
+    outbound = cap.wait_rows(lambda r: r["pid"] == router.pid and r["side"] == "client", N)
+    client_rows = cap.wait_rows(lambda r: r["pid"] == client.pid, N)
+    assert len(inbound) == len(outbound) == len(client_rows) == N
+    ids = {r["request_id"] for r in inbound}
+    unlinked = [o for o in outbound if o["parent_request_id"] not in ids]
+    # Every unlinked call is one the router made before it was fully traced, and counted as such.
+    assert len(unlinked) <= cap.src.before_traced(router.pid), cap.src.counters()
+    figures = cap.src.exec_to_traced()
+    assert len(figures) >= 4 and all(0 <= f < 10 for f in figures)
+
+
+def test_keepalive_burst_on_one_connection_every_request_linked(cap: Capture, exe: Path) -> None:
+    """300 requests one after another on ONE keep-alive connection: one router goroutine serves them all,
+    and all are decoded in one batch. A 64-entry ring per goroutine linked only the last 64 (the issue)."""
+    known(cap, exe)
+    router, pr, ups = start_gray(exe)
+    client, results = load(exe, pr, conc=1)
+    check_gray(cap, router, ups, client, results)
+
+
+def test_started_before_agent_load_after(gray_bin: Path, exe: Path) -> None:
+    """The programs run before the agent starts (found by the /proc scan); the load client starts after
+    it: every request linked, the client's first ones captured."""
+    router, pr, ups = start_gray(exe)
+    c = Capture(str(exe.parent))
+    try:
+        client, results = load(exe, pr)
+        check_gray(c, router, ups, client, results)
+        assert c.src.counters()["procs_traced_at_exec"] == 1  # the client
+    finally:
+        c.close()
+
+
+def test_multi_hop_chain_every_call_linked(cap: Capture, exe: Path) -> None:
+    """edge router -> bff v1/v2 -> orders router -> orders v1/v2, all one executable, started after the
+    agent: each hop's every outbound call is linked to the inbound request it was made for."""
+    known(cap, exe)
+    o1, po1 = serve(exe, "-role", "upstream", "-version", "v1")
+    o2, po2 = serve(exe, "-role", "upstream", "-version", "v2")
+    orouter, por = serve(exe, "-role", "router", "-v1", f"http://127.0.0.1:{po1}", "-v2", f"http://127.0.0.1:{po2}")
+    b1, pb1 = serve(exe, "-role", "upstream", "-version", "v1", "-next", f"http://127.0.0.1:{por}")
+    b2, pb2 = serve(exe, "-role", "upstream", "-version", "v2", "-next", f"http://127.0.0.1:{por}")
+    edge, pe = serve(exe, "-role", "router", "-v1", f"http://127.0.0.1:{pb1}", "-v2", f"http://127.0.0.1:{pb2}")
+    _client, results = load(exe, pe)
+    assert [r.get("status") for r in results] == [200] * N
+    callers = {"edge": edge.pid, "bff": (b1.pid, b2.pid), "orders-router": orouter.pid}
+    for hop, pids in callers.items():
+        pids = pids if isinstance(pids, tuple) else (pids,)
+        inbound = cap.wait_rows(lambda r, p=pids: r["pid"] in p and r["side"] == "server", N)
+        outbound = cap.wait_rows(lambda r, p=pids: r["pid"] in p and r["side"] == "client", N)
+        assert len(inbound) == len(outbound) == N, hop
+        by_id = {r["request_id"]: r for r in inbound}
+        linked = [o for o in outbound if o["parent_request_id"] in by_id]
+        assert len(linked) == N, f"{hop}: {len(linked)}/{N} linked; {cap.src.counters()}"
+        for o in linked:  # the same request, one hop further
+            assert by_id[o["parent_request_id"]]["x_request_id"] == o["x_request_id"] or hop != "bff"
+            assert by_id[o["parent_request_id"]]["path"] == o["path"]
+    served = cap.wait_rows(lambda r: r["pid"] in (o1.pid, o2.pid), N)
+    assert sorted(r["x_request_id"] for r in served) == sorted(f"load-{i}" for i in range(N))
+
+
+def test_executable_replaced_at_the_same_path(cap: Capture, exe: Path, gray_bin: Path) -> None:
+    """A new build at the same path is a new inode: read and attached on its first exec; the old file's
+    processes keep theirs while they run."""
+    known(cap, exe)
+    router, pr, ups = start_gray(exe)
+    client, results = load(exe, pr, n=30)
+    check_gray(cap, router, ups, client, results, n=30)
+    old = exe.stat().st_ino
+    new = exe.with_name("gray.new")
+    shutil.copy2(gray_bin, new)
+    new.rename(exe)  # what `go build -o` and most deploys do: a new file renamed over the old
+    assert exe.stat().st_ino != old
+    known(cap, exe)
+    router2, pr2, ups2 = start_gray(exe)
+    with cap.lock:
+        cap.rows.clear()
+    client2, results2 = load(exe, pr2)
+    check_gray(cap, router2, ups2, client2, results2)
+    assert cap.src.counters()["exes_attached"] == 2
+    # The old build's processes are still traced, probes included.
+    with cap.lock:
+        cap.rows.clear()
+    client3, results3 = load(exe, pr, n=30)  # new-file client, old-file router
+    check_gray(cap, router, ups, client3, results3, n=30)

@@ -75,7 +75,7 @@ def test_http_proc_callback_never_raises() -> None:
 
     src._consider = boom  # type: ignore[method-assign]
     rec = hev.HttpProc()
-    rec.kind, rec.pid = hev.KIND_PROC_EXEC, 4242
+    rec.kind, rec.pid, rec.flags = hev.KIND_PROC_EXEC, 4242, hev.EXEC_PENDING
     for _ in range(3):
         src._on_proc(None, C.addressof(rec), C.sizeof(rec))
     assert src._errors.counters() == {"source_errors:http:proc_event": 3}
@@ -297,3 +297,47 @@ def test_refusals_and_source_errors_reach_prometheus() -> None:
     p.export_metrics()  # deltas: nothing new the second time
     assert metrics.GO_BINARIES_REJECTED.labels("nobits")._value.get() == before + 2
     assert metrics.SOURCE_ERRORS.labels("src", "proc_event")._value.get() == errors_before + 3
+
+
+def test_exe_registry_attach_failure_counted_retried_and_published_only_when_ready() -> None:
+    """A uprobe that fails to attach (the OSError the issue saw raised inside the exec callback) is
+    counted, the file is not handed to the kernel (its next processes are read and retried, never traced
+    at exec without their probes), and the next process of the file attaches it once."""
+    from agent.go_binary import GoBinary
+    from agent.go_exes import ExeRegistry, kernel_dev
+
+    errors = SourceErrors("http", logging.getLogger("test"))
+    attached: list[tuple[str, int, str]] = []
+    kernel: dict[tuple[int, int], Any] = {}
+    fail = [True]
+
+    def attach(path: str, off: int, prog: str) -> bytes:
+        if fail[0]:
+            raise OSError(f"uprobe {prog} at {path}+{off:#x} failed")
+        attached.append((path, off, prog))
+        return f"ev_{off:x}".encode()
+
+    def set_kernel(key: tuple[int, int], leaf: Any) -> None:
+        if leaf is None:
+            kernel.pop(key, None)
+        else:
+            kernel[key] = leaf
+
+    reg = ExeRegistry(attach, lambda ev: None, set_kernel, errors.record)
+    st = os.stat(f"/proc/{os.getpid()}/exe")
+    inode = (st.st_dev, st.st_ino)
+    binary = GoBinary.__new__(GoBinary)
+    probes = [(0x1000, "uprobe_finish_request"), (0x2000, "uprobe_persistconn_roundtrip")]
+    exe = reg.add(os.getpid(), inode, binary, probes)
+    assert exe is not None and not exe.ready
+    reg.publish(exe, "leaf")
+    assert kernel == {} and errors.counters() == {"source_errors:http:uprobe_attach_failed": 2}
+    fail[0] = False
+    again = reg.add(os.getpid(), inode, binary, probes)
+    assert again is exe and exe.ready and len(attached) == 2
+    assert reg.add(os.getpid(), inode, binary, probes) is exe and len(attached) == 2  # once per file
+    assert all(path == f"/proc/self/fd/{exe.fd}" for path, _, _ in attached)
+    reg.publish(exe, "leaf", key=(7, 8))
+    assert kernel == {(kernel_dev(st.st_dev), st.st_ino): "leaf", (7, 8): "leaf"}
+    reg.close()
+    assert kernel == {} and reg.exes == {}
