@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +45,14 @@ BEFORE_TRACED = Counter(
 )
 MAX_IDLE = 64  # executables without a process kept attached (restarts of the same build)
 RECENT = 4096  # exec-to-traced figures kept for a bench
+
+
+def _locked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def inner(self: ExeRegistry, *a: Any, **k: Any) -> Any:
+        with self.lock:
+            return fn(self, *a, **k)
+    inner.__doc__ = fn.__doc__
+    return inner
 
 
 def kernel_dev(st_dev: int) -> int:
@@ -77,6 +86,9 @@ class ExeRegistry:
         self._detach = detach
         self._set_kernel = set_kernel
         self._error = record_error
+        # The source's poll thread and its inspector thread (which makes a file's first processes fully
+        # traced as soon as it is read) both attach and publish.
+        self.lock = threading.RLock()
         self.exes: dict[tuple[int, int], Exe] = {}
         self.recent: deque[float] = deque(maxlen=RECENT)  # exec-to-traced seconds, newest last
         self.traced_at: dict[int, int] = {}  # pid -> CLOCK_MONOTONIC ns it was fully traced
@@ -86,9 +98,11 @@ class ExeRegistry:
     def get(self, inode: tuple[int, int]) -> Exe | None:
         return self.exes.get(inode)
 
+    @_locked
     def by_kernel_key(self, key: tuple[int, int]) -> Exe | None:
         return next((e for e in self.exes.values() if key in e.kernel_keys), None)
 
+    @_locked
     def add(self, pid: int, inode: tuple[int, int], binary: GoBinary,
             probes: list[tuple[int, str]]) -> Exe | None:
         """The file of ``pid``, its ``probes`` ((file offset, program)) attached once; None when the file
@@ -123,6 +137,7 @@ class ExeRegistry:
         exe.idle_since = 0.0
         return exe
 
+    @_locked
     def publish(self, exe: Exe, leaf: object, key: tuple[int, int] | None = None) -> None:
         """Let the kernel trace new processes of ``exe`` from their exec: only once its probes are in."""
         if key is not None:
@@ -135,10 +150,10 @@ class ExeRegistry:
             except Exception as e:  # LRU map: only a failure of the map itself lands here
                 self._error("exes_map_update", e, f"{k}")
 
-    def traced(self, pid: int, exec_ns: int, at_exec: bool) -> None:
-        """``pid`` is fully traced now (or was from its exec, ``at_exec``); ``exec_ns`` 0: found by the
-        start-up scan, no exec to measure from."""
-        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    def traced(self, pid: int, exec_ns: int, at_exec: bool, at_ns: int = 0) -> None:
+        """``pid`` is fully traced now, or since ``at_ns``, or from its exec (``at_exec``); ``exec_ns``
+        0: found by the start-up scan, no exec to measure from."""
+        now = at_ns or time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         if at_exec and exec_ns:
             self.traced_at[pid] = exec_ns
             self.c["procs_traced_at_exec"] += 1
@@ -156,6 +171,7 @@ class ExeRegistry:
             self.c["requests_before_traced"] += n
             BEFORE_TRACED.inc(n)
 
+    @_locked
     def gone(self, pid: int, inode: tuple[int, int] | None, comm: str = "") -> None:
         """``pid`` exited (its ``traced_at`` stays until its last records are decoded)."""
         n = self.before.get(pid, 0)
@@ -172,6 +188,7 @@ class ExeRegistry:
         self.traced_at.pop(pid, None)
         self.before.pop(pid, None)
 
+    @_locked
     def reap(self) -> None:
         """Detach executables nobody runs that are deleted or replaced (st_nlink 0), and the oldest idle
         ones beyond MAX_IDLE."""
@@ -185,6 +202,7 @@ class ExeRegistry:
                 continue
             self.drop(exe)
 
+    @_locked
     def drop(self, exe: Exe) -> None:
         for k in exe.kernel_keys:
             with contextlib.suppress(Exception):
@@ -197,6 +215,7 @@ class ExeRegistry:
         self.exes.pop(exe.inode, None)
         self.c["exes_detached"] += 1
 
+    @_locked
     def close(self) -> None:
         for exe in list(self.exes.values()):
             self.drop(exe)

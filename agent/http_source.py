@@ -200,6 +200,7 @@ class HttpSource:
         self._last_prune = 0.0
         self._exes: ExeRegistry | None = None
         self._exited_pending: dict[int, float] = {}
+        self._ready_ns: dict[int, int] = {}  # pid -> when the inspector thread made it fully traced
 
     # --- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -373,6 +374,7 @@ class HttpSource:
         answer holds for its executable (``definitive``: not Go, or not under exe_prefix), the kernel
         learns it, and that file's next processes are not traced at all."""
         self._inspecting.discard(pid)
+        self._ready_ns.pop(pid, None)
         info = self._execs.pop(pid, None)
         if info is None or self.bpf is None:
             return
@@ -398,9 +400,56 @@ class HttpSource:
         while (item := self._to_inspect.get()) is not None:
             pid, snap = item
             try:
-                self._inspected.append((pid, self._inspect(pid, snap)))
+                p = self._inspect(pid, snap)
+                if p is not None:
+                    try:
+                        self._ready_early(p)
+                    except Exception as e:  # the poll thread's attach still comes
+                        self._errors.record("ready_early", e, f"pid {pid}")
+                self._inspected.append((pid, p))
             finally:
                 snap.close()
+
+    def _probes(self, p: GoProcess) -> list[tuple[int, str]]:
+        probes = []
+        if self.cfg.go_uprobes:
+            for fn, prog in ((FN_FINISH_REQUEST, "uprobe_finish_request"),
+                             (FN_PC_ROUNDTRIP, "uprobe_persistconn_roundtrip")):
+                off = p.binary.file_offsets.get(fn)
+                if off:
+                    probes.append((off, prog))
+        return probes
+
+    def _ready_early(self, p: GoProcess) -> None:
+        """Inspector thread, as soon as a file is read: its probes attached, its offsets in the kernel for
+        ``p`` and every other process of the file traced since exec, and the file published for the next
+        ones. The poll thread's bookkeeping (_attach) follows at its next turn; without this, those
+        processes waited for it (up to a poll interval and more) with no route and no links."""
+        from bcc import lib
+
+        info = self._execs.get(p.pid)
+        if info is None or not info[2] & ev.EXEC_PENDING or self.bpf is None or self._exes is None:
+            return
+        gp = self._leaf(p, ev.GO_READY)
+        exe = self._exes.add(p.pid, p.inode, p.binary, self._probes(p))
+        if exe is None or not exe.ready:
+            return
+        self._exes.publish(exe, gp, info[1] if info[1][1] else None)
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        pids = self.bpf["pids"]
+        # Every process the kernel traces as pending, whether or not its exec event was read yet.
+        for k, v in list(pids.items()):
+            if v.state != ev.GO_PENDING:
+                continue
+            try:
+                st = os.stat(f"/proc/{k.value}/exe")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) != p.inode:
+                continue
+            # BPF_EXIST: a process that exited meanwhile (its entry deleted) is not brought back.
+            if lib.bpf_update_elem(pids.map_fd, C.byref(k), C.byref(gp), 2) == 0:
+                self._ready_ns[k.value] = now
 
     def _attach_inspected(self) -> None:
         while self._inspected:
@@ -411,8 +460,11 @@ class HttpSource:
                 del self._exited_pending[pid]
                 self._inspecting.discard(pid)
                 self._execs.pop(pid, None)
+                self._ready_ns.pop(pid, None)
                 if p is not None:
                     self._gone[pid] = (p, self._decodes)
+                    if self._exes is not None:
+                        self._exes.gone(pid, p.inode, p.comm)  # the inspector thread may have counted it
                 continue
             if p is None:
                 self._untrace(pid, definitive=os.path.exists(f"/proc/{pid}/exe"))
@@ -482,14 +534,7 @@ class HttpSource:
                                 f"{len(self.procs)} traced")
             return
         # Probes once per executable file, shared by all its processes (agent/go_exes.py).
-        probes = []
-        if self.cfg.go_uprobes:
-            for fn, prog in ((FN_FINISH_REQUEST, "uprobe_finish_request"),
-                             (FN_PC_ROUNDTRIP, "uprobe_persistconn_roundtrip")):
-                off = p.binary.file_offsets.get(fn)
-                if off:
-                    probes.append((off, prog))
-        exe = self._exes.add(p.pid, p.inode, p.binary, probes)
+        exe = self._exes.add(p.pid, p.inode, p.binary, self._probes(p))
         info = self._execs.pop(p.pid, None)
         if exe is not None and not self.cfg.pids:  # new processes of this file: traced from their exec
             self._exes.publish(exe, gp, info[1] if info is not None and info[1][1] else None)
@@ -501,7 +546,7 @@ class HttpSource:
             # Fully traced from its exec when the kernel traced it there with the offsets (or, without
             # uprobes, captured its syscalls from there while the file was read).
             at_exec = bool(flags & ev.EXEC_TRACED) or (not self.cfg.go_uprobes and bool(flags & ev.EXEC_PENDING))
-            self._exes.traced(p.pid, info[0] if info is not None else 0, at_exec)
+            self._exes.traced(p.pid, info[0] if info is not None else 0, at_exec, self._ready_ns.pop(p.pid, 0))
         else:
             self._exes.traced_at[p.pid] = 1 << 63  # not fully traced: every exchange counts as before
         if exe is not None and exe.ready:
