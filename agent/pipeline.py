@@ -67,8 +67,9 @@ REPORTED = ("captured", "lost_ringbuf", "lost_map_full", "dropped_queue_full", "
             "dropped_write_error", "rows_written",
             "rejected")  # rejected: records a source refused (HTTP: decoder failures, counted per record)
 # ... and every counter with one of these prefixes (failures counted by kind: agent/errors.py, Go binaries
-# refused by reason: agent/go_binary.py), once it is non-zero.
-REPORTED_PREFIXES = ("source_errors:", "go_binary_")
+# refused by reason: agent/go_binary.py; HTTP exchanges before their process was fully traced, and those of
+# processes traced from exec that proved not ours: agent/http_source.py), once it is non-zero.
+REPORTED_PREFIXES = ("source_errors:", "go_binary_", "requests_before_traced", "untraced_records")
 
 
 class Pipeline:
