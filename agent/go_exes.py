@@ -3,11 +3,17 @@
 A uprobe belongs to a file, not to a process: every process of one executable hits the probes attached
 to it, and attaching them again for a second process of that file fails. So the probes are attached
 once per file, through a descriptor the agent holds on it (``/proc/self/fd/N``: still valid when the
-process it was found through has exited), and stay attached while the file is in use or still linked
-under a path (a restart of the same build must be traced from its first instruction). The kernel's
-``exes`` map gets the file's offsets only once its probes are in place: from then on, a new process of
-that file is traced from its exec by the kernel itself (bpf/http_trace.c), with no round trip through
-user space; a new build at the same path is a new inode, read and attached on its first exec.
+process it was found through has exited), and stay attached while any process runs the file. The
+kernel's ``exes`` map gets the file's offsets only once its probes are in place: from then on, a new
+process of that file is traced from its exec by the kernel itself (bpf/http_trace.c), with no round
+trip through user space; a new build at the same path is a new inode, read and attached on its first
+exec.
+
+When the last process of a file exits, its probes are detached and the kernel forgets the file: a file
+nobody runs can be rewritten in place (same inode, new code), and a probe left at an old offset would
+put a breakpoint in the middle of the new program's instructions. A restart is then traced from exec
+(syscalls) and fully traced once user space has re-attached the probes from its cached reading of the
+file (one poll); the gap is measured and counted like any other.
 
 Also here: how long a process took from its exec to fully traced (Prometheus histogram, and the last
 values for a bench), and the requests a process made or served before that moment (counted per process,
@@ -43,7 +49,6 @@ BEFORE_TRACED = Counter(
     "HTTP exchanges of Go processes that started before the process was fully traced (no route pattern, "
     "no link to their inbound request)",
 )
-MAX_IDLE = 64  # executables without a process kept attached (restarts of the same build)
 RECENT = 4096  # exec-to-traced figures kept for a bench
 
 
@@ -69,7 +74,6 @@ class Exe:
     uprobes: dict[int, bytes] = field(default_factory=dict)  # file offset -> uprobe event name
     ready: bool = False  # every probe wanted is attached (or none is wanted)
     users: set[int] = field(default_factory=set)
-    idle_since: float = 0.0
 
     @property
     def path(self) -> str:
@@ -134,7 +138,6 @@ class ExeRegistry:
                     self._error("uprobe_attach_failed", e, f"pid {pid} {prog}")
             exe.ready = ok
         exe.users.add(pid)
-        exe.idle_since = 0.0
         return exe
 
     @_locked
@@ -182,25 +185,19 @@ class ExeRegistry:
         if exe is not None:
             exe.users.discard(pid)
             if not exe.users:
-                exe.idle_since = time.monotonic()
+                self.drop(exe)
 
     def forget(self, pid: int) -> None:
         self.traced_at.pop(pid, None)
         self.before.pop(pid, None)
 
     @_locked
-    def reap(self) -> None:
-        """Detach executables nobody runs that are deleted or replaced (st_nlink 0), and the oldest idle
-        ones beyond MAX_IDLE."""
-        idle = sorted((e for e in self.exes.values() if not e.users), key=lambda e: e.idle_since)
-        for i, exe in enumerate(idle):
-            try:
-                linked = os.fstat(exe.fd).st_nlink > 0
-            except OSError:
-                linked = False
-            if linked and len(idle) - i <= MAX_IDLE:
-                continue
-            self.drop(exe)
+    def reap(self, alive: Callable[[int], bool]) -> None:
+        """Forget users that no longer run (their exit event was lost); drop files nobody runs."""
+        for exe in list(self.exes.values()):
+            exe.users = {p for p in exe.users if alive(p)}
+            if not exe.users:
+                self.drop(exe)
 
     @_locked
     def drop(self, exe: Exe) -> None:

@@ -296,7 +296,7 @@ class HttpSource:
             self._reap_gone()
             try:
                 assert self._exes is not None
-                self._exes.reap()
+                self._exes.reap(lambda pid: pid in self.procs or pid in self._inspecting)
             except Exception as e:
                 self._errors.record("exe_reap", e)
         if now - self._last_decode >= self.cfg.decode_interval_s or self._pending_rows >= self.cfg.decode_max_rows:
@@ -438,8 +438,11 @@ class HttpSource:
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         pids = self.bpf["pids"]
         # Every process the kernel traces as pending, whether or not its exec event was read yet.
-        for k, v in list(pids.items()):
-            if v.state != ev.GO_PENDING:
+        for k in list(pids.keys()):
+            try:
+                if pids[k].state != ev.GO_PENDING:
+                    continue
+            except KeyError:  # exited meanwhile
                 continue
             try:
                 st = os.stat(f"/proc/{k.value}/exe")

@@ -4,7 +4,8 @@ Each round copies the gray test program (tests/go/gray: router, upstream and loa
 executable) to a fresh path, so the agent has never seen its inode, then:
 - fresh: starts upstream v1, v2 and the router from it, and right after the router listens a load client
   (the same file) sends a burst through the router;
-- known: the same again from the same file, now known to the agent (a restart, a replica).
+- known: the same again from the same file while the first trio still runs (replicas): the kernel
+  traces these from their exec.
 The agent (HttpSource with Go uprobes, polled every 50 ms as the pipeline does) runs in this process.
 
 Prints per round and phase: exec-to-fully-traced (ms) of each process (0 = traced by the kernel at
@@ -31,7 +32,7 @@ from tests.procs import reap  # noqa: E402
 from tests.test_http_go_startup import Capture, load, start_gray  # noqa: E402
 
 
-def phase(cap: Capture, exe: Path, n: int, conc: int) -> dict:
+def phase(cap: Capture, exe: Path, n: int, conc: int, procs: list) -> dict:
     before = len(cap.src.exec_to_traced())
     router, pr, ups = start_gray(exe)
     client, results = load(exe, pr, n=n, conc=conc)
@@ -47,9 +48,7 @@ def phase(cap: Capture, exe: Path, n: int, conc: int) -> dict:
         "before_traced": cap.src.before_traced(router.pid),
         "client_rows": len(cap.wait_rows(lambda r: r["pid"] == client.pid, n, timeout=5)),
     }
-    for p in (router, *(p for p, _ in ups.values())):
-        p.kill()
-        p.wait()
+    procs += [router, *(p for p, _ in ups.values())]
     return out
 
 
@@ -68,13 +67,17 @@ def main() -> None:
                 exe = Path(tmp) / f"r{i}" / "gray"
                 exe.parent.mkdir()
                 shutil.copy2(src, exe)
+                procs: list = []
                 for name in ("fresh", "known"):
-                    r = phase(cap, exe, args.requests, args.concurrency)
+                    r = phase(cap, exe, args.requests, args.concurrency, procs)
                     if name == "fresh" and r["exec_to_traced_ms"]:
                         fresh_first.append(max(r["exec_to_traced_ms"]))
                     print(f"round {i} {name:5}: exec->traced ms {r['exec_to_traced_ms']}  answered {r['answered']}"
                           f"  inbound {r['inbound']}  linked {r['linked']}  before-traced {r['before_traced']}"
                           f"  client rows {r['client_rows']}  (of {args.requests})", flush=True)
+                for p in procs:
+                    p.kill()
+                    p.wait()
                 time.sleep(0.2)
         finally:
             cap.close()

@@ -154,22 +154,22 @@ def cap(exe: Path) -> Iterator[Capture]:
     c.close()
 
 
-def known(cap: Capture, exe: Path) -> None:
-    """One earlier process of the file, come and gone (the previous deploy, a replica): from then on the
-    kernel traces every new process of the file from its exec."""
+def known(cap: Capture, exe: Path) -> subprocess.Popen:
+    """A process of the file already running (a replica, the stable version): while one runs, the kernel
+    traces every new process of the file from its exec, probes and offsets included."""
     p, _ = serve(exe, "-role", "upstream", "-version", "v0")
     deadline = time.monotonic() + 15
     while not cap.src.traced(p.pid):
         assert time.monotonic() < deadline, "never traced"
         time.sleep(0.02)
-    p.kill()
-    p.wait()
+    return p
 
 
 def test_gray_release_started_after_agent_every_request_linked(cap: Capture, exe: Path) -> None:
     """Router and both upstream versions from one executable, started after the agent, and a
     300-request burst from a load client (the same executable) started right after them: every
-    request linked, the client's first ones captured, each process traced from its exec."""
+    request linked, the client's first ones captured, each process traced from its exec (a replica of
+    the file already runs; the very first process of a file is the next test's case)."""
     known(cap, exe)
     at_exec = cap.src.counters()["procs_traced_at_exec"]
     router, pr, ups = start_gray(exe)

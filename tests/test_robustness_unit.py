@@ -339,5 +339,11 @@ def test_exe_registry_attach_failure_counted_retried_and_published_only_when_rea
     assert all(path == f"/proc/self/fd/{exe.fd}" for path, _, _ in attached)
     reg.publish(exe, "leaf", key=(7, 8))
     assert kernel == {(kernel_dev(st.st_dev), st.st_ino): "leaf", (7, 8): "leaf"}
+    # The last process of the file exits: probes detached, the kernel forgets the file (it may be
+    # rewritten in place while nobody runs it: a probe at an old offset would break the new code).
+    reg.gone(os.getpid(), inode)
+    assert kernel == {} and reg.exes == {} and reg.c["exes_detached"] == 1
+    exe = reg.add(os.getpid(), inode, binary, probes)
+    assert exe is not None and exe.ready and len(attached) == 4
     reg.close()
-    assert kernel == {} and reg.exes == {}
+    assert reg.exes == {}
