@@ -16,6 +16,7 @@ COPY pyproject.toml README.md ./
 COPY blindspot ./blindspot
 COPY agent ./agent
 COPY ingest ./ingest
+COPY contract ./contract
 COPY bpf ./bpf
 COPY grafana ./grafana
 # A venv that also sees Debian's bcc module (pure Python over libbcc.so).

@@ -28,7 +28,8 @@ test-unit: setup
 	$(BIN)/pytest -q -m "not root and not kafka" tests
 
 lint: setup
-	$(BIN)/ruff check agent ingest blindspot tests bench
+	$(BIN)/ruff check agent contract ingest blindspot tests bench grafana
+	$(BIN)/lint-imports  # the layers: [tool.importlinter] in pyproject.toml
 	$(BIN)/mypy
 
 ## fuzz: the fuzz targets (tests/fuzz) in a long randomised pass; `make test` runs a short fixed one.

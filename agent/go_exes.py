@@ -15,9 +15,10 @@ put a breakpoint in the middle of the new program's instructions. A restart is t
 (syscalls) and fully traced once user space has re-attached the probes from its cached reading of the
 file (one poll); the gap is measured and counted like any other.
 
-Also here: how long a process took from its exec to fully traced (Prometheus histogram, and the last
-values for a bench), and the requests a process made or served before that moment (counted per process,
-never silently unlinked).
+Also here: how long a process took from its exec to fully traced (handed to the pipeline, which feeds
+the Prometheus histogram ``blindspot_http_exec_to_traced_seconds``; the last values kept for a bench),
+and the requests a process made or served before that moment (counted per process, never silently
+unlinked).
 """
 
 from __future__ import annotations
@@ -32,23 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import Counter, Histogram
-
 from agent.go_binary import GoBinary
 
 log = logging.getLogger(__name__)
 
-EXEC_TO_TRACED = Histogram(
-    "blindspot_http_exec_to_traced_seconds",
-    "Time from a Go process's exec to fully traced (syscalls, offsets and uprobes in place); 0 when the "
-    "kernel traced it at exec (its executable was known)",
-    buckets=(0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-)
-BEFORE_TRACED = Counter(
-    "blindspot_http_requests_before_traced_total",
-    "HTTP exchanges of Go processes that started before the process was fully traced (no route pattern, "
-    "no link to their inbound request)",
-)
 RECENT = 4096  # exec-to-traced figures kept for a bench
 
 
@@ -95,6 +83,7 @@ class ExeRegistry:
         self.lock = threading.RLock()
         self.exes: dict[tuple[int, int], Exe] = {}
         self.recent: deque[float] = deque(maxlen=RECENT)  # exec-to-traced seconds, newest last
+        self._new: list[float] = []  # the same, not yet taken by the pipeline (Prometheus)
         self.traced_at: dict[int, int] = {}  # pid -> CLOCK_MONOTONIC ns it was fully traced
         self.before: dict[int, int] = {}  # pid -> exchanges that started before that
         self.c = {"exes_attached": 0, "exes_detached": 0, "procs_traced_at_exec": 0, "requests_before_traced": 0}
@@ -165,14 +154,19 @@ class ExeRegistry:
             self.traced_at[pid] = now
             delay = max(0, now - exec_ns) / 1e9 if exec_ns else -1.0
         if delay >= 0:
-            EXEC_TO_TRACED.observe(delay)
             self.recent.append(delay)
+            if len(self._new) < RECENT:
+                self._new.append(delay)
+
+    def take(self) -> list[float]:
+        """Exec-to-traced figures since the last call (the pipeline observes them)."""
+        out, self._new = self._new, []
+        return out
 
     def count_before(self, pid: int, n: int) -> None:
         if n:
             self.before[pid] = self.before.get(pid, 0) + n
             self.c["requests_before_traced"] += n
-            BEFORE_TRACED.inc(n)
 
     @_locked
     def gone(self, pid: int, inode: tuple[int, int] | None, comm: str = "") -> None:

@@ -33,7 +33,7 @@ from agent.http_parse import (
     template_path,
 )
 from agent.tcp_decode import address, bounded, comm_text
-from blindspot.records import HTTP_REQUEST
+from contract.records import HTTP_REQUEST
 
 # "METHOD " as the first bytes of a little-endian u64, with the mask of its length (all fit in 8).
 _METHOD_KEYS = [(int.from_bytes(m + b" ", "little"), (1 << (8 * len(m) + 8)) - 1, len(m) + 1) for m in sorted(METHODS)]

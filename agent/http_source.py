@@ -21,12 +21,10 @@ import logging
 import mmap
 import os
 import queue
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ import pyarrow as pa
 from agent import _http_event as ev
 from agent import btf, go_binary, go_procs, http_parse
 from agent._bpf_abi import load_bpf
+from agent.config import HttpConfig
 from agent.errors import SourceErrors
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
 from agent.go_exes import ExeRegistry
@@ -44,8 +43,7 @@ from agent.http_decode import DecodeContext, Decoded, decode
 from agent.inspect_worker import InspectWorker
 from agent.ringbuf import FixedRingReader
 from agent.tcp_decode import Clock
-from blindspot import metrics
-from blindspot.records import HTTP_REQUEST
+from contract.records import HTTP_REQUEST
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,6 @@ KIND = HTTP_REQUEST.name
 BPF_SOURCE = ev.BPF_DIR / "http_trace.c"
 GO_OFFSET_KEYS = ("response_conn", "response_req", "conn_rwc", "req_pattern", "req_pat", "pattern_str",
                   "persistconn_conn", "tcpconn_fd", "netfd_sysfd")
-Emit = Callable[[str, dict], None]
 REAP_INTERVAL_S = 10.0  # traced processes whose exit event was lost (ring full) are found this often
 # Executables not seen before are read off the poll thread (a hostile one may take the inspection's
 # whole timeout); at most this many processes wait for it, more are counted and not traced.
@@ -67,7 +64,7 @@ HOLD_S = 15.0
 MAX_HELD = 65_536
 UNKNOWN_GRACE_S = 2.0  # records of a pid no exec event named yet (read from the ring before it) wait this long
 MAX_EXECS = 65_536  # exec events waiting for their process's inspection
-EmitTable = Callable[[str, pa.Table], None]
+Emit = Callable[[str, pa.Table], None]  # (record kind, its rows): one record form, Arrow
 
 # Kernel struct fields on the fd -> socket -> addresses walk, read from BTF.
 _KERNEL_FIELDS = {
@@ -95,31 +92,6 @@ _KERNEL_FIELDS = {
 }
 
 
-@dataclass
-class HttpConfig:
-    go_uprobes: bool = False  # route patterns + outbound->inbound links, at ~19 us per probe hit here
-    headers: tuple[str, ...] = tuple(http_parse.HEADER_COLUMNS)  # allow-list (lower-case names)
-    # Stored paths go through http_parse.redact_path (tokens, ;matrix params); False keeps them raw.
-    # Userinfo and query strings are never stored either way; routes are always templated.
-    redact_paths: bool = True
-    max_value: int = http_parse.MAX_VALUE
-    head_max: int = 1024  # bytes of each request head captured (power of two, 256..4096)
-    max_conns: int = 16384
-    ringbuf_pages: int = 2048  # 8 MiB: ~6,000 exchanges, read when 1/8 full or at each decode
-    link_wait_s: float = 2.0  # how long an outbound row waits for its inbound one
-    quiet_s: float = 1.0  # an exchange with nothing moved for this long after its response has ended
-    # Decoding has a fixed cost per batch (~3 ms here), so records wait to be decoded together: at
-    # most this long (the pipeline's batches wait 1 s anyway) or this many.
-    decode_interval_s: float = 1.0
-    decode_max_rows: int = 4096  # bounds one decode (~15 ms here), so the ring is read again soon
-    services: dict[str, tuple[str, str]] = field(default_factory=dict)  # comm -> (service, version)
-    pids: tuple[int, ...] = ()  # trace only these; empty = every Go process
-    # Executables are read in a child process with memory and time limits (agent/inspect_worker.py).
-    inspect_in_child: bool = True
-    exe_prefix: str = ""  # trace only binaries under this path (tests: the Go build cache)
-    hostname: str = field(default_factory=socket.gethostname)
-
-
 def _kernel_defines() -> list[str]:
     out = [f"-D{name}={btf.offset_of(btf.FieldRef(s, p))}" for name, (s, p) in _KERNEL_FIELDS.items()]
     fops = 0
@@ -136,16 +108,17 @@ def _kernel_defines() -> list[str]:
 
 class HttpSource:
     """Source shape: open(), poll(timeout_ms), counters(), close(). Each poll decodes what the kernel
-    sent as one batch and hands it to ``emit_table(kind, table)``, or row by row to ``emit(kind, row)``
-    without it; rows held back for linking always go through ``emit``."""
+    sent as one batch and hands it on as one Arrow table, ``emit(kind, table)``; outbound rows held back
+    for linking go on together, one table per poll."""
 
     name = "http"
     kinds = (KIND,)
 
-    def __init__(self, emit: Emit, config: HttpConfig | None = None, emit_table: EmitTable | None = None):
-        self.cfg = config or HttpConfig()
+    def __init__(self, config: HttpConfig, emit: Emit, *, host: str) -> None:
+        self.cfg = config
+        self.host = host
         self._emit = emit
-        self._emit_table = emit_table
+        self._linked_out: list[dict[str, Any]] = []  # outbound rows whose link was settled: emitted per poll
         self.bpf: Any = None
         self.procs: dict[int, GoProcess] = {}
         self._allow = frozenset(h.lower() for h in self.cfg.headers)
@@ -155,8 +128,6 @@ class HttpSource:
         self._c = {"captured": 0, "parse_errors": 0, "rejected": 0, "procs_attached": 0, "procs_detached": 0,
                    "linked": 0, "link_timeouts": 0}
         self._rejected_logged = False
-        for reason in ("not_http", "decode_error"):  # visible at 0 from the start
-            metrics.REJECTED.labels("http", reason)
         sensitive = sorted(self._allow & http_parse.SENSITIVE)
         if sensitive:
             log.warning("HTTP header allow-list captures credentials (%s): their values are stored in "
@@ -169,14 +140,14 @@ class HttpSource:
         self._waiting: deque = deque()
         self._clock = Clock()
         # Salt for request ids: unique per host; a tuple of ints hashes the same in every run.
-        self._salt = int.from_bytes(hashlib.blake2b(self.cfg.hostname.encode(), digest_size=8).digest(), "little")
+        self._salt = int.from_bytes(hashlib.blake2b(self.host.encode(), digest_size=8).digest(), "little")
         self._last_sweep = 0.0
         self._last_reap = time.monotonic()
         self._swept: set[tuple[int, int]] = set()  # (conn key, start_ns) emitted by _sweep_quiet
         self._swept_events: list[np.ndarray] = []
         self._dtype = ev.event_dtype(self.cfg.head_max)
         self._ring: FixedRingReader | None = None
-        self._ctx = DecodeContext(self.cfg.hostname, self._salt, tuple(sorted(self._allow)), self.cfg.max_value,
+        self._ctx = DecodeContext(self.host, self._salt, tuple(sorted(self._allow)), self.cfg.max_value,
                                   self._service, self.cfg.redact_paths)
         self._pending: list[np.ndarray] = []  # read from the ring, not decoded yet
         self._pending_rows = 0
@@ -238,6 +209,7 @@ class HttpSource:
             self._detach(pid)
         self._decode()  # what the detaches swept
         self._flush_waiting(force=True)
+        self._emit_linked()
         self.counters()  # keep the kernel's last values
         assert self._ring is not None and self._exes is not None
         self._exes.close()
@@ -269,6 +241,10 @@ class HttpSource:
         """Seconds from exec to fully traced of the latest processes that exec'd while the source ran
         (0: traced by the kernel at exec), oldest first: for a bench."""
         return list(self._exes.recent) if self._exes is not None else []
+
+    def take_exec_to_traced(self) -> list[float]:
+        """Exec-to-traced seconds since the last call: the pipeline moves them into Prometheus."""
+        return self._exes.take() if self._exes is not None else []
 
     def before_traced(self, pid: int) -> int:
         """Exchanges of ``pid`` that started before it was fully traced (no route pattern, no link)."""
@@ -305,6 +281,7 @@ class HttpSource:
             self._flush_waiting()
         except Exception as e:
             self._errors.record("link", e)
+        self._emit_linked()
 
     def flush(self) -> None:
         """Decode and hand on everything the kernel has sent so far, now."""
@@ -782,7 +759,6 @@ class HttpSource:
 
     def _reject(self, events: np.ndarray, error: Exception) -> None:
         self._c["rejected"] += len(events)
-        metrics.REJECTED.labels("http", "decode_error").inc(len(events))
         if self._rejected_logged:
             return
         self._rejected_logged = True
@@ -795,8 +771,6 @@ class HttpSource:
 
     def _dispatch(self, dec: Decoded) -> None:
         self._c["parse_errors"] += dec.parse_errors
-        if dec.parse_errors:
-            metrics.REJECTED.labels("http", "not_http").inc(dec.parse_errors)
         table, g = dec.table, dec.goroutine
         if not table.num_rows:
             return
@@ -835,16 +809,19 @@ class HttpSource:
                         if len(self._waiting) >= MAX_WAITING:  # bounded: the oldest goes on unlinked
                             self._errors.record("link_backlog_full", None, f"{MAX_WAITING} rows waiting")
                             self._c["link_timeouts"] += 1
-                            self._emit(KIND, self._waiting.popleft()[4])
+                            self._linked_out.append(self._waiting.popleft()[4])
                         self._waiting.append((now, pid, gi, start, row))
                 table = table.filter(pa.array(~outbound))
             for key in keys:
                 self._match_waiting(key)
-        if self._emit_table is not None:
-            self._emit_table(KIND, table)
-        else:
-            for row in HTTP_REQUEST.to_rows(table):
-                self._emit(KIND, row)
+        self._emit(KIND, table)
+        self._emit_linked()
+
+    def _emit_linked(self) -> None:
+        # Outbound rows held for their link (uprobes only) go on together, one table per poll.
+        if self._linked_out:
+            rows, self._linked_out = self._linked_out, []
+            self._emit(KIND, HTTP_REQUEST.to_arrow(rows))
 
     # --- linking outbound to inbound (Go uprobes) -----------------------------------------------
     def _link(self, row: dict, pid: int, g: int, start_ns: int) -> bool:
@@ -856,7 +833,7 @@ class HttpSource:
         if i >= 0 and q[i][0] <= start_ns <= q[i][1]:
             row["parent_request_id"] = q[i][2]
             self._c["linked"] += 1
-            self._emit(KIND, row)
+            self._linked_out.append(row)
             return True
         return False
 
@@ -875,7 +852,7 @@ class HttpSource:
         while self._waiting and (force or now - self._waiting[0][0] > self.cfg.link_wait_s):
             row = self._waiting.popleft()[4]
             self._c["link_timeouts"] += 1
-            self._emit(KIND, row)
+            self._linked_out.append(row)
         # Forget server rows older than twice the wait: no outbound row can still need them.
         if len(self._servers) > 4096 or self._server_rows > MAX_SERVER_ROWS // 2 or force \
                 or now - self._last_prune > self.cfg.link_wait_s:

@@ -1,8 +1,8 @@
 """The agent's whole pipeline, read from source to sink.
 
-    kernel ─► sources.poll ─emit─► enrich ─► batch ─► [hand-off: bounded queue] ─► writer ─► sink
-              (ring buffers)      (host)   (rows/age)   full: dropped, counted    thread    ClickHouse
-                                                                                           or Kafka
+    kernel ─► source.poll ─emit(kind, Arrow table)─► Batcher ─► [hand-off: bounded queue] ─► writer ─► sink
+              (ring buffers, decoders)                  (rows/age)   full: dropped, counted    thread    ClickHouse
+                                                                                                         or Kafka
     every snapshot_interval_s: open connections ─► the same path
     every counters_interval_s: the pipeline's own counters ─► pipeline_counters ─► the same path
 
@@ -19,15 +19,15 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pyarrow as pa
 
-from blindspot import metrics
-from blindspot.records import KINDS, PIPELINE_COUNTER, RecordKind
-from ingest import IngestError, TransientError
-from ingest.batch import Batch, Batcher, batch_len
+from agent.config import PipelineConfig
+from agent.metrics import AgentMetrics
+from contract.batch import Batch, Batcher
+from contract.errors import IngestError, TransientError
+from contract.records import KINDS, PIPELINE_COUNTER, TCP_CONNECTION, RecordKind
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +42,12 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    """Takes one batch of one kind (records, or an Arrow table of the kind's schema); returns once it
-    is accepted (raises ingest errors otherwise).
+    """Takes one batch of one kind (an Arrow table of the kind's schema); returns once it is accepted
+    (raises contract.errors' IngestError otherwise).
     A sink that loses records after ``write`` returned (asynchronous delivery, e.g. Kafka) also has
     ``counts() -> {"dropped": n, ...}``; the pipeline reports those drops as ``dropped_sink``."""
 
     def write(self, kind: RecordKind, rows: Batch) -> object: ...
-
-
-@dataclass
-class PipelineConfig:
-    host: str = ""
-    component: str = "agent"
-    poll_ms: int = 50  # drain interval: ring buffers must hold this long's worth of records
-    batch_max_rows: int = 20_000
-    batch_max_age_s: float = 1.0
-    queue_batches: int = 64
-    snapshot_interval_s: float = 10.0
-    counters_interval_s: float = 60.0
 
 
 # Counters that are written to pipeline_counters, as deltas per interval.
@@ -70,13 +58,19 @@ REPORTED = ("captured", "lost_ringbuf", "lost_map_full", "dropped_queue_full", "
 # refused by reason: agent/go_binary.py; HTTP exchanges before their process was fully traced, and those of
 # processes traced from exec that proved not ours: agent/http_source.py), once it is non-zero.
 REPORTED_PREFIXES = ("source_errors:", "go_binary_", "requests_before_traced", "untraced_records")
+# A source's counters of refused records -> the reason label of blindspot_rejected_records_total.
+REJECTION_REASONS = {"rejected": "decode_error", "parse_errors": "not_http"}
 
 
 class Pipeline:
-    def __init__(self, sources: Sequence[Source], sink: Sink, config: PipelineConfig) -> None:
+    def __init__(self, sources: Sequence[Source], sink: Sink, config: PipelineConfig, *, host: str,
+                 component: str = "agent", metrics: AgentMetrics | None = None) -> None:
         self.sources = list(sources)
         self.sink = sink
         self.config = config
+        self.host = host
+        self.component = component  # pipeline_counters.component: agent, embedded
+        self.metrics = metrics or AgentMetrics.on()
         self.batcher = Batcher(config.batch_max_rows, config.batch_max_age_s)
         self.handoff: queue.Queue[tuple[RecordKind, Batch] | None] = queue.Queue(
             config.queue_batches
@@ -92,20 +86,15 @@ class Pipeline:
         self._poll_errors_logged: set[tuple[str, type]] = set()
 
     # --- source side ---------------------------------------------------------------------
-    def emit(self, kind_name: str, row: dict[str, Any]) -> None:
-        self.counts["captured"] += 1
-        self.counts[f"captured:{kind_name}"] += 1
-        if kind_name == "tcp_connection":
-            self.recent.append(row)
-        batch = self.batcher.add(kind_name, row)
-        if batch is not None:
-            self._hand_off(kind_name, batch)
-
-    def emit_table(self, kind_name: str, table: pa.Table) -> None:
-        """Many records at once, already columnar (a source that decodes in batches)."""
-        self.counts["captured"] += table.num_rows
-        self.counts[f"captured:{kind_name}"] += table.num_rows
-        batch = self.batcher.add_table(kind_name, table)
+    def emit(self, kind_name: str, table: pa.Table) -> None:
+        """A source's records of one kind, as an Arrow table of the kind's schema."""
+        n = table.num_rows
+        self.counts["captured"] += n
+        self.counts[f"captured:{kind_name}"] += n
+        if kind_name == TCP_CONNECTION.name and n:
+            keep = self.recent.maxlen or 0
+            self.recent.extend(TCP_CONNECTION.to_rows(table.slice(max(0, n - keep))))
+        batch = self.batcher.add(kind_name, table)
         if batch is not None:
             self._hand_off(kind_name, batch)
 
@@ -113,11 +102,11 @@ class Pipeline:
         try:
             self.handoff.put_nowait((KINDS[kind_name], rows))
         except queue.Full:
-            n = batch_len(rows)
+            n = rows.num_rows
             self.counts["dropped_queue_full"] += n
-            metrics.DROPPED.labels("queue_full").inc(n)
+            self.metrics.dropped.labels("queue_full").inc(n)
             log.warning("sink is behind: dropped %d %s records (queue full)", n, kind_name)
-        metrics.QUEUE_BATCHES.set(self.handoff.qsize())
+        self.metrics.queue_batches.set(self.handoff.qsize())
 
     def kernel_counters(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -140,30 +129,30 @@ class Pipeline:
             if item is None:
                 return
             kind, rows = item
-            n = batch_len(rows)
+            n = rows.num_rows
             t0 = time.perf_counter()
             try:
                 self.sink.write(kind, rows)
             except IngestError as e:
                 reason = "shutdown" if isinstance(e, TransientError) else "sink_error"
                 self.counts["dropped_sink"] += n
-                metrics.DROPPED.labels(reason).inc(n)
+                self.metrics.dropped.labels(reason).inc(n)
                 log.error("dropped %d %s rows (%s): %s", n, kind.name, reason, e)
                 continue
             except Exception as e:
                 # Not an ingest error: a bug or an unexpected state of the sink. Counted as what it is,
                 # logged with its traceback once per exception type, and the writer goes on.
                 self.counts["dropped_write_error"] += n
-                metrics.DROPPED.labels("write_error").inc(n)
+                self.metrics.dropped.labels("write_error").inc(n)
                 if type(e) not in self._write_errors_logged:
                     self._write_errors_logged.add(type(e))
                     log.exception("dropped %d %s rows: unexpected error in the sink's write "
                                   "(counted as dropped_write_error; further ones not logged)", n, kind.name)
                 continue
             self.counts["rows_written"] += n
-            metrics.ROWS_WRITTEN.labels(kind.table).inc(n)
-            metrics.BATCH_ROWS.observe(n)
-            metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+            self.metrics.rows_written.labels(kind.table).inc(n)
+            self.metrics.batch_rows.observe(n)
+            self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
     # --- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
@@ -217,14 +206,31 @@ class Pipeline:
                 continue
             self._exported[key] = int(value)
             if key.startswith("captured:"):
-                metrics.RECORDS.labels(key.split(":", 1)[1]).inc(delta)
+                self.metrics.records.labels(key.split(":", 1)[1]).inc(delta)
             elif key in ("lost_ringbuf", "lost_map_full"):
-                metrics.KERNEL_LOST.labels(key.removeprefix("lost_")).inc(delta)
+                self.metrics.kernel_lost.labels(key.removeprefix("lost_")).inc(delta)
             elif key.startswith("source_errors:"):
                 _, source, what = key.split(":", 2)
-                metrics.SOURCE_ERRORS.labels(source, what).inc(delta)
+                self.metrics.source_errors.labels(source, what).inc(delta)
             elif key.startswith("go_binary_rejected:"):
-                metrics.GO_BINARIES_REJECTED.labels(key.split(":", 1)[1]).inc(delta)
+                self.metrics.go_binaries_rejected.labels(key.split(":", 1)[1]).inc(delta)
+            elif key == "requests_before_traced":
+                self.metrics.requests_before_traced.inc(delta)
+        # Go processes: exec to fully traced (agent/go_exes.py), as the HTTP source measured them.
+        for s in self.sources:
+            take = getattr(s, "take_exec_to_traced", None)
+            if take is not None:
+                for seconds in take():
+                    self.metrics.exec_to_traced.observe(seconds)
+        # Records a source refused, per source: malformed (the decoder failed) or not the protocol.
+        for s in self.sources:
+            counts = s.counters()
+            for counter, reason in REJECTION_REASONS.items():
+                key = f"{s.name}:{counter}"
+                delta = int(counts.get(counter, 0)) - self._exported.get(key, 0)
+                if delta > 0:
+                    self._exported[key] = self._exported.get(key, 0) + delta
+                    self.metrics.rejected.labels(s.name, reason).inc(delta)
 
     def snapshot(self) -> None:
         n = 0
@@ -233,7 +239,7 @@ class Pipeline:
             if snap is not None:
                 n += snap()
         self.open_connections = n
-        metrics.OPEN_CONNECTIONS.set(n)
+        self.metrics.open_connections.set(n)
 
     def report_counters(self) -> None:
         """Deltas since the last report, as pipeline_counters rows (zeros included: a quiet host
@@ -241,15 +247,16 @@ class Pipeline:
         now = time.time_ns()
         current = self.all_counters()
         extra = sorted(k for k in current if k.startswith(REPORTED_PREFIXES) and (current[k] or k in self._reported))
+        rows = []
         for name in (*REPORTED, *extra):
             value = int(current.get(name, 0))
             delta = value - self._reported.get(name, 0)
             self._reported[name] = value
-            row = {"time": now, "host": self.config.host, "component": self.config.component,
-                   "counter": name, "value": delta}
-            batch = self.batcher.add(PIPELINE_COUNTER.name, row)
-            if batch is not None:
-                self._hand_off(PIPELINE_COUNTER.name, batch)
+            rows.append({"time": now, "host": self.host, "component": self.component, "counter": name,
+                         "value": delta})
+        batch = self.batcher.add(PIPELINE_COUNTER.name, PIPELINE_COUNTER.to_arrow(rows))
+        if batch is not None:
+            self._hand_off(PIPELINE_COUNTER.name, batch)
         lost = current.get("lost_ringbuf", 0) + current.get("lost_map_full", 0)
         if lost:
             log.warning("kernel-side loss so far: %d (ring buffer %d, connection table %d)", lost,

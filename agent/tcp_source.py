@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+import pyarrow as pa
 
 from agent import _tcp_event as ev
 from agent import procfs
 from agent._bpf_abi import load_bpf
 from agent.btf import BTFUnavailable, FieldRef, offset_of
+from agent.config import TcpSourceConfig
 from agent.errors import SourceErrors
 from agent.tcp_decode import Clock, decode_closed, decode_open
-from blindspot.records import TCP_CONNECTION, TCP_OPEN_CONNECTION
+from contract.records import TCP_CONNECTION, TCP_OPEN_CONNECTION, RecordKind
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, dict[str, Any]], None]
+Emit = Callable[[str, pa.Table], None]  # (record kind, its rows): one record form, Arrow
 
 # -D name -> kernel field. Every struct read in the BPF program is listed here.
 KERNEL_FIELDS = {
@@ -37,14 +38,21 @@ KERNEL_FIELDS = {
 }
 
 
-@dataclass
-class TcpSourceConfig:
-    max_conns: int = 262_144  # open connections tracked at once; beyond: counted as lost
-    ringbuf_pages: int = 1024  # 4 MiB: about 29k records of burst between two polls
-    host: str = ""
-    # A closed connection is emitted when its owner closes the fd; one whose owner keeps the fd
-    # this long after TCP_CLOSE is emitted by the snapshot sweep instead.
-    closed_grace_s: float = 30.0
+def rows_table(kind: RecordKind, rows: list[dict[str, Any]], errors: SourceErrors) -> pa.Table:
+    """Decoded rows as one table of ``kind``'s schema; a row that does not fit its columns (a decoder
+    bug) is counted as ``encode`` and left out, and the others go on."""
+    try:
+        return kind.to_arrow(rows)
+    except Exception:  # find the bad ones: rare, so one by one is fine
+        good = []
+        for r in rows:
+            try:
+                kind.to_arrow([r])
+            except Exception as e:
+                errors.record("encode", e, f"one {kind.name} record lost")
+                continue
+            good.append(r)
+        return kind.to_arrow(good)
 
 
 def kernel_field_defines() -> list[str]:
@@ -60,17 +68,18 @@ class TcpSource:
     name = "tcp"
     kinds = (TCP_CONNECTION, TCP_OPEN_CONNECTION)
 
-    def __init__(self, config: TcpSourceConfig, emit: Emit) -> None:
+    def __init__(self, config: TcpSourceConfig, emit: Emit, *, host: str) -> None:
         self.config = config
         self._emit = emit
         self._bpf: Any = None
         self.clock = Clock()
-        self.host = config.host or os.uname().nodename
+        self.host = host
         self.boot_id = procfs.boot_id()
         self.start_ns = time.time_ns()
         self.app_bytes = False
         self.decoded = 0
         self._last_counters: dict[str, int] = {}
+        self._closed: list[dict[str, Any]] = []  # decoded in this poll
         self._errors = SourceErrors(self.name, log)
 
     def open(self) -> None:
@@ -126,11 +135,20 @@ class TcpSource:
             app_bytes=self.app_bytes,
         )
         self.decoded += 1
-        self._emit(TCP_CONNECTION.name, row)
+        self._closed.append(row)
+
+    def _emit_closed_rows(self) -> None:
+        # Rows decoded in one poll (one ring-buffer drain) go on as one table.
+        if self._closed:
+            rows, self._closed = self._closed, []
+            self._emit(TCP_CONNECTION.name, rows_table(TCP_CONNECTION, rows, self._errors))
 
     def poll(self, timeout_ms: int) -> None:
         self.clock.refresh()
-        self._bpf.ring_buffer_poll(timeout_ms)
+        try:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        finally:
+            self._emit_closed_rows()
 
     def snapshot_open(self) -> int:
         """Emit one ``tcp_connections_open`` row per open connection; return how many. Also emits
@@ -138,7 +156,7 @@ class TcpSource:
         now = time.time_ns()
         stale_before = time.monotonic_ns() - int(self.config.closed_grace_s * 1e9)
         conns = self._bpf["conns"]
-        n = 0
+        open_rows: list[dict[str, Any]] = []
         for k, leaf in conns.items():
             c = ev.unpack(bytes(leaf))
             if c.flags & ev.F_CLOSED:
@@ -159,9 +177,11 @@ class TcpSource:
                 self._errors.record("snapshot", ex, "one open connection not reported")
                 continue
             if row is not None:
-                self._emit(TCP_OPEN_CONNECTION.name, row)
-                n += 1
-        return n
+                open_rows.append(row)
+        self._emit_closed_rows()
+        if open_rows:
+            self._emit(TCP_OPEN_CONNECTION.name, rows_table(TCP_OPEN_CONNECTION, open_rows, self._errors))
+        return len(open_rows)
 
     def counters(self) -> dict[str, int]:
         """Cumulative kernel-side counters: records emitted, and records/connections lost."""

@@ -24,10 +24,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "grafana"), str(ROOT / "tests")]
 
-from blindspot import grafana_sql as gs  # noqa: E402
 from ingest.clickhouse_sink import open_service  # noqa: E402
 from ingest.clickhouse_sink.service import INSERT_SETTINGS, _settings_clause  # noqa: E402
 from ingest.schema import migrate  # noqa: E402
+from tests import grafana_sql as gs  # noqa: E402
 
 DAY = 86400
 INSERT = f"SETTINGS {_settings_clause(INSERT_SETTINGS)}"

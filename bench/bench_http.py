@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -38,21 +39,17 @@ def agent_main(pid: int, uprobes: bool) -> None:
 
     from agent.http_source import HttpConfig, HttpSource
     from agent.pipeline import PipelineConfig
-    from blindspot import wire
+    from contract import wire
 
     rows = [0]
 
-    def emit(_kind: str, row: dict) -> None:
-        if row["pid"] == pid and row["side"] == "server":
-            rows[0] += 1
-
-    def emit_table(_kind: str, table: pa.Table) -> None:
-        # What the fleet agent does with a batch besides publishing it: Arrow IPC (blindspot/wire.py).
+    def emit(_kind: str, table: pa.Table) -> None:
+        # What the fleet agent does with a batch besides publishing it: Arrow IPC (contract/wire.py).
         wire.ipc_bytes(table)
         mine = pc.and_(pc.equal(table["pid"], pid), pc.equal(table["side"], "server"))
         rows[0] += pc.sum(mine.cast("int64")).as_py() or 0
 
-    src = HttpSource(emit, HttpConfig(go_uprobes=uprobes, pids=(pid,)), emit_table=emit_table)
+    src = HttpSource(HttpConfig(go_uprobes=uprobes, pids=(pid,)), emit, host=socket.gethostname())
     src.open()
     assert src.traced(pid)
     os.set_blocking(sys.stdin.fileno(), False)

@@ -32,7 +32,7 @@ import confluent_kafka
 from prometheus_client import CollectorRegistry
 
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
-from blindspot.records import TCP_CONNECTION
+from contract.records import TCP_CONNECTION
 from ingest.clickhouse_sink.service import open_service
 from ingest.kafka_source import KafkaSourceConfig, ensure_topics
 from ingest.schema import migrate
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
     sink = KafkaSink(KafkaSinkConfig(args.kafka, topic_prefix=prefix), registry=CollectorRegistry())
     t = time.perf_counter()
     for b in batches:
-        sink.write(TCP_CONNECTION, b)
+        sink.write(TCP_CONNECTION, TCP_CONNECTION.to_arrow(b))
     assert sink.close(120) == 0
     publish = n / (time.perf_counter() - t)
 

@@ -1,7 +1,7 @@
 """Wire format candidates, measured on realistic tcp_connection records: bytes per record (alone and
 inside a zstd-compressed Kafka batch) and encode/decode cost per record. "decode" is what an ingest
 worker pays to get from message bytes to something it can check and insert: Python dicts for the
-row formats, an Arrow table (zero-copy) for Arrow batches. The winner is blindspot/wire.py;
+row formats, an Arrow table (zero-copy) for Arrow batches. The winner is contract/wire.py;
 docs/wire-format.md records one run.
 
     .venv/bin/python bench/bench_wire.py [N]
@@ -18,7 +18,7 @@ import time
 import msgpack
 import pyarrow as pa
 
-from blindspot.records import TCP_CONNECTION
+from contract.records import TCP_CONNECTION
 
 
 def records(n: int) -> list[dict]:
@@ -72,7 +72,7 @@ def main() -> None:
     measure("msgpack map", pk.pack, lambda b: msgpack.unpackb(b, raw=False), rows)
     measure("msgpack array", lambda r: pk.pack([r[c] for c in cols]),
             lambda b: dict(zip(cols, msgpack.unpackb(b, raw=False), strict=False)), rows)
-    from blindspot import wire
+    from contract import wire
 
     for size in (500, 2000):
         t = time.perf_counter()

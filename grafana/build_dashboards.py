@@ -23,7 +23,7 @@ from typing import Any
 DS = {"type": "grafana-clickhouse-datasource", "uid": "blindspot-clickhouse"}
 SCHEMA_VERSION = 39
 OUT = Path(__file__).with_name("dashboards")
-RECENT = "INTERVAL 2 DAY"  # the 1m tier keeps 3 days (0031..0033): a margin of one day
+RECENT = "INTERVAL 2 DAY"  # the 1m tier keeps 3 days (TIERS in ingest/schema.py): a margin of one day
 
 LAT_BOUNDS = ["0.1", "0.25", "0.5", "1", "2.5", "5", "10", "25", "50", "100", "250", "500", "1000",
               "2500", "5000", "10000", "30000", "+Inf"]

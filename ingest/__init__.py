@@ -4,7 +4,7 @@ or a server over HTTP), and a batching sink. Public API:
     from ingest import ClickHouseSink, open_service, migrate
 """
 
-from ingest._errors import (
+from contract.errors import (
     BadRecord,
     IngestError,
     PermanentError,

@@ -1,8 +1,8 @@
 """Versioned migrations: ``ingest/migrations/NNNN_name.sql``, applied in order, once each.
 
-The same DDL runs on the embedded engine and on a ClickHouse server. Files may use one placeholder,
-``{retention_days}``, filled from configuration (an int, validated here). Applied versions are kept in
-``blindspot.schema_migrations``.
+The same DDL runs on the embedded engine and on a ClickHouse server. Files may use the placeholder
+``{retention_days}``, filled from configuration (an int, validated here), and the rollup tier
+placeholders of ``TIERS`` below. Applied versions are kept in ``blindspot.schema_migrations``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest._errors import SchemaError
+from contract.errors import SchemaError
 from ingest.clickhouse_sink.service import ClickHouseService
 
 log = logging.getLogger(__name__)
@@ -21,16 +21,59 @@ DATABASE = "blindspot"
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
+# Rollup tiers: one text for the per-minute and the per-hour table of a rollup and for its view, so a
+# column is added (or a SELECT changed) once. A run of consecutive statements that name ``{tier}`` is
+# emitted once per tier, in this order, each with these placeholders filled; the minute tier is kept
+# 3 days (dashboards read it for ranges within the last 2), the hour tier for the retention period.
+# Why a template and not the hour tier fed from the minute table by a view of its own: the expanded
+# text is, statement for statement, the DDL that servers migrated before the template existed ran
+# (only versions are recorded, no checksum, and nothing is re-applied), so every deployment, old or
+# fresh, has the same tables and views; the hour tier still reads the raw table, so it does not
+# depend on the minute tier being complete, and a retried insert is deduplicated exactly as before
+# (one view level, no chained blocks). tests/test_rollup_tiers.py checks that the hour tier equals
+# the minute tier re-aggregated.
+TIERS: tuple[dict[str, str], ...] = (
+    {"tier": "1m", "bucket": "minute", "start_of_bucket": "toStartOfMinute", "bucket_ttl_days": "3"},
+    {"tier": "1h", "bucket": "hour", "start_of_bucket": "toStartOfHour", "bucket_ttl_days": "{retention_days}"},
+)
+
+
+def _fill(statement: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        statement = statement.replace("{" + key + "}", value)
+    return statement
+
+
+def expand_tiers(statements: list[str]) -> list[str]:
+    """Each run of consecutive statements naming ``{tier}``, once per tier of ``TIERS``."""
+    out: list[str] = []
+    run: list[str] = []
+    for stmt in [*statements, ""]:
+        if "{tier}" in stmt:
+            run.append(stmt)
+            continue
+        out += [_fill(s, tier) for tier in TIERS for s in run]
+        run = []
+        if any("{" + key + "}" in stmt for key in TIERS[0]):
+            raise SchemaError(f"a tier placeholder in a statement that names no {{tier}}: {stmt[:80]}")
+        if stmt:
+            out.append(stmt)
+    return out
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
     name: str
     path: Path
 
+    def templates(self) -> list[str]:
+        """The statements, tiers expanded, ``{retention_days}`` still in place."""
+        text = re.sub(r"--[^\n]*", "", self.path.read_text())
+        return expand_tiers([s.strip() for s in re.split(r";\s*(?:\n|$)", text) if s.strip()])
+
     def statements(self, retention_days: int) -> list[str]:
-        text = self.path.read_text().replace("{retention_days}", str(retention_days))
-        text = re.sub(r"--[^\n]*", "", text)
-        return [s.strip() for s in re.split(r";\s*(?:\n|$)", text) if s.strip()]
+        return [s.replace("{retention_days}", str(retention_days)) for s in self.templates()]
 
 
 def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -57,7 +100,7 @@ def retention_tables(directory: Path = MIGRATIONS_DIR) -> dict[str, str]:
     """Tables whose TTL follows ``retention_days``: table -> the TTL's time expression."""
     out: dict[str, str] = {}
     for m in migrations(directory):
-        for stmt in re.split(r";\s*(?:\n|$)", re.sub(r"--[^\n]*", "", m.path.read_text())):
+        for stmt in m.templates():
             found = _RETENTION_TTL.search(stmt)
             if found:
                 out[found.group(1)] = found.group(2)
@@ -121,7 +164,7 @@ def expiry(retention_days: int, directory: Path = MIGRATIONS_DIR) -> dict[str, t
     than that on arrival would be dropped at insert (ingest/worker.py counts it as ``expired``)."""
     out: dict[str, tuple[str, int]] = {}
     for m in migrations(directory):
-        for stmt in re.split(r";\s*(?:\n|$)", re.sub(r"--[^\n]*", "", m.path.read_text())):
+        for stmt in m.templates():
             found = _ANY_TTL.search(stmt)
             if found:
                 days = retention_days if found.group(3) == "{retention_days}" else int(found.group(3))

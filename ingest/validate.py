@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from blindspot.records import Column, RecordKind
+from contract.errors import BlindspotError
+from contract.records import Column, RecordKind
 
 __all__ = ["BadMessage", "Rejected", "build_batch", "check_table"]
 
@@ -152,8 +153,9 @@ def _keep_good(kind: RecordKind, arrays: list[pa.Array], n: int, bad: dict[int, 
     return table, sorted(bad.values(), key=lambda r: r.index)
 
 
-class BadMessage(ValueError):
-    """A whole batch message is unusable (a column of the wrong type); ``reason`` as for Rejected."""
+class BadMessage(BlindspotError, ValueError):
+    """A whole batch message is unusable (a column of the wrong type); ``reason`` as for Rejected.
+    (A leaf of contract.errors' tree, beside WireError.)"""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

@@ -3,25 +3,22 @@
 How a batch goes (one topic-partition at a time, so a batch is a contiguous offset range):
 
 1. Cut the range [first, last] at ``batch_max_rows`` / ``batch_max_bytes`` / ``batch_max_age_s``.
-2. Record the intent: commit offset ``first`` (unchanged position) with metadata
-   ``bs1:pending:<last>:<reference time, ms>`` (the time expiry is judged against, so a replay
-   judges the same rows expired).
-3. Decode and validate (total: any exception of one message dead-letters that message with its
-   exception class); bad messages go to the dead-letter topic with their reason; rows older than
-   their table's TTL are set aside as ``expired`` (counted; dead-lettered under ``--expired=dead-letter``).
-4. Insert the good rows with ``insert_deduplication_token = topic:partition:first-last`` (and the
-   worker's own per-host per-minute counters with that token + ``:c``).
+2. Record the intent (ingest/checkpoint.py): commit offset ``first`` (unchanged position) with the
+   range's end and the reference time expiry is judged against, so a replay judges the same rows expired.
+3. Decode and validate (ingest/decode.py; total: any exception of one message dead-letters that message
+   with its exception class); bad messages go to the dead-letter topic with their reason; rows older
+   than their table's TTL are set aside as ``expired`` (counted; dead-lettered under ``expired = dead-letter``).
+4. Insert the good rows with the range's dedup token (ingest/checkpoint.py ``dedup_token``), and the
+   worker's own per-host per-minute counters with that token + ``:c``.
 5. Wait until the broker has every dead letter, then commit ``last + 1``.
 
-Failures are classified (ingest._errors.classify): the message's fault dead-letters it; an
+Failures are classified (contract.errors.classify): the message's fault dead-letters it; an
 infrastructure fault (disk full, read-only, engine or broker away, 5xx, timeouts) is retried through
-ingest._retry with the consumer's partitions paused and polled, so the worker stays in the group, reads
+contract.retry with the consumer's partitions paused and polled, so the worker stays in the group, reads
 nothing new, and resumes exactly where it was. A store fault never dead-letters or skips a record.
 
-Test-only seam: ``BLINDSPOT_TEST_CRASH_AT=<step>`` ends the process with ``os._exit(137)`` at that
-step of a batch (``after_intent``, ``before_insert``, ``after_insert``, ``after_counters``,
-``before_commit``; ``decode``: while decoding a message whose value starts with ``CRASH``):
-tests/test_ingest_crash_steps.py kills a worker at each and checks the replay.
+Test-only seam (ingest/_crash.py): ``BLINDSPOT_TEST_CRASH_AT=<step>`` ends the process at that step
+of a batch; tests/test_ingest_crash_steps.py kills a worker at each and checks the replay.
 
 A crash (or a lost partition) anywhere leaves the committed offset at ``first`` with the intent beside
 it. Whoever owns the partition next reads the intent and cuts exactly the same range again, so the
@@ -30,21 +27,16 @@ views (``deduplicate_blocks_in_dependent_materialized_views``). Only dead letter
 once, with ``bs-src`` to tell). Transient errors are retried with capped exponential backoff; the
 worker never commits past a batch ClickHouse has not accepted.
 
-Public API: ``Worker``, ``WorkerStats``, ``main``.
+Public API: ``Worker``, ``WorkerStats``. The process around it: blindspot/commands/ingest.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import bisect
-import itertools
 import logging
-import os
-import signal
 import threading
 import time
 from collections import Counter as _Tally
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,32 +44,29 @@ import confluent_kafka
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
-from blindspot import wire
-from blindspot.records import PIPELINE_COUNTER, RecordKind
-from ingest._errors import Fault, PermanentError, TransientError, classify
-from ingest._retry import Stopping, retry
+from contract import wire
+from contract.errors import Fault, PermanentError, TransientError, classify
+from contract.records import PIPELINE_COUNTER, RecordKind
+from contract.retry import Stopping, retry
+from ingest._crash import crash_point
+from ingest.checkpoint import Intent, dedup_token
 from ingest.clickhouse_sink.service import ClickHouseService
+from ingest.decode import Seg, decode_batch, split
 from ingest.kafka_source import DeadLetters, KafkaSourceConfig, ensure_topics
+from ingest.metrics import WorkerMetrics
 from ingest.schema import expiry
-from ingest.validate import BadMessage, Rejected, build_batch, check_table
 
-__all__ = ["Worker", "WorkerStats", "main"]
+__all__ = ["Worker", "WorkerStats"]
 
 log = logging.getLogger(__name__)
-INTENT = "bs1:pending:"  # bs1:pending:<last>:<reference ms>:<attempt>[:<offset being decoded>]
-# A range replayed this many times (each replay follows a crash or a lost partition) is decoded under
-# guard: the offset of each message is recorded in the intent before it is decoded, so a message that
-# kills the process while being decoded is dead-lettered (crashed_worker) by the next owner, undecoded.
-GUARD_AFTER_ATTEMPTS = 3
 DATABASE = "blindspot"
 LEAVE_GROUP_TIMEOUT_S = 10.0  # serving the revoke at stop: a commit round trip, or a lost assignment
 # Rows this close to their TTL on arrival count as expired too: the engine must not drop a row we
 # counted as ingested between our check and its insert.
 EXPIRY_MARGIN_NS = 60 * 10**9
 EXPIRED_POLICIES = ("drop", "dead-letter")
-CRASH_STEPS = ("after_intent", "before_insert", "after_insert", "after_counters", "before_commit")
 T = TypeVar("T")
 
 
@@ -85,44 +74,6 @@ class _PartitionGone(Exception):
     """A commit was refused because the group moved on (rebalance): the partition is someone else's.
     Whatever was inserted is covered by the intent: the next owner cuts the same range again."""
 
-
-
-def _crash_point(step: str, when: bool = True) -> None:
-    """Test-only: die like kill -9 at ``step`` when BLINDSPOT_TEST_CRASH_AT names it (``decode``: while
-    decoding a message whose value starts with ``CRASH``, as a native crash in a decoder would)."""
-    if when and os.environ.get("BLINDSPOT_TEST_CRASH_AT") == step:
-        logging.getLogger(__name__).warning("BLINDSPOT_TEST_CRASH_AT=%s: exiting", step)
-        os._exit(137)
-
-
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        kw: dict[str, Any] = {"registry": registry} if registry is not None else {}
-        self.consumed = Counter("blindspot_ingest_records_consumed", "Messages read from Kafka",
-                                ["topic"], **kw)
-        self.written = Counter("blindspot_ingest_records_written", "Rows accepted by ClickHouse",
-                               ["table"], **kw)
-        self.dead = Counter("blindspot_ingest_records_dead_lettered", "Messages sent to the dead-letter topic",
-                            ["reason"], **kw)
-        self.retries = Counter("blindspot_ingest_retries", "Retried operations after an infrastructure fault",
-                               ["operation"], **kw)
-        self.faults = Counter("blindspot_ingest_infrastructure_faults",
-                              "Infrastructure faults (retried, never skipped) by operation and exception class",
-                              ["operation", "error"], **kw)
-        self.paused = Gauge("blindspot_ingest_paused",
-                            "1 while consumption is paused waiting for the store or the broker", **kw)
-        self.expired = Counter("blindspot_ingest_records_expired",
-                               "Rows older than their table's TTL on arrival (not stored)", ["table"], **kw)
-        self.truncated = Counter("blindspot_ingest_dead_letters_truncated",
-                                 "Dead letters cut to fit the dead-letter topic (bs-dlq-truncated)", **kw)
-        self.replayed = Counter("blindspot_ingest_batches_replayed",
-                                "Batches cut again from a recorded intent after a crash or rebalance", **kw)
-        self.lag = Gauge("blindspot_ingest_consumer_lag_messages", "High watermark minus position",
-                         ["topic", "partition"], **kw)
-        self.batch_rows = Histogram("blindspot_ingest_batch_rows", "Records per batch",
-                                    buckets=(1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000), **kw)
-        self.batch_seconds = Histogram("blindspot_ingest_batch_duration_seconds",
-                                       "Decode, insert and commit time of one batch", **kw)
 
 
 @dataclass
@@ -135,29 +86,6 @@ class WorkerStats:
     retries: int = 0
     expired: int = 0
     by_reason: _Tally[str] = field(default_factory=_Tally)
-
-
-@dataclass
-class _Seg:
-    """Where consecutive rows of an insert came from: a message, and which of its rows."""
-
-    msg: Any
-    rows: Sequence[int]
-    raw: pa.Table | None  # the Arrow batch as received (None: a msgpack record)
-
-
-def _split(segs: list[_Seg], n: int) -> tuple[list[_Seg], list[_Seg]]:
-    """The first ``n`` rows' segments and the rest."""
-    left: list[_Seg] = []
-    for i, seg in enumerate(segs):
-        if n <= 0:
-            return left, segs[i:]
-        if len(seg.rows) <= n:
-            left.append(seg)
-            n -= len(seg.rows)
-            continue
-        return [*left, _Seg(seg.msg, seg.rows[:n], seg.raw)], [_Seg(seg.msg, seg.rows[n:], seg.raw), *segs[i + 1:]]
-    return left, []
 
 
 @dataclass
@@ -176,7 +104,7 @@ class Worker:
     """One consumer in the group. ``run(stop)`` until ``stop`` is set; then flush and commit."""
 
     def __init__(self, config: KafkaSourceConfig, service: ClickHouseService, *,
-                 registry: CollectorRegistry | None = None, worker_host: str = "ingest",
+                 registry: CollectorRegistry | None = None,
                  retention_days: int = 30, expired: str = "drop") -> None:
         if expired not in EXPIRED_POLICIES:
             raise ValueError(f"expired policy must be one of {EXPIRED_POLICIES}, not {expired!r}")
@@ -191,8 +119,7 @@ class Worker:
         self._truncated_seen = 0
         self.service = service
         self.stats = WorkerStats()
-        self.worker_host = worker_host
-        self._m = _Metrics(registry)
+        self._m = WorkerMetrics.on(registry)
         self._topic_kind: dict[str, RecordKind] = config.topic_kinds()
         self._batches: dict[tuple[str, int], _Batch] = {}
         self._stop = threading.Event()
@@ -204,19 +131,16 @@ class Worker:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         # Read the intents a previous owner may have left: those ranges are cut again identically.
         self._rebalanced()
-        # Plain waits here: this callback may run inside a paused poll of a retry (ingest._retry).
+        # Plain waits here: this callback may run inside a paused poll of a retry (contract.retry).
         committed = retry("read_offsets", lambda: consumer.committed(partitions, timeout=10), wait=self._stop.wait,
                           initial_s=self.config.retry_initial_s, max_s=self.config.retry_max_s,
                           on_retry=self._count_fault)
         for tp in committed:
             b = _Batch()
-            md = tp.metadata or ""
-            if md.startswith(INTENT):
-                fields = md[len(INTENT):].split(":")
-                b.replay_end = int(fields[0])
-                b.replay_ref_ms = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-                b.attempt = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 1
-                b.crashed_at = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
+            intent = Intent.parse(tp.metadata)
+            if intent is not None:
+                b.replay_end, b.replay_ref_ms, b.attempt, b.crashed_at = (intent.last, intent.ref_ms, intent.attempt,
+                                                                          intent.decoding)
                 log.info("partition %s[%d]: replaying the range up to %d", tp.topic, tp.partition, b.replay_end)
             self._batches[(tp.topic, tp.partition)] = b
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
@@ -378,7 +302,7 @@ class Worker:
         msgs = b.msgs
         topic, partition = key
         first, last = msgs[0].offset(), msgs[-1].offset()
-        token = f"{topic}:{partition}:{first}-{last}"
+        token = dedup_token(topic, partition, first, last)
         t0 = time.perf_counter()
         consumer = self._consumer
         assert consumer is not None and self._dlq is not None
@@ -390,37 +314,41 @@ class Worker:
             ref_ms = b.replay_ref_ms if b.replay_ref_ms is not None else int(time.time() * 1000)
         else:
             ref_ms = int(time.time() * 1000)
-        intent_md = f"{INTENT}{last}:{ref_ms}:{attempt}"
+        intent = Intent(last, ref_ms, attempt)
 
-        def intent(md: str) -> None:
+        def record(md: str) -> None:
             self._commit(confluent_kafka.TopicPartition(topic, partition, first, metadata=md))
 
-        intent(intent_md)
-        _crash_point("after_intent")
+        record(intent.metadata())
+        crash_point("after_intent")
 
         kind = self._topic_kind.get(topic)
         dead = _Tally[tuple[int, str]]()  # (minute, host) -> dead letters, for pipeline_counters
         expired = _Tally[tuple[int, str]]()  # (minute, host) -> rows expired on arrival
         guard = None
-        if attempt > GUARD_AFTER_ATTEMPTS:
+        if intent.guarded:
             log.warning("partition %s[%d]: range %d-%d cut %d times; decoding it under guard", topic, partition,
                         first, last, attempt)
 
             def guard(offset: int) -> None:
-                intent(f"{intent_md}:{offset}")
+                record(intent.metadata(decoding=offset))
 
-        table, segs = self._decode(topic, kind, msgs, dead, guard=guard, crashed_at=b.crashed_at)
+        def reject(m: Any, reason: str, detail: str, *, raw: pa.Table | None = None, row: int | None = None,
+                   error: str | None = None) -> None:
+            self._dead_letter(m, reason, detail, dead, raw=raw, row=row, error=error)
+
+        table, segs = decode_batch(topic, kind, msgs, reject, guard=guard, crashed_at=b.crashed_at)
         if guard is not None:
-            intent(intent_md)
+            record(intent.metadata())
         if kind is not None and table is not None and table.num_rows:
             table, segs = self._set_aside_expired(kind, table, segs, ref_ms, expired, dead)
-        _crash_point("before_insert")
+        crash_point("before_insert")
         if kind is not None and table is not None and table.num_rows:
             self._insert(kind, table, segs, token, dead)
             self._m.written.labels(kind.table).inc(table.num_rows)
-        _crash_point("after_insert")
+        crash_point("after_insert")
         self._insert_counters(kind, segs, dead, expired, token)
-        _crash_point("after_counters")
+        crash_point("after_counters")
 
         def delivered() -> None:
             assert self._dlq is not None
@@ -430,7 +358,7 @@ class Worker:
         self._retry("dead_letters", delivered)
         self._m.truncated.inc(self._dlq.truncated - self._truncated_seen)
         self._truncated_seen = self._dlq.truncated
-        _crash_point("before_commit")
+        crash_point("before_commit")
         self._commit(confluent_kafka.TopicPartition(topic, partition, last + 1, metadata=""))
         if self._batches.get(key) is b:
             self._batches[key] = _Batch()
@@ -439,124 +367,9 @@ class Worker:
         self._m.batch_rows.observe(b.rows)
         self._m.batch_seconds.observe(time.perf_counter() - t0)
 
-    def _decode(self, topic: str, kind: RecordKind | None, msgs: list[Any], dead: _Tally[tuple[int, str]],
-                guard: Callable[[int], None] | None = None, crashed_at: int | None = None
-                ) -> tuple[pa.Table | None, list[_Seg]]:
-        """Every message of a batch -> the good rows as one table in ``kind``'s schema, and where each
-        row came from. Total: a message that fails in any way, expected or not, is dead-lettered (with
-        the exception class) and the others go on; nothing here raises for a message's sake."""
-        rows: list[dict[str, Any]] = []  # msgpack: one record a message
-        row_msgs: list[Any] = []
-        parts: list[pa.Table] = []  # arrow batches in a foreign schema: checked one by one
-        part_segs: list[_Seg] = []
-        fast: list[tuple[Any, pa.Table]] = []  # arrow batches in exactly our schema: checked together
-        for m in msgs:
-            if m.offset() == crashed_at:
-                self._dead_letter(m, "crashed_worker", "a worker died decoding this message", dead)
-                continue
-            if guard is not None:
-                guard(m.offset())
-            _crash_point("decode", (m.value() or b"").startswith(b"CRASH"))
-            try:
-                if kind is None:
-                    raise wire.WireError("unknown_kind", f"no record kind reads topic {topic}")
-                _kind, enc = wire.message_kind(m.headers(), kind)
-                if enc == wire.ENC_MSGPACK:
-                    row = wire.decode(m.value())
-                    if guard is None:
-                        rows.append(row)
-                        row_msgs.append(m)
-                        continue
-                    # Under guard every check of a message happens here, while its offset is recorded.
-                    good, bad = build_batch(kind, [row])
-                    for r in bad:
-                        self._dead_letter(m, r.reason, r.detail, dead)
-                    if good.num_rows:
-                        parts.append(good)
-                        part_segs.append(_Seg(m, range(1), None))
-                    continue
-                raw = wire.decode_batch(m.value())
-                if raw.schema.equals(kind.arrow_schema) and guard is None:
-                    fast.append((m, raw))
-                    continue
-                self._check_alone(kind, m, raw, dead, parts, part_segs)
-            except Exception as e:
-                self._dead_letter_error(m, e, dead)
-        if fast:
-            assert kind is not None
-            try:
-                good, fast_segs = self._check_together(kind, fast, dead)
-            except Exception:  # one of them is bad in a way the checks did not expect: one by one
-                log.exception("checking %d Arrow messages together failed; checking them one by one", len(fast))
-                good, fast_segs = None, []
-                for m, raw in fast:
-                    self._check_alone(kind, m, raw, dead, parts, part_segs)
-            if good is not None and good.num_rows:
-                parts.insert(0, good)
-                part_segs[:0] = [sg for sg in fast_segs if sg.rows]
-        # Single msgpack records first, then the Arrow rows: a fixed order, so a replay is identical.
-        segs: list[_Seg] = []
-        if kind is not None and rows:
-            try:
-                table, rejected = build_batch(kind, rows)
-            except Exception:
-                log.exception("checking %d records together failed; checking them one by one", len(rows))
-                table, rejected = self._build_one_by_one(kind, rows)
-            gone = {r.index for r in rejected}
-            for r in rejected:
-                self._dead_letter(row_msgs[r.index], r.reason, r.detail, dead, error=r.error)
-            segs = [_Seg(m, range(1), None) for i, m in enumerate(row_msgs) if i not in gone]
-            if table.num_rows:
-                parts.insert(0, table)
-        segs += part_segs
-        if not parts:
-            return None, segs
-        return (parts[0] if len(parts) == 1 else pa.concat_tables(parts)), segs
-
-    def _check_alone(self, kind: RecordKind, m: Any, raw: pa.Table, dead: _Tally[tuple[int, str]],
-                     parts: list[pa.Table], part_segs: list[_Seg]) -> None:
-        """One Arrow message checked on its own: its good rows (and where they came from) appended; a
-        message the checks fail on in a way they did not expect is dead-lettered with the exception."""
-        try:
-            good, rejected = check_table(kind, raw)
-            seg = self._seg_after_rejects(m, raw, rejected, dead)
-        except Exception as e:
-            self._dead_letter_error(m, e, dead)
-            return
-        if good.num_rows:
-            parts.append(good)
-            part_segs.append(seg)
-
-    def _check_together(self, kind: RecordKind, fast: list[tuple[Any, pa.Table]], dead: _Tally[tuple[int, str]]
-                        ) -> tuple[pa.Table, list[_Seg]]:
-        """One check over Arrow messages in exactly our schema: per-column work once per batch."""
-        whole = pa.concat_tables([raw for _, raw in fast])
-        good, rejected = check_table(kind, whole)
-        starts = list(itertools.accumulate((raw.num_rows for _, raw in fast), initial=0))
-        by_msg: dict[int, list[Rejected]] = {}
-        for r in rejected:
-            j = bisect.bisect_right(starts, r.index) - 1
-            by_msg.setdefault(j, []).append(Rejected(r.index - starts[j], r.reason, r.detail))
-        return good, [self._seg_after_rejects(m, raw, by_msg.get(j, []), dead) for j, (m, raw) in enumerate(fast)]
-
-    @staticmethod
-    def _build_one_by_one(kind: RecordKind, rows: list[dict[str, Any]]) -> tuple[pa.Table, list[Rejected]]:
-        tables, rejected = [], []
-        for i, r in enumerate(rows):
-            try:
-                t, bad = build_batch(kind, [r])
-            except Exception as e:
-                rejected.append(Rejected(i, "decode_failed", f"{type(e).__name__}: {e}"[:200], type(e).__name__))
-                continue
-            if bad:
-                rejected.append(Rejected(i, bad[0].reason, bad[0].detail))
-            else:
-                tables.append(t)
-        return (pa.concat_tables(tables) if tables else kind.to_arrow([])), rejected
-
-    def _set_aside_expired(self, kind: RecordKind, table: pa.Table, segs: list[_Seg], ref_ms: int,
+    def _set_aside_expired(self, kind: RecordKind, table: pa.Table, segs: list[Seg], ref_ms: int,
                            expired: _Tally[tuple[int, str]], dead: _Tally[tuple[int, str]]
-                           ) -> tuple[pa.Table, list[_Seg]]:
+                           ) -> tuple[pa.Table, list[Seg]]:
         """Rows the engine would drop at insert (older than their table's TTL, judged against the
         intent's reference time): not inserted, counted ``expired``, dead-lettered if the policy says so."""
         ttl = self._expiry.get(kind.table)
@@ -569,7 +382,7 @@ class Worker:
         if not pc.any(mask).as_py():
             return table, segs
         flags = np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
-        kept: list[_Seg] = []
+        kept: list[Seg] = []
         pos = 0
         for seg in segs:
             n = len(seg.rows)
@@ -590,23 +403,13 @@ class Worker:
                 else:
                     expired[(_minute_ns(seg.msg), _host(seg.msg))] += 1
             if stay:
-                kept.append(_Seg(seg.msg, stay, seg.raw))
+                kept.append(Seg(seg.msg, stay, seg.raw))
         return table.filter(pc.invert(mask)), kept
 
-    def _seg_after_rejects(self, m: Any, raw: pa.Table, rejected: list[Rejected], dead: _Tally[tuple[int, str]]
-                           ) -> _Seg:
-        """Dead-letter the rejected rows of one Arrow message; the segment of the rows that stay."""
-        if not rejected:
-            return _Seg(m, range(raw.num_rows), raw)
-        for r in rejected:
-            self._dead_letter(m, r.reason, r.detail, dead, raw=raw, row=r.index)
-        gone = {r.index for r in rejected}
-        return _Seg(m, [i for i in range(raw.num_rows) if i not in gone], raw)
-
-    def _insert(self, kind: RecordKind, table: pa.Table, segs: list[_Seg], token: str,
+    def _insert(self, kind: RecordKind, table: pa.Table, segs: list[Seg], token: str,
                 dead: _Tally[tuple[int, str]]) -> None:
         """Insert; infrastructure faults are retried in place (never split, never dead-lettered). A
-        batch the engine refuses for a row's sake (ingest._errors.ENGINE_ROW_CODES) is split until the
+        batch the engine refuses for a row's sake (contract.errors.ENGINE_ROW_CODES) is split until the
         refused rows are found (each half has its own deterministic token, so a replay splits and
         deduplicates the same way)."""
         if table.num_rows == 0:
@@ -624,11 +427,11 @@ class Worker:
                                   row=seg.rows[0] if seg.raw is not None else None, error=type(e).__name__)
                 return
             half = table.num_rows // 2
-            left, right = _split(segs, half)
+            left, right = split(segs, half)
             self._insert(kind, table.slice(0, half), left, token + "/a", dead)
             self._insert(kind, table.slice(half), right, token + "/b", dead)
 
-    def _insert_counters(self, kind: RecordKind | None, segs: list[_Seg], dead: _Tally[tuple[int, str]],
+    def _insert_counters(self, kind: RecordKind | None, segs: list[Seg], dead: _Tally[tuple[int, str]],
                          expired: _Tally[tuple[int, str]], token: str) -> None:
         """Per-host per-minute ``ingested`` / ``dead_lettered`` / ``expired`` rows, minute and host taken
         from the messages themselves (Kafka timestamp, key) so a replayed batch makes identical rows."""
@@ -649,16 +452,6 @@ class Worker:
         table = PIPELINE_COUNTER.to_arrow(rows)
         self._retry("insert_counters", lambda: self.service.insert_arrow(
             DATABASE, PIPELINE_COUNTER.table, table, dedup_token=token + ":c"))
-
-    def _dead_letter_error(self, m: Any, e: Exception, dead: _Tally[tuple[int, str]]) -> None:
-        """A message whose decoding or checking raised: its own verdict, or ``decode_failed`` with the
-        exception class for anything unexpected (the message goes, the worker stays)."""
-        if isinstance(e, wire.WireError | BadMessage):
-            self._dead_letter(m, e.reason, e.detail, dead, error=type(e).__name__)
-        else:
-            log.warning("message %s:%s:%s failed to decode (%s: %s); dead-lettered", m.topic(), m.partition(),
-                        m.offset(), type(e).__name__, e)
-            self._dead_letter(m, "decode_failed", f"{type(e).__name__}: {e}"[:300], dead, error=type(e).__name__)
 
     def _dead_letter(self, m: Any, reason: str, detail: str, dead: _Tally[tuple[int, str]],
                      raw: pa.Table | None = None, row: int | None = None, error: str | None = None,
@@ -755,89 +548,3 @@ def _minute_ns(m: Any) -> int:
 def _host(m: Any) -> str:
     k = m.key()
     return k.decode("utf-8", "replace")[:256] if k else ""
-
-
-# -- CLI -----------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kafka", required=True, metavar="BOOTSTRAP", help="Kafka bootstrap servers")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--clickhouse", metavar="URL",
-                       help="ClickHouse server, http:// or https:// (TLS); no password in the URL: "
-                            "$BLINDSPOT_CLICKHOUSE_PASSWORD or --clickhouse-password-file")
-    where.add_argument("--data-dir", metavar="DIR", help="embedded engine (chDB) folder owned by this process")
-    p.add_argument("--kafka-config", metavar="FILE", help="librdkafka properties (TLS/SASL); or BLINDSPOT_RDKAFKA_*")
-    p.add_argument("--group", default="blindspot-ingest", help="consumer group id")
-    p.add_argument("--topic-prefix", default="", help="prefix of every topic name (as given to the agents)")
-    p.add_argument("--batch-rows", type=int, default=50_000)
-    p.add_argument("--batch-bytes", type=int, default=32 * 1024 * 1024)
-    p.add_argument("--batch-age", type=float, default=1.0, help="seconds")
-    p.add_argument("--clickhouse-password-file", metavar="FILE", help="file holding the ClickHouse password")
-    p.add_argument("--retention-days", type=int, default=30)
-    p.add_argument("--expired", choices=EXPIRED_POLICIES, default=os.environ.get("BLINDSPOT_INGEST_EXPIRED", "drop"),
-                   help="rows older than the retention on arrival: counted 'expired' and dropped, or also "
-                        "sent to the dead-letter topic (default: $BLINDSPOT_INGEST_EXPIRED or drop)")
-    p.add_argument("--metrics-address", default="127.0.0.1:9436", metavar="HOST:PORT",
-                   help="Prometheus /metrics (default 127.0.0.1:9436; 'off' to disable)")
-
-
-def main(args: argparse.Namespace) -> int:
-    from agent.kafka_sink.config import client_settings
-    from blindspot import metrics
-    from ingest.clickhouse_sink.service import open_service
-    from ingest.schema import migrate
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = KafkaSourceConfig(args.kafka, group_id=args.group, topic_prefix=args.topic_prefix,
-                            batch_max_rows=args.batch_rows, batch_max_bytes=args.batch_bytes,
-                            batch_max_age_s=args.batch_age,
-                            extra=client_settings(args.kafka_config))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    # A ClickHouse server that is not up yet is waited for (a fleet restarts in any order); a locked
-    # embedded folder is not: another process owns it, and waiting would not change that.
-    def opened() -> ClickHouseService:
-        try:
-            svc = open_service(data_dir=args.data_dir, url=args.clickhouse,
-                               password_file=getattr(args, "clickhouse_password_file", None))
-        except TransientError as e:
-            if args.data_dir:
-                raise PermanentError(str(e)) from e
-            raise
-        try:
-            migrate(svc, retention_days=args.retention_days)
-        except BaseException:
-            svc.close()
-            raise
-        return svc
-
-    try:
-        service = retry("open ClickHouse", opened, wait=stop.wait, initial_s=cfg.retry_initial_s,
-                        max_s=cfg.retry_max_s)
-    except Stopping:
-        return 1
-    metrics.serve(args.metrics_address)
-    queries = None
-    if args.data_dir:
-        # This process owns the embedded folder: `blindspot query --data-dir` goes through it meanwhile.
-        from blindspot.query_server import QueryServer
-
-        service.execute("USE blindspot")
-        queries = QueryServer(args.data_dir, service).start()
-    worker = Worker(cfg, service, retention_days=args.retention_days, expired=getattr(args, "expired", "drop"))
-    try:
-        worker.run(stop)
-    finally:
-        if queries is not None:
-            queries.close()
-        service.close()
-    s = worker.stats
-    log.info("ingest stopped: consumed %d, written %d, dead-lettered %d, expired %d, batches %d (replayed %d), "
-             "retries %d", s.consumed, s.written, s.dead_lettered, s.expired, s.batches, s.replayed, s.retries)
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="blindspot ingest")
-    add_arguments(parser)
-    raise SystemExit(main(parser.parse_args()))

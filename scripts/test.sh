@@ -8,6 +8,7 @@ VENV=${VENV:-.venv}
 if [[ $EUID -ne 0 ]]; then
   echo "test.sh: not root: kernel tests will be skipped (run as root for the full suite)" >&2
 fi
-"$VENV/bin/ruff" check agent ingest blindspot tests bench
+"$VENV/bin/ruff" check agent contract ingest blindspot tests bench grafana
+"$VENV/bin/lint-imports"  # the layers: [tool.importlinter] in pyproject.toml
 "$VENV/bin/mypy"  # files and settings: [tool.mypy] in pyproject.toml
 exec "$VENV/bin/pytest" -ra --durations=15 "$@" tests

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from blindspot.records import PIPELINE_COUNTER, TCP_CONNECTION, TCP_OPEN_CONNECTION
+from contract.records import PIPELINE_COUNTER, TCP_CONNECTION, TCP_OPEN_CONNECTION
 from ingest.clickhouse_sink import ClickHouseSink
 
 S = 1_000_000_000
@@ -103,9 +103,9 @@ def seed(service: Any, now_ns: int, hours: int = 3, rng: random.Random | None = 
             "remote_port": router_port, "request_id": 3 * i + 3, "user_agent": "Go-http-client/1.1"}
         http += [inbound, outbound, served]
     n = {
-        "tcp": sink.write(TCP_CONNECTION, tcp, dedup_token="seed-tcp"),
-        "tcp_open": sink.write(TCP_OPEN_CONNECTION, open_rows, dedup_token="seed-open"),
-        "counters": sink.write(PIPELINE_COUNTER, counters, dedup_token="seed-counters"),
+        "tcp": sink.write(TCP_CONNECTION, TCP_CONNECTION.to_arrow(tcp), dedup_token="seed-tcp"),
+        "tcp_open": sink.write(TCP_OPEN_CONNECTION, TCP_OPEN_CONNECTION.to_arrow(open_rows), dedup_token="seed-open"),
+        "counters": sink.write(PIPELINE_COUNTER, PIPELINE_COUNTER.to_arrow(counters), dedup_token="seed-counters"),
     }
     service.insert_arrow("blindspot", "http_requests", http_table(http), dedup_token="seed-http")
     n["http"] = len(http)

@@ -142,3 +142,14 @@ def test_kafka_listener_published_to_the_host_requires_authentication(compose: d
     example = (ROOT / ".env.example").read_text()
     for var in ("BLINDSPOT_GRAFANA_CLICKHOUSE_PASSWORD", "BLINDSPOT_KAFKA_AGENT_PASSWORD"):
         assert f"{var}=" in example
+
+
+def test_the_image_holds_every_python_package() -> None:
+    """The Dockerfile copies each package that pyproject.toml installs (a package missing there installs
+    fine and fails at the first import inside the container)."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in include}
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), re.M))
+    assert packages <= copied, packages - copied

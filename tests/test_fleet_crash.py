@@ -1,4 +1,4 @@
-"""Ingest workers as real processes (`python -m ingest.worker`): killed with SIGKILL mid-stream, and two
+"""Ingest workers as real processes (`python -m blindspot ingest`): killed with SIGKILL mid-stream, and two
 of them sharing one topic. Every record must be stored exactly once, rollups included."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
 from blindspot.query_server import FORMATS, query_via_socket, socket_path
-from blindspot.records import TCP_CONNECTION
+from contract.records import TCP_CONNECTION
 from tests.kafka_fixture import REPO, create_topics, make_rows, prefix, query_dir
 from tests.procs import spawn
 
@@ -52,7 +52,7 @@ class WorkerProc:
         self.log = log
         with log.open("ab") as f:
             self.proc = spawn(
-                [sys.executable, "-m", "ingest.worker", "--kafka", bootstrap, "--data-dir", str(data_dir),
+                [sys.executable, "-m", "blindspot", "ingest", "--kafka", bootstrap, "--data-dir", str(data_dir),
                  "--topic-prefix", prefix, "--group", group, "--batch-rows", "300", "--batch-age", "0.2",
                  "--metrics-address", "off"],
                 stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
@@ -77,7 +77,7 @@ class Publisher(threading.Thread):
 
     def run(self) -> None:
         for i in range(0, len(self.rows), 500):  # the agent pipeline's batches
-            self.sink.write(TCP_CONNECTION, self.rows[i:i + 500])
+            self.sink.write(TCP_CONNECTION, TCP_CONNECTION.to_arrow(self.rows[i:i + 500]))
             time.sleep(self.pause)
         assert self.sink.close(60) == 0
 

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
-from blindspot import wire
-from blindspot.records import TCP_CONNECTION
-from ingest._errors import PermanentError, SinkUnavailable
+from contract import wire
+from contract.errors import PermanentError, SinkUnavailable
+from contract.records import TCP_CONNECTION
 from ingest.clickhouse_sink.service import ChdbService, open_service
 from ingest.kafka_source import H_DETAIL, H_REASON, H_SRC, H_SRC_ROW, KafkaSourceConfig
 from ingest.schema import migrate
@@ -86,7 +86,7 @@ def publish(bootstrap: str, prefix: str, rows: list[dict[str, Any]], single: int
     batched = rows[:len(rows) - single]
     for i in range(0, len(batched), 500):
         batch = batched[i:i + 500]
-        sink.write(TCP_CONNECTION, wire.to_table(TCP_CONNECTION, batch) if i // 500 % 2 else batch)
+        sink.write(TCP_CONNECTION, wire.to_table(TCP_CONNECTION, batch))
     for r in rows[len(rows) - single:]:
         sink.emit("tcp_connection", r)
     assert sink.close(30) == 0

@@ -6,9 +6,10 @@ import msgpack
 import pyarrow as pa
 import pytest
 
-from agent.kafka_sink.config import KafkaSinkConfig, client_settings, redacted
-from blindspot import wire
-from blindspot.records import KINDS, TCP_CONNECTION
+from agent.kafka_sink.config import KafkaSinkConfig
+from contract import wire
+from contract.kafka import client_settings, redacted
+from contract.records import KINDS, TCP_CONNECTION
 from ingest.validate import BadMessage, build_batch, check_table
 from tests.kafka_fixture import make_rows
 
@@ -158,16 +159,17 @@ def test_broker_away_the_agent_buffers_within_its_bound_and_counts_every_drop() 
     assert 'blindspot_agent_records_published_total{kind="tcp_connection"} 50.0' in text
 
 
-def test_a_batch_that_cannot_be_columnar_is_sent_record_by_record(monkeypatch) -> None:
-    from prometheus_client import CollectorRegistry
+def test_a_row_that_cannot_be_columnar_is_isolated_at_the_source() -> None:
+    """Sources hand on Arrow tables: a row whose value does not fit its column (a bug in a decoder) is
+    counted and logged at the source, and the rows beside it go on."""
+    import logging
 
-    from agent.kafka_sink import KafkaSink
+    from agent.errors import SourceErrors
+    from agent.tcp_source import rows_table
 
-    sent: list[tuple[str, list[tuple[str, bytes]]]] = []
-    sink = KafkaSink(KafkaSinkConfig("127.0.0.1:1"), host="h1", registry=CollectorRegistry())
-    monkeypatch.setattr(sink._service, "produce", lambda topic, value, key, headers, cb: sent.append((topic, headers)))
     rows = make_rows(3)
     rows[1]["pid"] = -1  # does not fit uint32
-    sink.write(TCP_CONNECTION, rows)
-    assert [h for _, h in sent] == [wire.headers_for(TCP_CONNECTION, wire.ENC_MSGPACK)] * 3
-    sink.close(0)
+    errors = SourceErrors("tcp", logging.getLogger("test"))
+    table = rows_table(TCP_CONNECTION, rows, errors)
+    assert table.column("pid").to_pylist() == [rows[0]["pid"], rows[2]["pid"]]
+    assert errors.counters() == {"source_errors:tcp:encode": 1}

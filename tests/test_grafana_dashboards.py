@@ -15,9 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from blindspot import grafana_sql as gs
 from ingest.clickhouse_sink import open_service
 from ingest.schema import migrate
+from tests import grafana_sql as gs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "grafana"))
@@ -216,7 +216,7 @@ def test_every_panel_runs(engine: Any, board_name: str, scenario: str) -> None:
 
 
 def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
-    from blindspot.records import PIPELINE_COUNTER, TCP_CONNECTION
+    from contract.records import PIPELINE_COUNTER, TCP_CONNECTION
     from ingest.clickhouse_sink import ClickHouseSink
 
     def totals() -> dict[str, int]:
@@ -247,8 +247,8 @@ def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
     sink = ClickHouseSink(engine)
     before = totals()
     for _ in range(2):  # the second is a retry of the same batch, same token
-        sink.write(TCP_CONNECTION, tcp, dedup_token="retry-tcp-1")
-        sink.write(PIPELINE_COUNTER, ctr, dedup_token="retry-ctr-1")
+        sink.write(TCP_CONNECTION, TCP_CONNECTION.to_arrow(tcp), dedup_token="retry-tcp-1")
+        sink.write(PIPELINE_COUNTER, PIPELINE_COUNTER.to_arrow(ctr), dedup_token="retry-ctr-1")
         engine.insert_arrow("blindspot", "http_requests", http_table(http), dedup_token="retry-http-1")
     after = totals()
     assert {k: after[k] - before[k] for k in after} == {

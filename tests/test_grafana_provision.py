@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from blindspot import grafana_provision as gp
+from blindspot.commands import grafana as gp
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from blindspot import grafana_sql as gs
 from tests import gobuild
+from tests import grafana_sql as gs
 from tests.embedded_agent import REPO, Agent
 from tests.procs import spawn
 from tests.test_grafana_dashboards import _ch_kind, _check_shape, dashboards

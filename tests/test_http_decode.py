@@ -11,7 +11,7 @@ import pytest
 from agent import _http_event as ev
 from agent.http_decode import DecodeContext, decode, parse_request_head, request_ids
 from agent.http_parse import HEADER_COLUMNS
-from blindspot.records import HTTP_REQUEST
+from contract.records import HTTP_REQUEST
 
 HEAD_MAX = 256
 SERVICES = {100: ("checkout", "v2", "go1.23.12"), 200: ("router", "", "go1.26.8")}
@@ -178,8 +178,11 @@ def test_userinfo_and_tokens_stay_out_of_rows() -> None:
 
 def test_source_isolates_a_failing_batch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Should decode() still raise on some record, only that record is lost: counted, logged once."""
+    from prometheus_client import CollectorRegistry
+
     from agent import http_source
-    from blindspot import metrics
+    from agent.metrics import AgentMetrics
+    from agent.pipeline import Pipeline, PipelineConfig
 
     real = http_source.decode
 
@@ -190,9 +193,7 @@ def test_source_isolates_a_failing_batch(monkeypatch: pytest.MonkeyPatch, caplog
 
     monkeypatch.setattr(http_source, "decode", flaky)
     tables: list = []
-    src = http_source.HttpSource(lambda k, r: None, http_source.HttpConfig(head_max=HEAD_MAX),
-                                 emit_table=lambda k, t: tables.append(t))
-    before = metrics.REJECTED.labels("http", "decode_error")._value.get()
+    src = http_source.HttpSource(http_source.HttpConfig(head_max=HEAD_MAX), lambda k, t: tables.append(t), host="h")
     recs = [record(b"GET /a HTTP/1.1\r\n\r\n", pid=100), record(b"GET /bad HTTP/1.1\r\n\r\n", pid=666),
             record(b"GET /b HTTP/1.1\r\n\r\n", pid=100), record(b"GET /bad2 HTTP/1.1\r\n\r\n", pid=666),
             record(b"junk", pid=100)]
@@ -202,7 +203,11 @@ def test_source_isolates_a_failing_batch(monkeypatch: pytest.MonkeyPatch, caplog
     assert sorted(p for t in tables for p in t.column("path").to_pylist()) == ["/a", "/b"]
     c = src.counters()
     assert (c["rejected"], c["parse_errors"], c["captured"]) == (2, 1, 2)
-    assert metrics.REJECTED.labels("http", "decode_error")._value.get() - before == 2
+    pipeline = Pipeline([src], lambda *_: None, PipelineConfig(), host="h",  # type: ignore[arg-type]
+                        metrics=AgentMetrics.on(CollectorRegistry()))
+    pipeline.export_metrics()  # the source's plain counters -> Prometheus, per source and reason
+    assert pipeline.metrics.rejected.labels("http", "decode_error")._value.get() == 2
+    assert pipeline.metrics.rejected.labels("http", "not_http")._value.get() == 1
     errors = [r for r in caplog.records if "rejected" in r.getMessage()]
     assert len(errors) == 1 and "pid 666" in errors[0].getMessage() and "/bad" not in errors[0].getMessage()
 
@@ -211,7 +216,8 @@ def test_capturing_credentials_warns_once(caplog: pytest.LogCaptureFixture) -> N
     from agent import http_source
 
     with caplog.at_level("WARNING", logger="agent.http_source"):
-        http_source.HttpSource(lambda k, r: None, http_source.HttpConfig(headers=("host", "Authorization", "cookie")))
-        http_source.HttpSource(lambda k, r: None, http_source.HttpConfig())
+        http_source.HttpSource(http_source.HttpConfig(headers=("host", "Authorization", "cookie")), lambda k, t: None,
+                               host="h")
+        http_source.HttpSource(http_source.HttpConfig(), lambda k, t: None, host="h")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "authorization, cookie" in warned[0]

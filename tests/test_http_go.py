@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
+from contract.records import HTTP_REQUEST
 from tests import gobuild
 from tests.procs import spawn
 
@@ -136,16 +138,17 @@ class Capture:
 
         self.rows: list[dict[str, Any]] = []
         self.lock = threading.Lock()
-        self.src = HttpSource(self._emit, HttpConfig(go_uprobes=uprobes, exe_prefix=str(gobuild.CACHE),
-                                                     link_wait_s=1.0))
+        self.src = HttpSource(HttpConfig(go_uprobes=uprobes, exe_prefix=str(gobuild.CACHE), link_wait_s=1.0),
+                              self._emit, host=socket.gethostname())
         self.src.open()
         self.stop = threading.Event()
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
 
-    def _emit(self, kind: str, row: dict[str, Any]) -> None:
+    def _emit(self, kind: str, table: pa.Table) -> None:
+        rows = HTTP_REQUEST.to_rows(table)
         with self.lock:
-            self.rows.append(row)
+            self.rows.extend(rows)
 
     def _run(self) -> None:
         while not self.stop.is_set():
@@ -394,7 +397,7 @@ def test_gray_release_links_inbound_to_upstream(cap: Capture, builds: list[gobui
 
 def test_rows_store_in_chdb(cap: Capture, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The rows captured above go through the real sink into chDB and come back as they were."""
-    from blindspot.records import HTTP_REQUEST
+    from contract.records import HTTP_REQUEST
     from ingest import ClickHouseSink, migrate, open_service
 
     with cap.lock:
@@ -404,7 +407,7 @@ def test_rows_store_in_chdb(cap: Capture, tmp_path) -> None:  # type: ignore[no-
     svc = open_service(data_dir=tmp_path / "chdb")
     try:
         migrate(svc, retention_days=7)
-        assert ClickHouseSink(svc).write(HTTP_REQUEST, rows) == len(rows)
+        assert ClickHouseSink(svc).write(HTTP_REQUEST, HTTP_REQUEST.to_arrow(rows)) == len(rows)
         got = svc.query_arrow("SELECT count() AS n, countIf(x_gray_version = {h:String}) AS hostile, "
                               "countIf(user_agent = {u:String}) AS utf8, max(length(traceparent)) AS tp "
                               "FROM blindspot.http_requests",

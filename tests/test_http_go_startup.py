@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -19,8 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
+from contract.records import HTTP_REQUEST
 from tests import gobuild
 from tests.procs import spawn
 
@@ -37,15 +40,17 @@ class Capture:
 
         self.rows: list[dict[str, Any]] = []
         self.lock = threading.Lock()
-        self.src = HttpSource(self._emit, HttpConfig(go_uprobes=True, exe_prefix=exe_prefix, link_wait_s=1.0))
+        self.src = HttpSource(HttpConfig(go_uprobes=True, exe_prefix=exe_prefix, link_wait_s=1.0), self._emit,
+                              host=socket.gethostname())
         self.src.open()
         self.stop = threading.Event()
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
 
-    def _emit(self, kind: str, row: dict[str, Any]) -> None:
+    def _emit(self, kind: str, table: pa.Table) -> None:
+        rows = HTTP_REQUEST.to_rows(table)
         with self.lock:
-            self.rows.append(row)
+            self.rows.extend(rows)
 
     def _run(self) -> None:
         while not self.stop.is_set():

@@ -46,7 +46,7 @@ def src() -> Iterator[Any]:
     if not gobuild.go_available():
         pytest.skip("no go command")
     gobuild.build(gobuild.GO_VERSIONS[-1], "stripped")
-    s = HttpSource(lambda *_: None, HttpConfig(exe_prefix=str(gobuild.CACHE)), emit_table=lambda *_: None)
+    s = HttpSource(HttpConfig(exe_prefix=str(gobuild.CACHE)), lambda *_: None, host="h")
     s.open()
     yield s
     s.close()

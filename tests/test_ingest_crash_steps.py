@@ -12,11 +12,11 @@ from pathlib import Path
 import confluent_kafka
 import pytest
 
-from blindspot import wire
-from blindspot.records import TCP_CONNECTION
+from contract import wire
+from contract.records import TCP_CONNECTION
+from ingest._crash import STEPS as CRASH_STEPS
 from ingest.clickhouse_sink.service import open_service
 from ingest.schema import migrate
-from ingest.worker import CRASH_STEPS
 from tests.kafka_fixture import REPO, consume_all, create_topics, make_rows, prefix, query_dir
 from tests.test_fleet_crash import committed_everything, prepare, wait_committed
 from tests.test_fleet_pipeline import publish
@@ -38,7 +38,7 @@ def _worker(bootstrap: str, prefix: str, data: Path, log: Path, crash_at: str | 
         env["BLINDSPOT_TEST_CRASH_AT"] = crash_at
     with log.open("ab") as f:
         return subprocess.Popen(
-            [sys.executable, "-m", "ingest.worker", "--kafka", bootstrap, "--data-dir", str(data),
+            [sys.executable, "-m", "blindspot", "ingest", "--kafka", bootstrap, "--data-dir", str(data),
              "--topic-prefix", prefix, "--group", prefix + "ingest", "--batch-rows", "100000",
              "--batch-age", "1.0", "--metrics-address", "off"],
             stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -115,8 +115,8 @@ def test_a_message_that_kills_every_worker_is_dead_lettered_after_a_few_attempts
     """A message that crashes the process while it is decoded (as a native crash would) is replayed
     GUARD_AFTER_ATTEMPTS times; then the range is decoded under guard, the next crash names the
     message, and the owner after that dead-letters it (crashed_worker) and stores everything else."""
+    from ingest.checkpoint import GUARD_AFTER_ATTEMPTS
     from ingest.kafka_source import H_REASON
-    from ingest.worker import GUARD_AFTER_ATTEMPTS
 
     create_topics(kafka_bootstrap, prefix, partitions=1)
     data, log = tmp_path / "chdb", tmp_path / "worker.log"

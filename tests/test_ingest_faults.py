@@ -1,4 +1,4 @@
-"""Who a failure belongs to (ingest._errors.classify), and messages built to crash a worker: no broker,
+"""Who a failure belongs to (contract.errors.classify), and messages built to crash a worker: no broker,
 no root. The same failures against a real broker and a real engine are in tests/test_ingest_store_faults.py."""
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-from blindspot import wire
-from blindspot.records import TCP_CONNECTION
-from ingest._errors import (
+from contract import wire
+from contract.errors import (
     BadRecord,
     Fault,
     PermanentError,
@@ -25,7 +24,8 @@ from ingest._errors import (
     classify,
     classify_engine,
 )
-from ingest._retry import Stopping, retry
+from contract.records import TCP_CONNECTION
+from contract.retry import Stopping, retry
 from ingest.clickhouse_sink.service import ChdbService
 from ingest.validate import BadMessage, check_table
 from tests.kafka_fixture import make_rows

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from blindspot import wire
-from blindspot.records import TCP_CONNECTION
-from ingest._errors import Fault, SinkUnavailable, classify
-from ingest._retry import retry
+from contract import wire
+from contract.errors import Fault, SinkUnavailable, classify
+from contract.records import TCP_CONNECTION
+from contract.retry import retry
 from ingest.clickhouse_sink.service import ServerService, server_params
 from ingest.schema import migrate
 from tests.clickhouse_fake import FakeClickHouse

@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import generate_latest
 
-from blindspot import wire
-from blindspot.records import TCP_CONNECTION
+from contract import wire
+from contract.records import TCP_CONNECTION
 from ingest.clickhouse_sink.service import open_service
 from ingest.kafka_source import H_ERROR, H_REASON, H_SRC, H_TRUNCATED
 from ingest.schema import migrate
@@ -68,16 +68,16 @@ def test_poison_pills_are_dead_lettered_and_the_partition_flows(kafka_bootstrap,
     admin.create_topics([NewTopic(dlq_topic, 1, config={"max.message.bytes": "200000"})])[dlq_topic].result()
 
     # An exception nobody expected, for one message: the worker must dead-letter it and go on.
-    import ingest.worker as worker_mod
+    import ingest.decode as decode_mod
 
-    real_check = worker_mod.check_table
+    real_check = decode_mod.check_table
 
     def exploding(kind: Any, table: pa.Table) -> Any:
         if 10**9 + 30 in table.column("conn_id").to_pylist():
             raise SystemError("error return without exception set (test)")
         return real_check(kind, table)
 
-    monkeypatch.setattr(worker_mod, "check_table", exploding)
+    monkeypatch.setattr(decode_mod, "check_table", exploding)
     topic = prefix + TCP_CONNECTION.topic
     p = confluent_kafka.Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 1_048_000})
     good = make_rows(120, hosts=("h1",))

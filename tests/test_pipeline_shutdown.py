@@ -7,8 +7,8 @@ import threading
 from typing import Any
 
 from agent.pipeline import Pipeline, PipelineConfig
-from blindspot.records import PIPELINE_COUNTER, RecordKind
-from ingest.batch import Batch, batch_len
+from contract.batch import Batch
+from contract.records import PIPELINE_COUNTER, RecordKind
 
 
 class Collect:
@@ -17,9 +17,9 @@ class Collect:
         self.counters: dict[str, int] = {}
 
     def write(self, kind: RecordKind, rows: Batch) -> None:
-        self.rows[kind.name] = self.rows.get(kind.name, 0) + batch_len(rows)
+        self.rows[kind.name] = self.rows.get(kind.name, 0) + rows.num_rows
         if kind is PIPELINE_COUNTER:
-            for r in PIPELINE_COUNTER.to_rows(rows) if not isinstance(rows, list) else rows:
+            for r in PIPELINE_COUNTER.to_rows(rows):
                 self.counters[r["counter"]] = self.counters.get(r["counter"], 0) + r["value"]
 
 
@@ -46,13 +46,13 @@ class HoldingSource:
     def close(self) -> None:
         rows = [{"time": 1_800_000_000_000_000_000 + i, "host": "h", "component": "t", "counter": "held",
                  "value": 1} for i in range(5)]
-        self.pipeline.emit_table(PIPELINE_COUNTER.name, PIPELINE_COUNTER.to_arrow(rows))
+        self.pipeline.emit(PIPELINE_COUNTER.name, PIPELINE_COUNTER.to_arrow(rows))
         self.open_ = False
 
 
 def test_records_handed_on_at_close_reach_the_sink() -> None:
     sink = Collect()
-    pipeline = Pipeline([], sink, PipelineConfig(host="h", poll_ms=10, counters_interval_s=3600))
+    pipeline = Pipeline([], sink, PipelineConfig(poll_ms=10, counters_interval_s=3600), host="h")
     src = HoldingSource(pipeline)
     pipeline.sources = [src]
     pipeline.run(threading.Event(), duration_s=0.1)

@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from agent import _http_event as hev
 from agent import procfs
 from agent.errors import SourceErrors, printable
+from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline, PipelineConfig
 from blindspot import config, live
-from blindspot.records import PIPELINE_COUNTER, RecordKind
-from ingest.batch import Batch, batch_len
+from contract.batch import Batch
+from contract.records import PIPELINE_COUNTER, RecordKind
 
 BLINDSPOT = str(Path(sys.executable).with_name("blindspot"))
 ODD = [b"[/]", b"[bold]x", b"\x1b[2J", b"a\x9bb", b"\xff\xfe[/]", b"\x1b]0;owned\x07"]
@@ -66,9 +68,9 @@ def test_source_errors_count_every_failure_and_log_the_first(caplog: pytest.LogC
 
 
 def test_http_proc_callback_never_raises() -> None:
-    from agent.http_source import HttpSource
+    from agent.http_source import HttpConfig, HttpSource
 
-    src = HttpSource(lambda *_: None)
+    src = HttpSource(HttpConfig(), lambda *_: None, host="h")
 
     def boom(pid: int) -> None:
         raise RuntimeError(f"inspection of {pid} blew up")
@@ -85,10 +87,12 @@ def test_tcp_event_callback_never_raises() -> None:
     from agent import _tcp_event as tev
     from agent.tcp_source import TcpSource, TcpSourceConfig
 
-    def emit(kind: str, row: dict[str, Any]) -> None:
-        raise RuntimeError("downstream bug")
+    src = TcpSource(TcpSourceConfig(), lambda *_: None, host="h")
 
-    src = TcpSource(TcpSourceConfig(), emit)
+    def boom(_record: Any) -> None:
+        raise RuntimeError("decoder bug")
+
+    src._emit_closed = boom  # type: ignore[method-assign]
     e = tev.TcpEvent()
     e.kind = tev.KIND_CLOSED
     src._on_event(None, C.addressof(e), tev.TCP_EVENT_SIZE)
@@ -106,9 +110,9 @@ class _Collect:
         if self.fail_first:
             self.fail_first -= 1
             raise RuntimeError("sink bug")
-        self.rows += batch_len(rows)
+        self.rows += rows.num_rows
         if kind is PIPELINE_COUNTER:
-            for r in rows if isinstance(rows, list) else PIPELINE_COUNTER.to_rows(rows):
+            for r in PIPELINE_COUNTER.to_rows(rows):
                 self.counters[r["counter"]] = self.counters.get(r["counter"], 0) + r["value"]
 
 
@@ -133,11 +137,11 @@ class _Flaky:
 def test_writer_counts_unexpected_errors_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     sink = _Collect(fail_first=1)
     flaky = _Flaky()
-    p = Pipeline([flaky], sink, PipelineConfig(batch_max_rows=2, poll_ms=5, counters_interval_s=3600))
+    p = Pipeline([flaky], sink, PipelineConfig(batch_max_rows=2, poll_ms=5, counters_interval_s=3600), host="h")
     row = {"time": 1, "host": "h", "component": "t", "counter": "x", "value": 1}
     with caplog.at_level(logging.ERROR):
         for _ in range(4):  # two batches of two, queued for the writer
-            p.emit(PIPELINE_COUNTER.name, dict(row))
+            p.emit(PIPELINE_COUNTER.name, PIPELINE_COUNTER.to_arrow([row]))
         stop = threading.Event()
         threading.Timer(0.3, stop.set).start()
         p.run(stop)  # the flaky source's poll raises every turn: counted, the loop goes on
@@ -149,11 +153,11 @@ def test_writer_counts_unexpected_errors_and_goes_on(caplog: pytest.LogCaptureFi
 
 
 def test_reported_counters_include_source_errors() -> None:
-    p = Pipeline([_Flaky()], _Collect(), PipelineConfig(counters_interval_s=3600))
+    p = Pipeline([_Flaky()], _Collect(), PipelineConfig(counters_interval_s=3600), host="h")
     p.report_counters()
     rows = {}
     for _kind, batch in p.batcher.drain():
-        for r in batch if isinstance(batch, list) else PIPELINE_COUNTER.to_rows(batch):
+        for r in PIPELINE_COUNTER.to_rows(batch):
             rows[r["counter"]] = r["value"]
     assert rows["source_errors:flaky:decode"] == 2 and rows["dropped_write_error"] == 0
 
@@ -282,21 +286,18 @@ def test_query_socket_bounds_idle_connections(tmp_path: Path, monkeypatch: pytes
 
 
 def test_refusals_and_source_errors_reach_prometheus() -> None:
-    from blindspot import metrics
-
     class _Src(_Flaky):
         name = "src"
 
         def counters(self) -> dict[str, int]:
             return {"go_binary_rejected:nobits": 2, "source_errors:src:proc_event": 3}
 
-    p = Pipeline([_Src()], _Collect(), PipelineConfig())
-    before = metrics.GO_BINARIES_REJECTED.labels("nobits")._value.get()
-    errors_before = metrics.SOURCE_ERRORS.labels("src", "proc_event")._value.get()
+    p = Pipeline([_Src()], _Collect(), PipelineConfig(), host="h",
+                 metrics=AgentMetrics.on(CollectorRegistry()))
     p.export_metrics()
     p.export_metrics()  # deltas: nothing new the second time
-    assert metrics.GO_BINARIES_REJECTED.labels("nobits")._value.get() == before + 2
-    assert metrics.SOURCE_ERRORS.labels("src", "proc_event")._value.get() == errors_before + 3
+    assert p.metrics.go_binaries_rejected.labels("nobits")._value.get() == 2
+    assert p.metrics.source_errors.labels("src", "proc_event")._value.get() == 3
 
 
 def test_exe_registry_attach_failure_counted_retried_and_published_only_when_ready() -> None:

@@ -4,11 +4,12 @@ batch with the same token is stored once, and event data never becomes SQL."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from blindspot.records import KINDS, TCP_CONNECTION
+from contract.records import KINDS, TCP_CONNECTION
 from ingest import ClickHouseSink, migrate, open_service
 from ingest.clickhouse_sink.service import ChdbService
 from ingest.schema import apply_retention, migrations, retention_tables
@@ -18,10 +19,11 @@ ARROW_TO_CH = {"string": "String", "uint8": "UInt8", "uint16": "UInt16", "uint32
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> ChdbService:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbService]:
     svc = open_service(data_dir=tmp_path_factory.mktemp("chdb"))
     assert isinstance(svc, ChdbService)
-    return svc
+    yield svc
+    svc.close()  # chDB serves one folder per process: the next module opens its own
 
 
 def test_migrations_apply_once(service: ChdbService) -> None:
@@ -71,8 +73,9 @@ def test_retried_batch_is_stored_once(service: ChdbService) -> None:
     now = time.time_ns()
     rows = [{"host": "dedup-host", "conn_id": i, "start_time": now, "end_time": now + i,
              "local_addr": "10.0.0.1", "remote_addr": "10.0.0.2"} for i in range(100)]
-    sink.write(TCP_CONNECTION, rows, dedup_token="blindspot.tcp.v1:0:0-99")
-    sink.write(TCP_CONNECTION, rows, dedup_token="blindspot.tcp.v1:0:0-99")  # the retry after a crash
+    table = TCP_CONNECTION.to_arrow(rows)
+    sink.write(TCP_CONNECTION, table, dedup_token="blindspot.tcp.v1:0:0-99")
+    sink.write(TCP_CONNECTION, table, dedup_token="blindspot.tcp.v1:0:0-99")  # the retry after a crash
     got = service.query_arrow("SELECT count() AS n FROM blindspot.tcp_connections WHERE host = {h:String}",
                               {"h": "dedup-host"}).to_pylist()
     assert got == [{"n": 100}]
@@ -82,14 +85,14 @@ def test_hostile_values_are_data(service: ChdbService) -> None:
     migrate(service)
     evil = "x'); DROP TABLE blindspot.tcp_connections; --\u00e9\u4e2d"
     now = time.time_ns()  # a 1970 end_time would be expired by the TTL at once
-    ClickHouseSink(service).write(TCP_CONNECTION, [{"host": "evil", "comm": evil, "local_addr": "::1",
-                                                    "remote_addr": "::1", "end_time": now}])
+    rows = [{"host": "evil", "comm": evil, "local_addr": "::1", "remote_addr": "::1", "end_time": now}]
+    ClickHouseSink(service).write(TCP_CONNECTION, TCP_CONNECTION.to_arrow(rows))
     got = service.query_arrow("SELECT comm FROM blindspot.tcp_connections WHERE host = 'evil'").to_pylist()
     assert got == [{"comm": evil}]
 
 
 def test_migration_names_are_checked(tmp_path: Path) -> None:
     (tmp_path / "1_bad.sql").write_text("SELECT 1")
-    from ingest._errors import SchemaError
+    from contract.errors import SchemaError
     with pytest.raises(SchemaError):
         migrations(tmp_path)

@@ -1,5 +1,5 @@
 """docs/wire-format.md as a contract: messages are built from the document alone (its tables are
-parsed here; nothing from blindspot.wire or blindspot.records builds them), then read by the worker's
+parsed here; nothing from contract.wire or contract.records builds them), then read by the worker's
 own reading path and inserted into the real engine. What the document says is stored is stored; what
 it says is refused is refused, with the reason it names."""
 
@@ -81,8 +81,8 @@ class _Reader:
         migrate(self.svc)
 
     def read(self, kind_name: str, value: bytes, headers: list[tuple[str, bytes]]) -> tuple[pa.Table, list[str]]:
-        from blindspot import wire
-        from blindspot.records import KINDS
+        from contract import wire
+        from contract.records import KINDS
         from ingest.validate import build_batch, check_table
 
         kind, enc = wire.message_kind(headers, KINDS[kind_name])
@@ -112,7 +112,7 @@ def reader(tmp_path_factory) -> Any:
 
 
 def test_the_document_describes_every_kind_the_worker_reads() -> None:
-    from blindspot.records import KINDS
+    from contract.records import KINDS
     from ingest.validate import default
 
     assert set(KINDS_DOC) == set(KINDS)
@@ -155,7 +155,7 @@ def test_missing_fields_take_the_documented_defaults(reader, kind) -> None:
 
 
 def test_what_the_document_refuses_is_refused_with_its_reason(reader) -> None:
-    from blindspot import wire
+    from contract import wire
 
     kind = "tcp_connection"
     row = _rows(kind, 1)[0]

@@ -13,7 +13,7 @@ from typing import Any
 
 import confluent_kafka
 
-from agent.kafka_sink.config import redacted
+from contract.kafka import redacted
 
 log = logging.getLogger(__name__)
 

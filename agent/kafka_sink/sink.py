@@ -2,7 +2,7 @@
 
 ``write(kind, rows)`` (the pipeline's batches) sends Arrow batch messages; ``emit(kind_name, row)`` sends
 one msgpack record. Either way the kind's topic, keyed by host so one host's records stay in order
-within a partition (blindspot/wire.py). Each record ends in exactly one of:
+within a partition (contract/wire.py). Each record ends in exactly one of:
 delivered (acknowledged by all in-sync replicas), or dropped with a reason: ``queue_full`` (the bound
 in KafkaSinkConfig was reached while the broker was away), ``delivery_failed`` (timed out or refused),
 ``shutdown`` (still unacknowledged when the flush on exit gave up), ``encode_error``.
@@ -22,15 +22,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent.kafka_sink.config import KafkaSinkConfig
 from agent.kafka_sink.service import ProducerService
-from blindspot import wire
-from blindspot.records import KINDS, RecordKind
+from contract import wire
+from contract.metrics import MetricSet
+from contract.records import KINDS, RecordKind
 
 log = logging.getLogger(__name__)
 
 
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        kw: dict[str, Any] = {"registry": registry} if registry is not None else {}
+class KafkaSinkMetrics(MetricSet):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        kw = self.kw
         self.published = Counter("blindspot_agent_records_published", "Records queued for Kafka",
                                  ["kind"], **kw)
         self.delivered = Counter("blindspot_agent_records_delivered", "Records acknowledged by Kafka",
@@ -47,7 +49,7 @@ class KafkaSink:
         self.config = config
         self.host = host or socket.gethostname()
         self._host_key = self.host.encode()
-        self._m = _Metrics(registry)
+        self._m = KafkaSinkMetrics.on(registry)
         self._m.queued.set_function(lambda: self._service.queued())
         self._lock = threading.Lock()
         self._tally: _Tally[str] = _Tally()  # delivered / dropped:<reason>, also for pipeline_counters
@@ -78,25 +80,14 @@ class KafkaSink:
             return
         self._published[kind_name].inc()
 
-    def write(self, kind: RecordKind, rows: list[dict[str, Any]] | pa.Table) -> None:
-        """The agent pipeline's sink interface (agent/pipeline.py): a batch of one kind (records, or a
-        table of the kind's schema) becomes a few Arrow messages (one host each, at most
-        wire.MAX_BATCH_ROWS rows): columnar from the agent on, so ingest workers do no per-record
-        decoding (docs/wire-format.md)."""
+    def write(self, kind: RecordKind, rows: pa.Table) -> None:
+        """The agent pipeline's sink interface (agent/pipeline.py): a batch of one kind becomes a few
+        Arrow messages (one host each, at most wire.MAX_BATCH_ROWS rows): columnar from the agent on,
+        so ingest workers do no per-record decoding (docs/wire-format.md)."""
         topic, headers = self._topics[kind.name], wire.headers_for(kind, wire.ENC_ARROW)
         for host, host_rows in self._by_host(rows):
-            try:
-                values = wire.encode_batch(kind, host_rows)
-            except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
-                # A value that does not fit its column (a bug in a source): send these records one by
-                # one instead, so the good ones arrive and ingest dead-letters the bad one with a reason.
-                log.error("cannot encode %d %s records as a batch (%s); sending them singly", len(host_rows),
-                          kind.name, e)
-                for r in host_rows:
-                    self.emit(kind.name, r)  # type: ignore[arg-type]  # records: a table always encodes
-                continue
             key = host.encode()
-            for value, n in values:
+            for value, n in wire.encode_batch(kind, host_rows):
                 try:
                     self._service.produce(topic, value, key, headers, self._batch_cb(kind.name, n))
                 except BufferError:
@@ -104,18 +95,12 @@ class KafkaSink:
                     continue
                 self._published[kind.name].inc(n)
 
-    def _by_host(self, rows: list[dict[str, Any]] | pa.Table) -> list[tuple[str, Any]]:
+    def _by_host(self, rows: pa.Table) -> list[tuple[str, pa.Table]]:
         """The batch split by its rows' host (the message key); one part in the usual case."""
-        if isinstance(rows, pa.Table):
-            hosts = rows.column("host").unique().to_pylist() if rows.num_rows else []
-            if len(hosts) <= 1:
-                return [(hosts[0] if hosts else self.host, rows)]
-            return [(h, rows.filter(pc.equal(rows.column("host"), h))) for h in hosts]
-        by_host: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            h = r.get("host")
-            by_host.setdefault(h if isinstance(h, str) else self.host, []).append(r)
-        return list(by_host.items())
+        hosts = rows.column("host").unique().to_pylist() if rows.num_rows else []
+        if len(hosts) <= 1:
+            return [(hosts[0] if hosts else self.host, rows)]
+        return [(h, rows.filter(pc.equal(rows.column("host"), h))) for h in hosts]
 
     def _batch_cb(self, kind_name: str, n: int) -> Any:
         delivered = self._m.delivered.labels(kind_name)

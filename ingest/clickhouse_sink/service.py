@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from ingest._errors import SinkUnavailable, classify_engine
+from contract.errors import SinkUnavailable, classify_engine
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOKEN = re.compile(r"^[A-Za-z0-9._:/\-]{1,200}$")

@@ -9,14 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 
-from blindspot.records import RecordKind
-from ingest._retry import retry
+from contract.records import RecordKind
+from contract.retry import retry
 from ingest.clickhouse_sink.config import ClickHouseSinkConfig
 from ingest.clickhouse_sink.service import ClickHouseService
 
@@ -47,17 +45,16 @@ class ClickHouseSink:
     def write(
         self,
         kind: RecordKind,
-        rows: Sequence[Mapping[str, Any]] | pa.Table,
+        table: pa.Table,
         *,
         dedup_token: str | None = None,
         max_attempts: int | None = None,
     ) -> int:
-        """Insert ``rows`` into ``kind.table``; return how many rows were written.
+        """Insert ``table`` (rows of ``kind``) into ``kind.table``; return how many rows were written.
 
-        Infrastructure failures are retried (ingest._retry) until ``max_attempts`` (None: until the
+        Infrastructure failures are retried (contract.retry) until ``max_attempts`` (None: until the
         sink is stopped, which raises Stopping). Failures of the rows themselves raise at once.
         """
-        table = rows if isinstance(rows, pa.Table) else kind.to_arrow(rows)
         if table.num_rows == 0:
             return 0
         t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from blindspot.records import KINDS, RecordKind
+from contract.records import KINDS, RecordKind
 
 DLQ_TOPIC = "blindspot.dlq.v1"
 # The dead-letter topic's max.message.bytes and its producer's message.max.bytes: room for the largest

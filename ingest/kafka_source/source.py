@@ -25,7 +25,7 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ingest._errors import KAFKA_GONE, Fault, SinkUnavailable, classify, kafka_code
+from contract.errors import KAFKA_GONE, Fault, SinkUnavailable, classify, kafka_code
 from ingest.kafka_source.config import DLQ_MAX_BYTES, KafkaSourceConfig
 
 log = logging.getLogger(__name__)

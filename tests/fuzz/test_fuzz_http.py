@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agent import _http_event as ev
 from agent.http_decode import DecodeContext, decode, parse_heads
 from agent.http_parse import _SCHEME, HEADER_COLUMNS, MAX_PATH, METHODS, _secret
-from blindspot.records import HTTP_REQUEST
+from contract.records import HTTP_REQUEST
 from ingest.validate import check_table
 from tests.fuzz.corpus import seeds
 

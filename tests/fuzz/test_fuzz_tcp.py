@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agent import _tcp_event as ev
 from agent.tcp_decode import Clock, decode_closed, decode_open
-from blindspot.records import TCP_CONNECTION, TCP_OPEN_CONNECTION
+from contract.records import TCP_CONNECTION, TCP_OPEN_CONNECTION
 from ingest.validate import build_batch
 from tests.fuzz.corpus import seeds
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blindspot import wire
-from blindspot.records import HTTP_REQUEST, KINDS, TCP_CONNECTION, RecordKind
+from contract import wire
+from contract.records import HTTP_REQUEST, KINDS, TCP_CONNECTION, RecordKind
 from ingest.validate import BadMessage, build_batch, check_table
 from tests.fuzz.corpus import seeds
 

@@ -15,13 +15,12 @@ import argparse
 import json
 import os
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 # The repo's grafana/ folder; an installed copy points BLINDSPOT_GRAFANA_DIR at its own (see Dockerfile).
-GRAFANA_DIR = Path(os.environ.get("BLINDSPOT_GRAFANA_DIR") or Path(__file__).resolve().parents[1] / "grafana")
+GRAFANA_DIR = Path(os.environ.get("BLINDSPOT_GRAFANA_DIR") or Path(__file__).resolve().parents[2] / "grafana")
 FOLDER_UID, FOLDER_TITLE = "blindspot", "Blindspot"
 _ENV_REF = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
 
@@ -141,12 +140,19 @@ def connect(url: str, env: Mapping[str, str]) -> Any:
     return GrafanaApi.from_url(url, credential=credential)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    g = sub.add_parser("grafana", help="Grafana: provision our data source and dashboards",
+                       description="Grafana dashboards for Blindspot data (see docs/grafana.md).")
+    actions = g.add_subparsers(dest="grafana_action", required=True, metavar="ACTION")
+    p = actions.add_parser(
+        "provision", help="create or update the data source, folder and dashboards in a Grafana",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True, help="Grafana base URL, e.g. http://localhost:3000")
     p.add_argument("--grafana-dir", type=Path, default=GRAFANA_DIR,
                    help="folder with provisioning/ and dashboards/ (default: the repo's grafana/)")
     p.add_argument("--update-password", action="store_true",
                    help="send BLINDSPOT_CLICKHOUSE_PASSWORD even if the data source already has one")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -158,9 +164,3 @@ def main(args: argparse.Namespace) -> int:
     changed = sum(1 for r in report if r[2] != "unchanged")
     print(f"{changed} changed, {len(report) - changed} unchanged")
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="blindspot grafana provision", description=__doc__)
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))

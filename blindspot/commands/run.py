@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -15,14 +16,36 @@ import threading
 import time
 
 from agent.pipeline import Pipeline
-from agent.sources import build_pipeline
 from blindspot import live, metrics
+from blindspot.commands import _common
 from blindspot.config import Config, secure_data_dir
 from blindspot.query_server import QueryServer
-from ingest.clickhouse_sink import ChdbService, ClickHouseSink, ClickHouseSinkConfig
+from blindspot.tracing import build_pipeline
+from ingest.clickhouse_sink import ChdbService, ClickHouseSink
 from ingest.schema import migrate
 
 log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "run", help="trace this host into the embedded engine (needs root)",
+        description="Trace this host's TCP connections and Go HTTP requests with eBPF and write them into "
+        "the embedded ClickHouse engine (chDB) in --data-dir. Shows live counters and the latest closed "
+        "connections. Ctrl-C (or --duration) stops it after flushing everything.",
+    )
+    _common.add_common(p)
+    _common.add_tracing(p)
+    p.add_argument("--retention-days", type=int, metavar="N", help="TTL of new tables (default 30)")
+    p.add_argument("--no-live", action="store_true", help="log counters instead of the live view")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = _common.load(args, _common.COMMON_FLAGS, _common.TRACING_FLAGS)
+    if not _common.can_trace("run"):
+        return 2
+    run(cfg, duration_s=args.duration, show_live=not args.no_live)
+    return 0
 
 
 def run(cfg: Config, duration_s: float | None = None, show_live: bool = True) -> Pipeline:
@@ -40,18 +63,17 @@ def run(cfg: Config, duration_s: float | None = None, show_live: bool = True) ->
     service.execute("USE blindspot")  # unqualified names in `blindspot query` resolve here
     if applied:
         log.info("schema: applied %s", ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
-    sink = ClickHouseSink(service, ClickHouseSinkConfig(data_dir=cfg.data_dir), stop=stop)
+    sink = ClickHouseSink(service, stop=stop)
     queries = QueryServer(cfg.data_dir, service).start()
 
-    cfg.pipeline.component = "embedded"
     try:
-        pipeline = build_pipeline(cfg, sink)
+        pipeline = build_pipeline(cfg, sink, component="embedded")
         view = threading.Thread(target=live.show, args=(pipeline, stop), name="live", daemon=True)
         if show_live:
             view.start()
         t0 = time.monotonic()
         log.info("tracing %s on %s; data in %s; Ctrl-C to stop", " + ".join(s.name for s in pipeline.sources),
-                 cfg.pipeline.host, cfg.data_dir)
+                 cfg.host, cfg.data_dir)
         pipeline.run(stop, duration_s)
         stop.set()
         if view.is_alive():

@@ -1,11 +1,15 @@
-"""Errors of the ingest side, and the one classifier that decides who a failure belongs to.
+"""Blindspot's one exception tree, and the one classifier that decides who a failure belongs to.
 
-    IngestError
-    ├── TransientError        worth retrying with backoff: the system may come back
-    │   └── SinkUnavailable   ClickHouse unreachable, timed out, overloaded, disk full, read-only
-    └── PermanentError        retrying cannot help: the batch or the schema is wrong
-        ├── SchemaError       DDL/migration failed, or a table lacks a column we write
-        └── BadRecord         one record is invalid (type, size, encoding, version)
+    BlindspotError
+    ├── ConfigError               a config file, environment variable or flag that cannot be used
+    ├── WireError (contract.wire) a Kafka message that is not a record of ours (reason, detail)
+    └── IngestError               writing to a store (ClickHouse, Kafka) failed
+        ├── TransientError        worth retrying with backoff: the system may come back
+        │   ├── SinkUnavailable   ClickHouse unreachable, timed out, overloaded, disk full, read-only
+        │   └── Stopping          (contract.retry) asked to stop while retrying
+        └── PermanentError        retrying cannot help: the batch or the schema is wrong
+            ├── SchemaError       DDL/migration failed, or a table lacks a column we write
+            └── BadRecord         one record is invalid (type, size, encoding, version)
 
 ``classify(exc)`` maps any exception (ours, chDB's, clickhouse-connect's, librdkafka's) to one of
 
@@ -26,12 +30,20 @@ import re
 
 import confluent_kafka
 
-__all__ = ["ENGINE_ROW_CODES", "BadRecord", "Fault", "IngestError", "PermanentError", "SchemaError",
-           "SinkUnavailable", "TransientError", "classify", "engine_code"]
+__all__ = ["ENGINE_ROW_CODES", "BadRecord", "BlindspotError", "ConfigError", "Fault", "IngestError", "PermanentError",
+           "SchemaError", "SinkUnavailable", "TransientError", "classify", "engine_code"]
 
 
-class IngestError(Exception):
-    """Base of every error raised by ``ingest``."""
+class BlindspotError(Exception):
+    """Base of every error Blindspot raises on purpose."""
+
+
+class ConfigError(BlindspotError, ValueError):
+    """A config file, environment value or flag that cannot be used (a message for the user)."""
+
+
+class IngestError(BlindspotError):
+    """Writing to a store failed."""
 
 
 class TransientError(IngestError):

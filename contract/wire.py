@@ -29,7 +29,8 @@ from typing import Any
 import msgpack
 import pyarrow as pa
 
-from blindspot.records import KINDS, RecordKind
+from contract.errors import BlindspotError
+from contract.records import KINDS, RecordKind
 
 __all__ = ["ENC_ARROW", "ENC_MSGPACK", "H_ENC", "H_KIND", "H_SCHEMA", "WireError", "batch_rows", "decode",
            "decode_batch", "encode", "encode_batch", "headers_for", "ipc_bytes", "message_kind"]
@@ -48,7 +49,7 @@ _packer = msgpack.Packer(use_bin_type=True)
 _header_cache: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
 
 
-class WireError(ValueError):
+class WireError(BlindspotError, ValueError):
     """A message that cannot be read. ``reason`` is a short machine-readable word for the DLQ header:
     ``undecodable``, ``invalid_utf8``, ``not_a_map``, ``unknown_kind``, ``unknown_schema_version``,
     ``unknown_encoding``, ``kind_mismatch``, ``missing_headers``, ``compressed_body``,

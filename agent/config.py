@@ -1,0 +1,70 @@
+"""The agent's settings, one model per part: typed and validated (pydantic), so a wrong value is refused
+with the key's name wherever it came from. The application's config (blindspot/config.py) nests these
+as the ``[tcp]``, ``[http]`` and ``[pipeline]`` sections; the host name is not here: the application
+resolves it once and hands it to each part."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from agent import http_parse
+
+
+def _comma_list(value: object) -> object:
+    """``"a, b"`` (an environment variable or a flag) -> ``("a", "b")``; lists pass as they are."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return value
+
+
+CommaList = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
+CommaInts = Annotated[tuple[int, ...], BeforeValidator(_comma_list)]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors; values are checked when set, too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TcpSourceConfig(Section):
+    max_conns: int = Field(262_144, ge=1)  # open connections tracked at once; beyond: counted as lost
+    ringbuf_pages: int = Field(1024, ge=1)  # 4 MiB: about 29k records of burst between two polls
+    # A closed connection is emitted when its owner closes the fd; one whose owner keeps the fd
+    # this long after TCP_CLOSE is emitted by the snapshot sweep instead.
+    closed_grace_s: float = Field(30.0, ge=0)
+
+
+class HttpConfig(Section):
+    enabled: bool = True  # Go net/http requests (syscall tracepoints on Go processes only)
+    go_uprobes: bool = False  # route patterns + outbound->inbound links, at ~19 us per probe hit here
+    headers: CommaList = tuple(http_parse.HEADER_COLUMNS)  # allow-list (lower-case names)
+    # Stored paths go through http_parse.redact_path (tokens, ;matrix params); False keeps them raw.
+    # Userinfo and query strings are never stored either way; routes are always templated.
+    redact_paths: bool = True
+    max_value: int = Field(http_parse.MAX_VALUE, ge=1, le=1024)  # bytes kept of each header value
+    head_max: int = Field(1024, ge=256, le=4096)  # bytes of each request head captured (power of two)
+    max_conns: int = Field(16384, ge=1)
+    ringbuf_pages: int = Field(2048, ge=1)  # 8 MiB: ~6,000 exchanges, read when 1/8 full or at each decode
+    link_wait_s: float = Field(2.0, ge=0)  # how long an outbound row waits for its inbound one
+    quiet_s: float = Field(1.0, ge=0)  # an exchange with nothing moved for this long after its response ended
+    # Decoding has a fixed cost per batch (~3 ms here), so records wait to be decoded together: at
+    # most this long (the pipeline's batches wait 1 s anyway) or this many.
+    decode_interval_s: float = Field(1.0, gt=0)
+    decode_max_rows: int = Field(4096, ge=1)  # bounds one decode (~15 ms here), so the ring is read again soon
+    services: dict[str, tuple[str, str]] = {}  # comm -> (service, version)
+    pids: CommaInts = ()  # trace only these; empty = every Go process
+    # Executables are read in a child process with memory and time limits (agent/inspect_worker.py).
+    inspect_in_child: bool = True
+    exe_prefix: str = ""  # trace only binaries under this path (tests: the Go build cache)
+
+
+class PipelineConfig(Section):
+    poll_ms: int = Field(50, ge=1)  # drain interval: ring buffers must hold this long's worth of records
+    batch_max_rows: int = Field(20_000, ge=1)
+    batch_max_age_s: float = Field(1.0, gt=0)
+    queue_batches: int = Field(64, ge=1)
+    snapshot_interval_s: float = Field(10.0, gt=0)
+    counters_interval_s: float = Field(60.0, gt=0)

@@ -1,0 +1,7 @@
+"""``python -m blindspot`` is the ``blindspot`` command."""
+
+import sys
+
+from blindspot.cli import main
+
+sys.exit(main())
