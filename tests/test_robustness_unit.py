@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -298,6 +298,28 @@ def test_refusals_and_source_errors_reach_prometheus() -> None:
     p.export_metrics()  # deltas: nothing new the second time
     assert p.metrics.go_binaries_rejected.labels("nobits")._value.get() == 2
     assert p.metrics.source_errors.labels("src", "proc_event")._value.get() == 3
+
+
+def test_exec_to_traced_and_requests_before_traced_reach_prometheus() -> None:
+    class _Src(_Flaky):
+        name = "http"
+        figures: ClassVar[list[list[float]]] = [[0.0, 0.02, 0.3], []]
+
+        def counters(self) -> dict[str, int]:
+            return {"requests_before_traced": 5}
+
+        def take_exec_to_traced(self) -> list[float]:
+            return self.figures.pop(0) if self.figures else []
+
+    p = Pipeline([_Src()], _Collect(), PipelineConfig(), host="h",
+                 metrics=AgentMetrics.on(CollectorRegistry()))
+    p.export_metrics()
+    p.export_metrics()  # deltas, and figures taken once
+    assert p.metrics.requests_before_traced._value.get() == 5
+    samples = {s.name: s.value for m in p.metrics.exec_to_traced.collect() for s in m.samples
+               if s.name.endswith(("_count", "_sum"))}
+    assert samples == {"blindspot_http_exec_to_traced_seconds_count": 3,
+                       "blindspot_http_exec_to_traced_seconds_sum": pytest.approx(0.32)}
 
 
 def test_exe_registry_attach_failure_counted_retried_and_published_only_when_ready() -> None:
