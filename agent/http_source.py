@@ -736,6 +736,10 @@ class HttpSource:
                 self._held_rows += len(keep)
             if len(drop):
                 self._c["untraced_records"] += len(drop)
+                # Its connections' kernel entries too: no close() of an untraced process is seen.
+                for pid in np.unique(drop["pid"]).tolist():
+                    if pid not in self.procs and pid not in self._inspecting:
+                        self._forget_pid(pid)
         out = [a for a in out if len(a)]
         if not out:
             return np.empty(0, self._dtype)

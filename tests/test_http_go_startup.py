@@ -279,3 +279,30 @@ def test_executable_replaced_at_the_same_path(cap: Capture, exe: Path, gray_bin:
         cap.rows.clear()
     client3, results3 = load(exe, pr, n=30)  # new-file client, old-file router
     check_gray(cap, router, ups, client3, results3, n=30)
+
+
+def test_a_program_that_is_not_go_is_traced_from_exec_only_until_read(cap: Capture, exe: Path) -> None:
+    """Every new executable is traced from its exec until it is read (its first requests must not be
+    lost if it is Go). One that is not Go (curl, copied beside the Go program so the agent's path filter
+    admits it) yields no rows (what it sent before it was read, if anything, is counted in
+    untraced_records), and the kernel then knows
+    the file: its next processes are not traced at all."""
+    from agent import _http_event as ev
+    from agent.go_exes import kernel_dev
+
+    curl = exe.with_name("curl")
+    shutil.copy2("/usr/bin/curl", curl)
+    router, pr, _ups = start_gray(exe)
+    pids = []
+    for i in range(2):
+        p = spawn([str(curl), "-s", "-o", "/dev/null", "-H", f"X-Request-ID: curl-{i}", f"http://127.0.0.1:{pr}/users/{i}"])
+        assert p.wait(timeout=30) == 0
+        pids.append(p.pid)
+    served = cap.wait_rows(lambda r: r["pid"] == router.pid and r["x_request_id"].startswith("curl-"), 2)
+    assert len(served) == 2  # the router's side of both
+    time.sleep(2.5)  # past the hold of records from processes nobody has named yet
+    with cap.lock:
+        assert [r for r in cap.rows if r["pid"] in pids] == []
+    st = curl.stat()
+    exes = cap.src.bpf["exes"]
+    assert exes[exes.Key(kernel_dev(st.st_dev), st.st_ino)].state == ev.GO_NOT_TRACED
