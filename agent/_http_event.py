@@ -71,12 +71,16 @@ def event_dtype(head_max: int = HEAD_MAX) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": C.sizeof(cls)})
 
 
+EXEC_PATH_MAX = _D["BS_HTTP_EXEC_PATH_MAX"]
+
+
 class HttpProc(C.Structure):
     _fields_ = [("kind", C.c_uint32), ("pid", C.c_uint32), ("ts_ns", C.c_uint64), ("dev", C.c_uint64),
-                ("ino", C.c_uint64), ("flags", C.c_uint32), ("_pad", C.c_uint32)]
+                ("ino", C.c_uint64), ("flags", C.c_uint32), ("_pad", C.c_uint32),
+                ("filename", C.c_char * EXEC_PATH_MAX)]
 
 
-assert C.sizeof(HttpProc) == 40
+assert C.sizeof(HttpProc) == 40 + EXEC_PATH_MAX
 
 KIND_EXCHANGE, KIND_PROC_EXEC, KIND_PROC_EXIT = (
     _D["BS_HTTP_EXCHANGE"], _D["BS_HTTP_PROC_EXEC"], _D["BS_HTTP_PROC_EXIT"])

@@ -6,6 +6,7 @@ SERVICE_VERSION / OTEL_RESOURCE_ATTRIBUTES service.version), the Go build info."
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,29 @@ class Snapshot:
             os.close(self.fd)
         except OSError:
             pass
+
+
+def snapshot_file(path: bytes, dev: int, ino: int) -> Snapshot | None:
+    """The file a process exec'd, by the path it gave (it is gone: a short command), only if that path
+    still names the very file the kernel saw, (dev, ino) in the kernel's encoding. The path is another
+    user's: it is resolved with O_PATH (opens nothing: no FIFO waits, no device side effects) and only a
+    regular file with that identity is then opened, through the O_PATH descriptor."""
+    if not path.startswith(b"/"):
+        return None
+    try:
+        opath = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(opath)
+        if not stat.S_ISREG(st.st_mode) or ((os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino) != (dev, ino):
+            return None
+        fd = os.open(f"/proc/self/fd/{opath}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        os.close(opath)
+    return Snapshot(fd, "", {})
 
 
 def snapshot(pid: int) -> Snapshot | None:

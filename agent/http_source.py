@@ -158,7 +158,7 @@ class HttpSource:
         # Processes whose executable is being read by the inspector thread, and what it found.
         self._inspecting: set[int] = set()
         self._to_inspect: queue.Queue[tuple[int, go_procs.Snapshot] | None] = queue.Queue(maxsize=INSPECT_BACKLOG)
-        self._inspected: deque[tuple[int, GoProcess | None]] = deque()
+        self._inspected: deque[tuple[int, GoProcess | None, bool]] = deque()  # (pid, process, not Go)
         self._inspector: threading.Thread | None = None
         # Exec events (pid -> (CLOCK_MONOTONIC ns, the kernel's (dev, ino), BS_HTTP_EXEC_* flags)) of
         # processes not attached yet; records of processes user space has not decided on, held.
@@ -172,6 +172,7 @@ class HttpSource:
         self._exes: ExeRegistry | None = None
         self._exited_pending: dict[int, float] = {}
         self._ready_ns: dict[int, int] = {}  # pid -> when the inspector thread made it fully traced
+        self._exec_paths: dict[int, bytes] = {}  # pid -> the path it exec'd (pending ones only)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -302,11 +303,14 @@ class HttpSource:
             return
         if self.cfg.exe_prefix:
             try:
-                if not os.readlink(f"/proc/{pid}/exe").startswith(self.cfg.exe_prefix):
-                    self._untrace(pid, definitive=True)
-                    return
-            except OSError:
+                exe_path = os.readlink(f"/proc/{pid}/exe")
+            except OSError:  # gone already: the path it exec'd (its file is checked before it is read)
+                exe_path = self._exec_paths.get(pid, b"").decode("utf-8", "replace")
+            if not exe_path:
                 self._untrace(pid, definitive=False)
+                return
+            if not exe_path.startswith(self.cfg.exe_prefix):
+                self._untrace(pid, definitive=True)
                 return
         if wait or go_binary.is_cached(f"/proc/{pid}/exe", self.cfg.go_uprobes):
             p = self._inspect(pid)
@@ -318,6 +322,10 @@ class HttpSource:
         if pid in self._inspecting:
             return
         snap = go_procs.snapshot(pid)
+        info = self._execs.get(pid)
+        path = self._exec_paths.pop(pid, b"")
+        if snap is None and info is not None and path:  # gone already: its file, by the path it exec'd
+            snap = go_procs.snapshot_file(path, *info[1])
         if snap is None:  # gone already
             if not self._adopt_exited(pid):
                 self._untrace(pid, definitive=False)
@@ -378,12 +386,15 @@ class HttpSource:
             pid, snap = item
             try:
                 p = self._inspect(pid, snap)
+                not_go = False
                 if p is not None:
                     try:
                         self._ready_early(p)
                     except Exception as e:  # the poll thread's attach still comes
                         self._errors.record("ready_early", e, f"pid {pid}")
-                self._inspected.append((pid, p))
+                else:  # read and refused (cached as such), not merely gone
+                    not_go = go_binary.is_cached(f"/proc/{os.getpid()}/fd/{snap.fd}", self.cfg.go_uprobes)
+                self._inspected.append((pid, p, not_go))
             finally:
                 snap.close()
 
@@ -433,11 +444,14 @@ class HttpSource:
 
     def _attach_inspected(self) -> None:
         while self._inspected:
-            pid, p = self._inspected.popleft()
+            pid, p, not_go = self._inspected.popleft()
             if pid not in self._inspecting:  # detached while it was read
                 continue
             if pid in self._exited_pending:  # exited while it was read: its records still decode
                 del self._exited_pending[pid]
+                if p is None:  # and the kernel learns a file that is not Go (a short command)
+                    self._untrace(pid, definitive=not_go)
+                    continue
                 self._inspecting.discard(pid)
                 self._execs.pop(pid, None)
                 self._ready_ns.pop(pid, None)
@@ -447,7 +461,7 @@ class HttpSource:
                         self._exes.gone(pid, p.inode, p.comm)  # the inspector thread may have counted it
                 continue
             if p is None:
-                self._untrace(pid, definitive=os.path.exists(f"/proc/{pid}/exe"))
+                self._untrace(pid, definitive=not_go)
                 continue
             self._inspecting.discard(pid)
             if pid in self.procs:
@@ -543,7 +557,9 @@ class HttpSource:
                 del self.bpf["pids"][C.c_uint32(pid)]
         p = self.procs.get(pid)
         if p is None or self.bpf is None:
-            self._execs.pop(pid, None)
+            if pid not in self._exited_pending:  # else its file is still to be named (_attach_inspected)
+                self._execs.pop(pid, None)
+            self._exec_paths.pop(pid, None)
             return
         self._sweep_quiet(exited=pid)  # a process exits without close(): its open exchanges end here
         del self.procs[pid]
@@ -565,8 +581,11 @@ class HttpSource:
         for pid in [p for p, t in self._exited_pending.items() if now - t > 60]:  # the answer never came
             del self._exited_pending[pid]
             self._inspecting.discard(pid)
-        for pid in [p for p in self._execs if p not in self.procs and not os.path.exists(f"/proc/{p}")]:
+        for pid in [p for p in self._execs if p not in self.procs and p not in self._inspecting
+                    and not os.path.exists(f"/proc/{p}")]:
             del self._execs[pid]
+        for pid in [p for p in self._exec_paths if p not in self._execs]:
+            del self._exec_paths[pid]
         for pid in [p for p in self.procs if not os.path.exists(f"/proc/{p}")]:
             self._errors.record("exit_event_missed", None, f"pid {pid} gone without an exit event")
             try:
@@ -640,6 +659,8 @@ class HttpSource:
             rec = C.cast(data, C.POINTER(ev.HttpProc)).contents
             pid = rec.pid
             if rec.kind == ev.KIND_PROC_EXEC:
+                if rec.flags & ev.EXEC_PENDING and len(self._exec_paths) < MAX_EXECS:
+                    self._exec_paths[rec.pid] = rec.filename  # ctypes: bytes up to the first NUL
                 self._on_exec(rec.pid, rec.ts_ns, (rec.dev, rec.ino), rec.flags)
             elif rec.kind == ev.KIND_PROC_EXIT:
                 self._detach(rec.pid)

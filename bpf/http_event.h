@@ -13,6 +13,7 @@
 #endif
 #define BS_HTTP_STATUS_MAX 32 /* bytes of a response head kept: the status line */
 #define BS_HTTP_ROUTE_MAX 128 /* bytes of a Go ServeMux pattern kept */
+#define BS_HTTP_EXEC_PATH_MAX 128 /* bytes of an exec'd path kept (a process gone before user space saw it) */
 
 /* record kinds (first __u32 of every record) */
 #define BS_HTTP_EXCHANGE 1 /* struct http_event: one request and its response, or what was seen of it */
@@ -96,8 +97,9 @@ struct http_proc {
 	__u64 ino;   /* exec: the executable's inode number */
 	__u32 flags; /* exec: BS_HTTP_EXEC_* */
 	__u32 _pad;
+	char filename[BS_HTTP_EXEC_PATH_MAX]; /* exec: the path exec'd, as given (may be cut or relative) */
 };
 
-_Static_assert(sizeof(struct http_proc) == 40, "struct http_proc is shared with user space");
+_Static_assert(sizeof(struct http_proc) == 40 + BS_HTTP_EXEC_PATH_MAX, "struct http_proc is shared with user space");
 
 #endif /* BLINDSPOT_HTTP_EVENT_H */

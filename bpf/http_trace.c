@@ -64,7 +64,7 @@ BPF_HASH(flushed, __u64, __u64, 16384);                         // tgid<<32|fd -
 BPF_PERCPU_ARRAY(zero_conn, struct conn_state, 1);              // template for new entries
 BPF_PERCPU_ARRAY(stats, __u64, BS_HTTP_STAT_N);
 BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES); // struct http_event only: user space reads it at a fixed stride
-BPF_RINGBUF_OUTPUT(proc_events, 64);            // struct http_proc
+BPF_RINGBUF_OUTPUT(proc_events, 256);           // struct http_proc (168 bytes: ~6,000 exec/exit records)
 
 // Clamp a length so the verifier can see the bound: the empty asm keeps clang from folding the
 // check into an earlier comparison on another register.
@@ -419,6 +419,11 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	r->ino = key.ino;
 	r->flags = flags;
 	r->_pad = 0;
+	// The path as exec'd: a process that is gone before user space reads /proc/<pid>/exe (a short
+	// command) still names its file, checked against (dev, ino) before it is read.
+	unsigned short loc = args->data_loc_filename & 0xFFFF;
+	if (bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), (char *)args + loc) < 0)
+		r->filename[0] = 0;
 	proc_events.ringbuf_submit(r, 0);
 	return 0;
 }
@@ -444,6 +449,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	r->ino = 0;
 	r->flags = 0;
 	r->_pad = 0;
+	r->filename[0] = 0;
 	proc_events.ringbuf_submit(r, 0);
 	return 0;
 }
