@@ -71,11 +71,16 @@ def event_dtype(head_max: int = HEAD_MAX) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": C.sizeof(cls)})
 
 
+EXEC_PATH_MAX = _D["BS_HTTP_EXEC_PATH_MAX"]
+
+
 class HttpProc(C.Structure):
-    _fields_ = [("kind", C.c_uint32), ("pid", C.c_uint32), ("ts_ns", C.c_uint64)]
+    _fields_ = [("kind", C.c_uint32), ("pid", C.c_uint32), ("ts_ns", C.c_uint64), ("dev", C.c_uint64),
+                ("ino", C.c_uint64), ("flags", C.c_uint32), ("_pad", C.c_uint32),
+                ("filename", C.c_char * EXEC_PATH_MAX)]
 
 
-assert C.sizeof(HttpProc) == 16
+assert C.sizeof(HttpProc) == 40 + EXEC_PATH_MAX
 
 KIND_EXCHANGE, KIND_PROC_EXEC, KIND_PROC_EXIT = (
     _D["BS_HTTP_EXCHANGE"], _D["BS_HTTP_PROC_EXEC"], _D["BS_HTTP_PROC_EXIT"])
@@ -92,4 +97,8 @@ STAT_EMITTED, STAT_LOST_RINGBUF, STAT_LOST_MAP_FULL, STAT_UPROBE_HITS = (
     _D["BS_HTTP_STAT_EMITTED"], _D["BS_HTTP_STAT_LOST_RINGBUF"], _D["BS_HTTP_STAT_LOST_MAP_FULL"],
     _D["BS_HTTP_STAT_UPROBE_HITS"])
 STAT_AUX_MAP_FULL = _D["BS_HTTP_STAT_AUX_MAP_FULL"]
+STAT_PIDS_FULL = _D["BS_HTTP_STAT_PIDS_FULL"]
 STAT_N = _D["BS_HTTP_STAT_N"]
+EXEC_TRACED, EXEC_PENDING, EXEC_NO_INODE = (
+    _D["BS_HTTP_EXEC_TRACED"], _D["BS_HTTP_EXEC_PENDING"], _D["BS_HTTP_EXEC_NO_INODE"])
+GO_READY, GO_PENDING, GO_NOT_TRACED = _D["BS_GO_READY"], _D["BS_GO_PENDING"], _D["BS_GO_NOT_TRACED"]

@@ -34,6 +34,17 @@ class AgentMetrics(MetricSet):
         self.go_binaries_rejected = Counter("blindspot_go_binaries_rejected",
                                             "Executables refused by the Go binary reader, by reason", ["reason"],
                                             **kw)
+        self.packet_drops = Counter("blindspot_packet_drops", "Packets the kernel dropped, by its reason "
+                                    "(skb:kfree_skb; rows in packet_drops)", ["reason"], **kw)
         self.queue_batches = Gauge("blindspot_handoff_queue_batches", "Batches waiting for the writer", **kw)
+        self.exec_to_traced = Histogram(
+            "blindspot_http_exec_to_traced_seconds",
+            "Time from a Go process's exec to fully traced (syscalls, offsets and uprobes in place); 0 when "
+            "the kernel traced it at exec (a process of its executable was already traced)",
+            buckets=(0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), **kw)
+        self.requests_before_traced = Counter(
+            "blindspot_http_requests_before_traced",
+            "HTTP exchanges of Go processes that started before the process was fully traced (no route "
+            "pattern, no link to their inbound request)", **kw)
         for reason in ("not_http", "decode_error"):  # visible at 0 from the start
             self.rejected.labels("http", reason)

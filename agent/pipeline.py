@@ -55,8 +55,9 @@ REPORTED = ("captured", "lost_ringbuf", "lost_map_full", "dropped_queue_full", "
             "dropped_write_error", "rows_written",
             "rejected")  # rejected: records a source refused (HTTP: decoder failures, counted per record)
 # ... and every counter with one of these prefixes (failures counted by kind: agent/errors.py, Go binaries
-# refused by reason: agent/go_binary.py), once it is non-zero.
-REPORTED_PREFIXES = ("source_errors:", "go_binary_")
+# refused by reason: agent/go_binary.py; HTTP exchanges before their process was fully traced, and those of
+# processes traced from exec that proved not ours: agent/http_source.py), once it is non-zero.
+REPORTED_PREFIXES = ("source_errors:", "go_binary_", "requests_before_traced", "untraced_records")
 # A source's counters of refused records -> the reason label of blindspot_rejected_records_total.
 REJECTION_REASONS = {"rejected": "decode_error", "parse_errors": "not_http"}
 
@@ -213,6 +214,16 @@ class Pipeline:
                 self.metrics.source_errors.labels(source, what).inc(delta)
             elif key.startswith("go_binary_rejected:"):
                 self.metrics.go_binaries_rejected.labels(key.split(":", 1)[1]).inc(delta)
+            elif key.startswith("packet_drops:"):
+                self.metrics.packet_drops.labels(key.split(":", 1)[1]).inc(delta)
+            elif key == "requests_before_traced":
+                self.metrics.requests_before_traced.inc(delta)
+        # Go processes: exec to fully traced (agent/go_exes.py), as the HTTP source measured them.
+        for s in self.sources:
+            take = getattr(s, "take_exec_to_traced", None)
+            if take is not None:
+                for seconds in take():
+                    self.metrics.exec_to_traced.observe(seconds)
         # Records a source refused, per source: malformed (the decoder failed) or not the protocol.
         for s in self.sources:
             counts = s.counters()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import mmap
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,7 @@ class TcpSource:
         self.decoded = 0
         self.drop_names: dict[int, str] = {}  # the running kernel's drop reasons; empty: drops not traced
         self._drop_tally: packet_drops.DropTally | None = None
+        self._drops_by_reason: Counter[str] = Counter()  # packet_drops:<reason> (Prometheus, not pipeline_counters)
         self._last_counters: dict[str, int] = {}
         self._closed: list[dict[str, Any]] = []  # decoded one by one (snapshot sweeps)
         self._ring: FixedRingReader | None = None
@@ -245,14 +247,17 @@ class TcpSource:
         except Exception as ex:  # the next call reports these drops: counts are cumulative
             self._errors.record("drops", ex, "packet drops not read this time")
             return 0
+        for row in rows:
+            self._drops_by_reason[row["reason"]] += row["drops"]
         if rows:
             self._emit(PACKET_DROP.name, rows_table(PACKET_DROP, rows, self._errors))
         return len(rows)
 
     def counters(self) -> dict[str, int]:
         """Cumulative kernel-side counters: records emitted, and records/connections lost."""
+        drops = {f"packet_drops:{reason}": n for reason, n in self._drops_by_reason.items()}
         if self._bpf is None:  # closed: the last values read
-            return {**self._last_counters, **self._errors.counters()}
+            return {**self._last_counters, **self._errors.counters(), **drops}
         stats = self._bpf["stats"]
         per_slot = [sum(stats[stats.Key(i)]) for i in range(ev.STAT_N)]
         self._last_counters = {
@@ -263,7 +268,7 @@ class TcpSource:
             "source_errors:tcp:kernel_drop_keys_full": per_slot[ev.STAT_DROP_KEYS_FULL],
             "decoded": self.decoded,
         }
-        return {**self._last_counters, **self._errors.counters()}
+        return {**self._last_counters, **self._errors.counters(), **drops}
 
     def close(self) -> None:
         if self._bpf is not None:

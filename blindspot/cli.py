@@ -7,7 +7,7 @@ import logging
 import sys
 
 from blindspot import __version__
-from blindspot.commands import agent, grafana, ingest, query, run
+from blindspot.commands import agent, canary, grafana, ingest, query, run
 from blindspot.metrics import MetricsAddressError
 from contract.errors import ConfigError
 
@@ -20,6 +20,8 @@ Go net/http request, kept in ClickHouse tables you query with SQL.
   blindspot agent --kafka HOST:PORT fleet mode: trace this host, publish to Kafka
   blindspot ingest --kafka HOST:PORT (--clickhouse URL | --data-dir DIR)
                                     fleet mode: Kafka -> ClickHouse, each record once
+  blindspot canary --service S --baseline V1 --canary V2
+                                    gate a deploy: the canary against its baseline (exit 0/1/2)
   blindspot grafana provision --url URL
                                     data source and dashboards into an existing Grafana
 """
@@ -35,7 +37,7 @@ BLINDSPOT_* environment variables and then by flags (blindspot/config.py lists e
 Tables live in database `blindspot`.
 """
 
-COMMANDS = {"run": run, "query": query, "agent": agent, "ingest": ingest, "grafana": grafana}
+COMMANDS = {"run": run, "query": query, "agent": agent, "ingest": ingest, "canary": canary, "grafana": grafana}
 
 
 def build_parser() -> argparse.ArgumentParser:

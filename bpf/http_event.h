@@ -13,6 +13,7 @@
 #endif
 #define BS_HTTP_STATUS_MAX 32 /* bytes of a response head kept: the status line */
 #define BS_HTTP_ROUTE_MAX 128 /* bytes of a Go ServeMux pattern kept */
+#define BS_HTTP_EXEC_PATH_MAX 128 /* bytes of an exec'd path kept (a process gone before user space saw it) */
 
 /* record kinds (first __u32 of every record) */
 #define BS_HTTP_EXCHANGE 1 /* struct http_event: one request and its response, or what was seen of it */
@@ -42,7 +43,8 @@
 #define BS_HTTP_STAT_LOST_MAP_FULL 2 /* connection table full: a connection is not tracked */
 #define BS_HTTP_STAT_UPROBE_HITS 3  /* Go uprobe hits */
 #define BS_HTTP_STAT_AUX_MAP_FULL 4 /* syscall-in-flight or Go client mark table full: an exchange may be missed */
-#define BS_HTTP_STAT_N 5
+#define BS_HTTP_STAT_PIDS_FULL 5    /* traced-process table full at exec: a process is traced late or not at all */
+#define BS_HTTP_STAT_N 6
 
 struct http_event {
 	__u32 kind;          /* BS_HTTP_EXCHANGE */
@@ -77,12 +79,27 @@ struct http_event {
 
 _Static_assert(sizeof(struct http_event) == 296 + BS_HTTP_HEAD_MAX, "struct http_event is shared with user space");
 
+/* http_proc.flags (exec): what the kernel did at exec, from the executable's entry in `exes` */
+#define BS_HTTP_EXEC_TRACED (1u << 0)  /* known Go executable: traced from exec, with its offsets */
+#define BS_HTTP_EXEC_PENDING (1u << 1) /* executable not known yet: traced, offsets unknown, until user space decides */
+#define BS_HTTP_EXEC_NO_INODE (1u << 2) /* the executable's inode could not be read */
+
+/* go_proc.state (maps `pids` and `exes`) */
+#define BS_GO_READY 0      /* offsets valid (-1 = that field unknown) */
+#define BS_GO_PENDING 1    /* traced since exec; the executable is being read */
+#define BS_GO_NOT_TRACED 2 /* `exes` only: not a Go program we trace; its processes are not traced */
+
 struct http_proc {
-	__u32 kind; /* BS_HTTP_PROC_EXEC / BS_HTTP_PROC_EXIT */
-	__u32 pid;  /* tgid */
-	__u64 ts_ns;
+	__u32 kind;  /* BS_HTTP_PROC_EXEC / BS_HTTP_PROC_EXIT */
+	__u32 pid;   /* tgid */
+	__u64 ts_ns; /* CLOCK_MONOTONIC ns */
+	__u64 dev;   /* exec: the executable's super_block s_dev (kernel encoding: major << 20 | minor) */
+	__u64 ino;   /* exec: the executable's inode number */
+	__u32 flags; /* exec: BS_HTTP_EXEC_* */
+	__u32 _pad;
+	char filename[BS_HTTP_EXEC_PATH_MAX]; /* exec: the path exec'd, as given (may be cut or relative) */
 };
 
-_Static_assert(sizeof(struct http_proc) == 16, "struct http_proc is shared with user space");
+_Static_assert(sizeof(struct http_proc) == 40 + BS_HTTP_EXEC_PATH_MAX, "struct http_proc is shared with user space");
 
 #endif /* BLINDSPOT_HTTP_EVENT_H */

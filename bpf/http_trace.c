@@ -12,6 +12,10 @@
 //   BS_OFF_SOCKET_SK, BS_OFF_SKC_*                           (fd -> struct sock -> addresses)
 //   BS_SOCKET_FILE_OPS                                       &socket_file_ops (kallsyms), 0 = unchecked
 //   BS_GO_UPROBES                                            compile the Go uprobe programs
+//   BS_OFF_TASK_MM, BS_OFF_MM_EXE_FILE, BS_OFF_FILE_F_INODE, the executable's inode at exec (BTF)
+//   BS_OFF_INODE_I_INO, BS_OFF_INODE_I_SB, BS_OFF_SB_S_DEV
+//   BS_TRACE_ON_EXEC                                         trace a process from its exec (1), or only
+//                                                            once user space adds it (0: a pid allow-list)
 #include <uapi/linux/ptrace.h>
 #include "http_event.h"
 
@@ -19,7 +23,14 @@ struct go_proc {
 	// Go struct field offsets for this process's binary (DWARF or per-version table); -1 = unknown.
 	__s16 response_conn, response_req, conn_rwc, req_pattern, req_pat, pattern_str;
 	__s16 persistconn_conn, tcpconn_fd, netfd_sysfd;
-	__u16 _pad;
+	__u16 state; // BS_GO_*
+};
+
+// An executable file, as the kernel names it: uprobes belong to the file, and every process of one
+// file shares its offsets.
+struct exe_key {
+	__u64 dev; // super_block s_dev
+	__u64 ino;
 };
 
 struct inflight {
@@ -42,7 +53,10 @@ struct go_client_mark {
 	__u64 goroutine;
 };
 
-BPF_HASH(pids, __u32, struct go_proc, 4096);                    // traced tgids (user space fills)
+BPF_HASH(pids, __u32, struct go_proc, 4096);                    // traced tgids (exec, or user space)
+// Executables user space has read: Go ones with their offsets (a new process is traced from its exec,
+// before it runs a single instruction), and those it does not trace. LRU: an evicted one is read again.
+BPF_TABLE("lru_hash", struct exe_key, struct go_proc, exes, 4096);
 // Unused since the exit probes read the syscall's arguments from its saved registers (issue 13); still
 // declared (1 entry) because user space sweeps it by name (agent/http_source.py _forget_pid).
 BPF_HASH(inflight_io, __u64, struct inflight, 1);
@@ -52,7 +66,7 @@ BPF_HASH(flushed, __u64, __u64, 16384);                         // tgid<<32|fd -
 BPF_PERCPU_ARRAY(zero_conn, struct conn_state, 1);              // template for new entries
 BPF_PERCPU_ARRAY(stats, __u64, BS_HTTP_STAT_N);
 BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES); // struct http_event only: user space reads it at a fixed stride
-BPF_RINGBUF_OUTPUT(proc_events, 64);            // struct http_proc
+BPF_RINGBUF_OUTPUT(proc_events, 256);           // struct http_proc (168 bytes: ~6,000 exec/exit records)
 
 // Clamp a length so the verifier can see the bound: the empty asm keeps clang from folding the
 // check into an earlier comparison on another register.
@@ -357,17 +371,65 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 	return 0;
 }
 
-// Every exec: user space decides whether the new program is Go (build info) and should be traced.
+// Every exec. A Go executable user space has read before is traced here, from the exec on, with its
+// offsets; one not read yet is traced at once too (pending: its requests are captured, user space
+// reads the file and then fills the offsets or stops tracing it); one known not to be ours is not.
+// The event tells user space which, with the file's identity.
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	void *mm = 0, *file = 0, *inode = 0, *sb = 0;
+	struct exe_key key = {};
+	__u32 dev = 0, flags = 0;
+	bpf_probe_read_kernel(&mm, sizeof(mm), (char *)task + BS_OFF_TASK_MM);
+	if (mm)
+		bpf_probe_read_kernel(&file, sizeof(file), (char *)mm + BS_OFF_MM_EXE_FILE);
+	if (file)
+		bpf_probe_read_kernel(&inode, sizeof(inode), (char *)file + BS_OFF_FILE_F_INODE);
+	if (inode) {
+		bpf_probe_read_kernel(&key.ino, sizeof(key.ino), (char *)inode + BS_OFF_INODE_I_INO);
+		bpf_probe_read_kernel(&sb, sizeof(sb), (char *)inode + BS_OFF_INODE_I_SB);
+	}
+	if (sb) {
+		bpf_probe_read_kernel(&dev, sizeof(dev), (char *)sb + BS_OFF_SB_S_DEV);
+		key.dev = dev;
+	}
+	struct go_proc *known = key.ino ? exes.lookup(&key) : 0;
+	if (!key.ino)
+		flags |= BS_HTTP_EXEC_NO_INODE;
+	if (known && known->state == BS_GO_READY) {
+		struct go_proc gp = *known;
+		if (pids.update(&tgid, &gp) == 0)
+			flags |= BS_HTTP_EXEC_TRACED;
+		else
+			count(BS_HTTP_STAT_PIDS_FULL);
+	} else if (!known && BS_TRACE_ON_EXEC) {
+		struct go_proc gp = {-1, -1, -1, -1, -1, -1, -1, -1, -1, BS_GO_PENDING};
+		if (pids.update(&tgid, &gp) == 0)
+			flags |= BS_HTTP_EXEC_PENDING;
+		else
+			count(BS_HTTP_STAT_PIDS_FULL);
+	} else {
+		pids.delete(&tgid); // a traced process that exec'd another program: the old offsets are wrong
+	}
 	struct http_proc *r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
 	if (!r) {
 		count(BS_HTTP_STAT_LOST_RINGBUF);
 		return 0;
 	}
 	r->kind = BS_HTTP_PROC_EXEC;
-	r->pid = bpf_get_current_pid_tgid() >> 32;
+	r->pid = tgid;
 	r->ts_ns = bpf_ktime_get_ns();
+	r->dev = key.dev;
+	r->ino = key.ino;
+	r->flags = flags;
+	r->_pad = 0;
+	// The path as exec'd: a process that is gone before user space reads /proc/<pid>/exe (a short
+	// command) still names its file, checked against (dev, ino) before it is read.
+	unsigned short loc = args->data_loc_filename & 0xFFFF;
+	if (bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), (char *)args + loc) < 0)
+		r->filename[0] = 0;
 	proc_events.ringbuf_submit(r, 0);
 	return 0;
 }
@@ -388,6 +450,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	r->kind = BS_HTTP_PROC_EXIT;
 	r->pid = tgid;
 	r->ts_ns = bpf_ktime_get_ns();
+	r->dev = 0;
+	r->ino = 0;
+	r->flags = 0;
+	r->_pad = 0;
+	r->filename[0] = 0;
 	proc_events.ringbuf_submit(r, 0);
 	return 0;
 }

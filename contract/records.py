@@ -1,9 +1,10 @@
 """Record kinds: what a record is called on each edge (table, Kafka topic) and which columns it has.
 
-A record is a plain dict keyed by column name. Times are ``int`` nanoseconds since the Unix epoch
-(UTC), addresses are text (IPv4 as ``1.2.3.4``, stored as IPv4-mapped IPv6). The column list is the
-contract between the agent, the wire format and the tables in ``ingest/migrations``;
-tests/test_records.py checks it against the DDL on the real engine.
+Records travel as Arrow tables of the kind's schema (``to_arrow`` / ``to_rows`` convert from and to
+dicts keyed by column name, for tests and single records). Times are ``int`` nanoseconds since the Unix
+epoch (UTC), addresses are text (IPv4 as ``1.2.3.4``, stored as IPv4-mapped IPv6). The column list is
+the contract between the agent, the wire format and the tables in ``ingest/migrations``;
+tests/test_schema.py checks it against the DDL on the real engine.
 """
 
 from __future__ import annotations

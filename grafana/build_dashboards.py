@@ -326,6 +326,54 @@ def routed(select: str, tail: str) -> str:
 
 ROUTED_HELP = ("Inbound requests of the router (the X-Gray-Version they arrived with) joined to the upstream "
                "request that served them (its version). Raw rows: the last hour of the range.")
+# Every hop (issue 12): the parameterized views of 0045_gray_hops.sql, over the last hour of the range.
+_HOPS_WINDOW = "t_from = greatest($__fromTime, $__toTime - INTERVAL 1 HOUR), t_to = $__toTime"
+_HOPS_SERVICE = ("$__conditionalAll((callee_service IN (${service:singlequote}) OR caller_service IN "
+                 "(${service:singlequote})), $service)")
+HOPS_HELP = ("Every hop of every request, at any depth (blindspot.http_chains): who called whom, in which gray "
+             "lane (the X-Gray-Version the request entered with, else the version of the first gray service it "
+             "reached) and which version served it. Linked by parent request (Go uprobes) or a forwarded "
+             "X-Request-ID, and the connection seen from both ends. Raw rows: the last hour of the range.")
+LEAKS_HELP = ("Requests that reached another version of a gray service than their lane while that service runs "
+              "the lane's version (entered as v2, reached v1 while a v2 runs, or the reverse): "
+              "blindspot.gray_leaks. Examples: the entering request's X-Request-ID (else host:request_id) to "
+              "drill into with SQL.")
+
+# The verdict panel runs blindspot/commands/canary.py's statement itself; only what it compares (each service's
+# versions against the one with most traffic in the window) and the window come from the dashboard.
+_CANARY_FROM, _CANARY_TO = "greatest($__fromTime, $__toTime - INTERVAL 15 MINUTE)", "$__toTime"
+CANARY_PAIRS = (
+    "SELECT service, baseline, service_version AS canary, nan AS weight FROM (\n"
+    "  SELECT service, service_version,\n"
+    "         first_value(service_version) OVER (PARTITION BY service ORDER BY n DESC, service_version)"
+    " AS baseline\n"
+    "  FROM (SELECT service, service_version, count() AS n FROM blindspot.http_requests\n"
+    f"        WHERE side = 'server' AND time >= {_CANARY_FROM} AND time <= {_CANARY_TO}\n"
+    f"          AND {cond('service', 'service')}\n"
+    "        GROUP BY service, service_version))\n"
+    "WHERE service_version != baseline\n"
+    "  AND $__conditionalAll((service_version IN (${version:singlequote}) OR baseline IN (${version:singlequote})),"
+    " $version)")
+CANARY_HELP = ("Each version of a service against the version with most traffic in the last 15 minutes of the "
+               "range, by the statement and default rules of `blindspot canary` (docs/canary.md): errors "
+               "(Fisher exact), latency (Mann-Whitney U and the p99 tail), gray leaks. With the range ending now, "
+               "`blindspot canary --since 15m` gives the same verdict.")
+
+
+def canary_verdict() -> str:
+    from blindspot.commands.canary import dashboard_sql
+
+    stmt = dashboard_sql(CANARY_PAIRS, _CANARY_FROM, _CANARY_TO)
+    return ("SELECT service, canary, baseline, verdict, arrayStringConcat(reasons, ', ') AS why,\n"
+            "       requests_baseline, requests_canary, round(error_rate_baseline, 4) AS error_rate_baseline,\n"
+            "       round(error_rate_canary, 4) AS error_rate_canary, round(error_p, 4) AS error_p,\n"
+            "       round(p50_baseline_ms, 3) AS p50_baseline_ms, round(p50_canary_ms, 3) AS p50_canary_ms,\n"
+            "       round(p99_baseline_ms, 3) AS p99_baseline_ms, round(p99_canary_ms, 3) AS p99_canary_ms,\n"
+            "       round(latency_p, 4) AS latency_p, round(tail_p, 4) AS tail_p,\n"
+            "       round(canary_share, 4) AS canary_share, gray_leaks\n"
+            f"FROM (\n{stmt}\n)")
+
+
 def gray_release() -> Board:
     f = "side = 'server' AND " + HTTP_F.replace(" AND " + cond("route", "route"), "")
     b = Board("blindspot-gray-release", "Blindspot / Gray release",
@@ -351,19 +399,24 @@ def gray_release() -> Board:
                "header, count() / greatest($__interval_s, 60) AS misrouted",
         tail="WHERE header NOT IN ('(no header)', served_by) GROUP BY time, header ORDER BY time"), 0,
         unit="reqps", field=TS, description=ROUTED_HELP + " Only requests whose header named another version.")
-    b.panel("table", "Verdict per version (canary vs baseline = version with most traffic)", (
-        "SELECT service, version, request_count, error_rate, p99_ms,\n"
-        "       max(if(is_base, error_rate, 0)) OVER (PARTITION BY service) AS base_error_rate,\n"
-        "       max(if(is_base, p99_ms, 0)) OVER (PARTITION BY service) AS base_p99_ms,\n"
-        "       multiIf(is_base, 'baseline', request_count < 100, 'too little traffic',\n"
-        "               error_rate > base_error_rate * 1.5 + 0.001, 'worse: errors',\n"
-        "               p99_ms > base_p99_ms * 1.2 + 1, 'worse: latency', 'ok') AS verdict\n"
-        "FROM (\n  SELECT *, request_count = max(request_count) OVER (PARTITION BY service) AS is_base\n"
-        "  FROM (\n"
-        + tiered(f"service, service_version AS version, sum(requests) AS request_count, "
-                 f"round(sum(errors) / sum(requests), 4) AS error_rate, {pq('latency_hist', 0.99)} AS p99_ms",
-                 "http", f, "service, version", step=False)
-        + "\n))\nORDER BY service, request_count DESC"), 1, w=24, options=TABLE_OPTS)
+    b.panel("table", "Every hop: caller -> callee, gray lane -> version that served, last hour of the range", (
+        "SELECT caller_service, caller_version, callee_service, lane, lane_source, callee_version,\n"
+        "       count() AS request_count, sum(leak) AS leaks\n"
+        f"FROM blindspot.http_chains({_HOPS_WINDOW})\n"
+        f"WHERE depth > 0 AND {_HOPS_SERVICE}\n"
+        "GROUP BY ALL ORDER BY caller_service, callee_service, lane, callee_version, caller_version"), 1,
+            options=TABLE_OPTS, description=HOPS_HELP)
+    b.panel("table", "Gray leaks, last hour of the range: per service pair and lane, with examples", (
+        "SELECT caller_service, caller_version, callee_service, callee_version, lane, lane_source,\n"
+        "       count() AS leak_count, max(time) AS latest,\n"
+        "       arrayStringConcat(groupUniqArray(5)(if(root_x_request_id != '', root_x_request_id,\n"
+        "           concat(root_host, ':', toString(root_request_id)))), ' ') AS examples\n"
+        f"FROM blindspot.gray_leaks({_HOPS_WINDOW})\n"
+        f"WHERE {_HOPS_SERVICE}\n"
+        "GROUP BY ALL ORDER BY leak_count DESC LIMIT 100"), 1, options=TABLE_OPTS,
+            description=LEAKS_HELP)
+    b.panel("table", "Canary verdict, last 15 minutes of the range (same rules as `blindspot canary`)",
+            canary_verdict(), 1, w=24, options=TABLE_OPTS, description=CANARY_HELP)
     return b
 
 

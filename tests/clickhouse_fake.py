@@ -65,7 +65,7 @@ class FakeClickHouse:
 
             def _answer(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
-                params = dict(urllib.parse.parse_qsl(url.query))
+                params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))  # param_x= is ""
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 query = params.get("query", "")
                 if not query.lstrip().upper().startswith("INSERT"):

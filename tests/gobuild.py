@@ -27,7 +27,7 @@ CACHE = Path(os.environ.get("BLINDSPOT_GO_CACHE", Path.home() / ".cache" / "blin
 # Spans the Go 1.21..1.26 range the issue asks for; override with BLINDSPOT_GO_VERSIONS="go1.x.y ...".
 GO_VERSIONS = os.environ.get("BLINDSPOT_GO_VERSIONS", "go1.21.13 go1.22.12 go1.23.12 go1.26.8").split()
 VARIANTS = {"plain": [], "stripped": ["-ldflags=-s -w"]}
-PROGRAMS = ("server", "client", "router")
+PROGRAMS = ("server", "client", "router", "gray")
 # GOFLAGS from the environment (or a go env file) would otherwise change the build behind our back.
 GO_ENV = {"CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false", "GOOS": "linux", "GOARCH": "amd64"}
 

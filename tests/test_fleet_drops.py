@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,23 +13,12 @@ from prometheus_client import CollectorRegistry
 from agent.kafka_sink import KafkaSink, KafkaSinkConfig
 from contract import wire
 from contract.records import PACKET_DROP, TCP_CONNECTION
-from ingest.clickhouse_sink.service import ChdbService, open_service
-from ingest.schema import migrate
+from ingest.clickhouse_sink.service import ChdbService
 from tests.kafka_fixture import create_topics, make_rows, prefix
-from tests.test_fleet_pipeline import start_worker, stored, wait_for
+from tests.test_fleet_pipeline import engine, start_worker, stored, wait_for
 
-__all__ = ["prefix"]  # fixtures used by name
+__all__ = ["engine", "prefix"]  # fixtures used by name
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def engine(tmp_path) -> Iterator[ChdbService]:
-    svc = open_service(data_dir=tmp_path / "chdb")
-    migrate(svc)
-    try:
-        yield svc  # type: ignore[misc]
-    finally:
-        svc.close()
 
 
 def drop_rows(n: int) -> list[dict[str, Any]]:

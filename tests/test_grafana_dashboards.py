@@ -275,3 +275,30 @@ def test_routing_matrix_follows_the_links(engine: Any) -> None:
     assert {h for h, _ in n} == {"(no header)", "v1", "v2"}
     for v, other in (("v1", "v2"), ("v2", "v1")):
         assert n[(v, v)] > 5 * n.get((v, other), 0) > 0
+
+
+def test_hop_and_leak_panels_agree_with_the_routing_matrix(engine: Any) -> None:
+    """The seed's router does not forward X-Gray-Version: a request that entered with a header and was
+    routed to the other version of shop is a gray leak (both versions run). The leak panel counts what
+    the one-hop routing matrix shows as routed against the header, and the per-hop panel has every
+    routed request, in its lane."""
+    board = dashboards()["gray-release"]
+    by_title = {p["title"]: p["targets"][0]["rawSql"] for p in board["panels"]}
+    base = gs.context_for(6 * 3600)
+    ctx = gs.QueryContext(base.time_from, base.time_to, base.interval_ms,
+                          {"service": ["shop"], "host": gs.ALL, "version": gs.ALL}, {"host": [], "version": []})
+    _, matrix = run_panel(engine, gs.expand(next(v for k, v in by_title.items() if k.startswith("Routing matrix")),
+                                            ctx))
+    _, hops = run_panel(engine, gs.expand(next(v for k, v in by_title.items() if k.startswith("Every hop")), ctx))
+    _, leaks = run_panel(engine, gs.expand(next(v for k, v in by_title.items() if k.startswith("Gray leaks, ")), ctx))
+    against = {(h, v): int(c) for h, v, c in matrix if h != "(no header)" and h != v}
+    assert against and all(n > 0 for n in against.values())
+    # leaks: caller, caller version, callee, callee version, lane, lane source, count, latest, examples
+    assert {(lane, v): int(n) for _, _, callee, v, lane, src, n, _, ex in leaks
+            if callee == "shop" and src == "header" and ex} == against
+    # hops: caller, caller version, callee, lane, lane source, callee version, count, leaks
+    routed = {(h, v): int(c) for h, v, c in matrix}
+    per_hop = {(lane if src == "header" else "(no header)", v): int(n) for c, _, callee, lane, src, v, n, _ in hops
+               if c == "router" and callee == "shop"}
+    assert per_hop == routed
+    assert sum(int(lk) for *_, lk in hops) == sum(against.values())

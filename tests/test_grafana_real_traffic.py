@@ -158,7 +158,10 @@ GRAY_SERVICE, ROUTER_SERVICE = "bs-gray-shop", "bs-gray-router"
 # Without Go uprobes (the agent's default) outbound requests carry no parent link: the two panels that
 # join inbound to upstream rows may be empty then.
 HTTP_MAY_BE_EMPTY = {"Routing matrix, last hour of the range: X-Gray-Version -> version that served",
-                     "Requests routed against their header, last hour of the range"}
+                     "Requests routed against their header, last hour of the range",
+                     # issue 12: hops (no links without uprobes) and leaks (none when routing is right)
+                     "Every hop: caller -> callee, gray lane -> version that served, last hour of the range",
+                     "Gray leaks, last hour of the range: per service pair and lane, with examples"}
 
 
 def _go_build() -> dict[str, str]:

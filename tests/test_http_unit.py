@@ -67,7 +67,7 @@ def test_event_layout_matches_header() -> None:
         cls = ev.event_class(head_max)
         assert C.sizeof(cls) == 296 + head_max
         assert cls.head.offset == 296  # type: ignore[attr-defined]
-    assert C.sizeof(ev.HttpProc) == 16
+    assert C.sizeof(ev.HttpProc) == 40 + ev.EXEC_PATH_MAX == 168
 
 
 @pytest.mark.go

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -77,7 +77,7 @@ def test_http_proc_callback_never_raises() -> None:
 
     src._consider = boom  # type: ignore[method-assign]
     rec = hev.HttpProc()
-    rec.kind, rec.pid = hev.KIND_PROC_EXEC, 4242
+    rec.kind, rec.pid, rec.flags = hev.KIND_PROC_EXEC, 4242, hev.EXEC_PENDING
     for _ in range(3):
         src._on_proc(None, C.addressof(rec), C.sizeof(rec))
     assert src._errors.counters() == {"source_errors:http:proc_event": 3}
@@ -301,7 +301,7 @@ def test_refusals_and_source_errors_reach_prometheus() -> None:
         name = "src"
 
         def counters(self) -> dict[str, int]:
-            return {"go_binary_rejected:nobits": 2, "source_errors:src:proc_event": 3}
+            return {"go_binary_rejected:nobits": 2, "source_errors:src:proc_event": 3, "packet_drops:NO_SOCKET": 7}
 
     p = Pipeline([_Src()], _Collect(), PipelineConfig(), host="h",
                  metrics=AgentMetrics.on(CollectorRegistry()))
@@ -309,3 +309,81 @@ def test_refusals_and_source_errors_reach_prometheus() -> None:
     p.export_metrics()  # deltas: nothing new the second time
     assert p.metrics.go_binaries_rejected.labels("nobits")._value.get() == 2
     assert p.metrics.source_errors.labels("src", "proc_event")._value.get() == 3
+    assert p.metrics.packet_drops.labels("NO_SOCKET")._value.get() == 7
+    rows = {}
+    p.report_counters()
+    for _kind, batch in p.batcher.drain():
+        rows.update({r["counter"]: r["value"] for r in PIPELINE_COUNTER.to_rows(batch)})
+    assert "packet_drops:NO_SOCKET" not in rows  # drops have their own table, not pipeline_counters
+
+
+def test_exec_to_traced_and_requests_before_traced_reach_prometheus() -> None:
+    class _Src(_Flaky):
+        name = "http"
+        figures: ClassVar[list[list[float]]] = [[0.0, 0.02, 0.3], []]
+
+        def counters(self) -> dict[str, int]:
+            return {"requests_before_traced": 5}
+
+        def take_exec_to_traced(self) -> list[float]:
+            return self.figures.pop(0) if self.figures else []
+
+    p = Pipeline([_Src()], _Collect(), PipelineConfig(), host="h",
+                 metrics=AgentMetrics.on(CollectorRegistry()))
+    p.export_metrics()
+    p.export_metrics()  # deltas, and figures taken once
+    assert p.metrics.requests_before_traced._value.get() == 5
+    samples = {s.name: s.value for m in p.metrics.exec_to_traced.collect() for s in m.samples
+               if s.name.endswith(("_count", "_sum"))}
+    assert samples == {"blindspot_http_exec_to_traced_seconds_count": 3,
+                       "blindspot_http_exec_to_traced_seconds_sum": pytest.approx(0.32)}
+
+
+def test_exe_registry_attach_failure_counted_retried_and_published_only_when_ready() -> None:
+    """A uprobe that fails to attach (the OSError the issue saw raised inside the exec callback) is
+    counted, the file is not handed to the kernel (its next processes are read and retried, never traced
+    at exec without their probes), and the next process of the file attaches it once."""
+    from agent.go_binary import GoBinary
+    from agent.go_exes import ExeRegistry, kernel_dev
+
+    errors = SourceErrors("http", logging.getLogger("test"))
+    attached: list[tuple[str, int, str]] = []
+    kernel: dict[tuple[int, int], Any] = {}
+    fail = [True]
+
+    def attach(path: str, off: int, prog: str) -> bytes:
+        if fail[0]:
+            raise OSError(f"uprobe {prog} at {path}+{off:#x} failed")
+        attached.append((path, off, prog))
+        return f"ev_{off:x}".encode()
+
+    def set_kernel(key: tuple[int, int], leaf: Any) -> None:
+        if leaf is None:
+            kernel.pop(key, None)
+        else:
+            kernel[key] = leaf
+
+    reg = ExeRegistry(attach, lambda ev: None, set_kernel, errors.record)
+    st = os.stat(f"/proc/{os.getpid()}/exe")
+    inode = (st.st_dev, st.st_ino)
+    binary = GoBinary.__new__(GoBinary)
+    probes = [(0x1000, "uprobe_finish_request"), (0x2000, "uprobe_persistconn_roundtrip")]
+    exe = reg.add(os.getpid(), inode, binary, probes)
+    assert exe is not None and not exe.ready
+    reg.publish(exe, "leaf")
+    assert kernel == {} and errors.counters() == {"source_errors:http:uprobe_attach_failed": 2}
+    fail[0] = False
+    again = reg.add(os.getpid(), inode, binary, probes)
+    assert again is exe and exe.ready and len(attached) == 2
+    assert reg.add(os.getpid(), inode, binary, probes) is exe and len(attached) == 2  # once per file
+    assert all(path == f"/proc/self/fd/{exe.fd}" for path, _, _ in attached)
+    reg.publish(exe, "leaf", key=(7, 8))
+    assert kernel == {(kernel_dev(st.st_dev), st.st_ino): "leaf", (7, 8): "leaf"}
+    # The last process of the file exits: probes detached, the kernel forgets the file (it may be
+    # rewritten in place while nobody runs it: a probe at an old offset would break the new code).
+    reg.gone(os.getpid(), inode)
+    assert kernel == {} and reg.exes == {} and reg.c["exes_detached"] == 1
+    exe = reg.add(os.getpid(), inode, binary, probes)
+    assert exe is not None and exe.ready and len(attached) == 4
+    reg.close()
+    assert reg.exes == {}

@@ -18,12 +18,13 @@ from tests.grafana_seed import seed
 
 S = 1_000_000_000
 # {name}_1m and {name}_1h -> (a summed column, a filter, its total in the seed: tests/grafana_seed.py)
-PAIRS = {
+PAIRS: dict[str, tuple[str, str, int | None]] = {
     "tcp_conn": ("closed", "service != 'tier-dedup'", 3000),
     "tcp_conn_fleet": ("closed", "service != 'tier-dedup'", 3000),
     "http": ("requests", "1", 18000),
     "http_fleet": ("requests", "1", 18000),
     "pipeline_counters": ("value", "counter = 'captured'", 3 * 180 * 1000),  # 3 hosts, 180 minutes
+    "packet_drops": ("drops", "1", None),  # None: random counts, the raw table's sum
 }
 
 
@@ -36,6 +37,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbService]:
     assert seeded["tcp"] == 3000 and seeded["http"] == 18000
     yield svc
     svc.close()  # chDB serves one folder per process: the next module opens its own
+
+
+# Tables whose engine is a SummingMergeTree: their summed columns are plain numbers.
+SUMMED = {"pipeline_counters": ("value",), "packet_drops": ("drops", "conn_drops")}
 
 
 def columns(service: ChdbService, table: str) -> list[tuple[str, str]]:
@@ -51,8 +56,7 @@ def hourly(cols: list[tuple[str, str]], table: str, hour: str) -> str:
     for name, typ in cols:
         if name in ("minute", "hour"):
             keys.append(f"{hour} AS hour")
-        elif typ.startswith("SimpleAggregateFunction(sum,") or (table.startswith("pipeline_counters_")
-                                                                 and name == "value"):  # SummingMergeTree
+        elif typ.startswith("SimpleAggregateFunction(sum,") or name in SUMMED.get(table.rsplit("_", 1)[0], ()):
             values.append(f"sum({name}) AS {name}")
         elif typ.startswith("AggregateFunction(sumForEach,"):
             values.append(f"sumForEachMerge({name}) AS {name}")
@@ -79,6 +83,10 @@ def test_hour_tier_is_minute_tier_reaggregated(service: ChdbService, name: str) 
                                    "GROUP BY toStartOfHour(minute)").to_pylist()
     assert max(r["m"] for r in per_hour) > 1
     column, where, total = PAIRS[name]
+    if total is None:
+        raw = service.query_arrow(f"SELECT sum({column}) AS n FROM blindspot.{name} WHERE {where}").to_pylist()
+        total = raw[0]["n"]
+        assert total > 0
     for tier in ("1m", "1h"):
         got = service.query_arrow(f"SELECT sum({column}) AS n FROM blindspot.{name}_{tier} WHERE {where}")
         assert got.to_pylist() == [{"n": total}], tier

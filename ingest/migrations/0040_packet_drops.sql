@@ -33,42 +33,24 @@ TTL toDateTime(time) + INTERVAL {retention_days} DAY
 SETTINGS non_replicated_deduplication_window = 10000;
 
 -- Per minute (3 days) and per hour (retention), per host and reason, as the other rollups
--- (0033_pipeline_rollups.sql): a retried batch is deduplicated here too (own window, and
+-- (0033_pipeline_rollups.sql; the {tier} table and view are made once per tier, TIERS in
+-- ingest/schema.py): a retried batch is deduplicated here too (own window, and
 -- deduplicate_blocks_in_dependent_materialized_views=1 set by the sink).
-CREATE TABLE IF NOT EXISTS blindspot.packet_drops_1m
+CREATE TABLE IF NOT EXISTS blindspot.packet_drops_{tier}
 (
-    minute     DateTime('UTC'),
+    {bucket}   DateTime('UTC'),
     host       LowCardinality(String),
     reason     LowCardinality(String),
     drops      UInt64,
     conn_drops UInt64
 )
 ENGINE = SummingMergeTree((drops, conn_drops))
-PARTITION BY toDate(minute)
-ORDER BY (host, reason, minute)
-TTL minute + INTERVAL 3 DAY
+PARTITION BY toDate({bucket})
+ORDER BY (host, reason, {bucket})
+TTL {bucket} + INTERVAL {bucket_ttl_days} DAY
 SETTINGS non_replicated_deduplication_window = 10000;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.packet_drops_1m_mv TO blindspot.packet_drops_1m AS
-SELECT toStartOfMinute(time) AS minute, host, reason, sum(drops) AS drops, sum(conn_drops) AS conn_drops
+CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.packet_drops_{tier}_mv TO blindspot.packet_drops_{tier} AS
+SELECT {start_of_bucket}(time) AS {bucket}, host, reason, sum(drops) AS drops, sum(conn_drops) AS conn_drops
 FROM blindspot.packet_drops
-GROUP BY minute, host, reason;
-
-CREATE TABLE IF NOT EXISTS blindspot.packet_drops_1h
-(
-    hour       DateTime('UTC'),
-    host       LowCardinality(String),
-    reason     LowCardinality(String),
-    drops      UInt64,
-    conn_drops UInt64
-)
-ENGINE = SummingMergeTree((drops, conn_drops))
-PARTITION BY toDate(hour)
-ORDER BY (host, reason, hour)
-TTL hour + INTERVAL {retention_days} DAY
-SETTINGS non_replicated_deduplication_window = 10000;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.packet_drops_1h_mv TO blindspot.packet_drops_1h AS
-SELECT toStartOfHour(time) AS hour, host, reason, sum(drops) AS drops, sum(conn_drops) AS conn_drops
-FROM blindspot.packet_drops
-GROUP BY hour, host, reason;
+GROUP BY {bucket}, host, reason;
