@@ -172,7 +172,7 @@ class HttpSource:
         self._exes: ExeRegistry | None = None
         self._exited_pending: dict[int, float] = {}
         self._ready_ns: dict[int, int] = {}  # pid -> when the inspector thread made it fully traced
-        self._exec_paths: dict[int, bytes] = {}  # pid -> the path it exec'd (pending ones only)
+        self._exec_paths: dict[int, bytes] = {}  # pid -> the path it exec'd (processes the kernel traces)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -306,8 +306,12 @@ class HttpSource:
                 exe_path = os.readlink(f"/proc/{pid}/exe")
             except OSError:  # gone already: the path it exec'd (its file is checked before it is read)
                 exe_path = self._exec_paths.get(pid, b"").decode("utf-8", "replace")
+                if not exe_path.startswith("/"):  # relative to a working directory we cannot know
+                    exe_path = ""
             if not exe_path:
-                self._untrace(pid, definitive=False)
+                # A file the kernel traced at exec was accepted when user space published it.
+                if not self._adopt_exited(pid):
+                    self._untrace(pid, definitive=False)
                 return
             if not exe_path.startswith(self.cfg.exe_prefix):
                 self._untrace(pid, definitive=True)
@@ -322,6 +326,8 @@ class HttpSource:
         if pid in self._inspecting:
             return
         snap = go_procs.snapshot(pid)
+        if snap is None and self._adopt_exited(pid):  # gone already, its file known to the kernel at exec
+            return
         info = self._execs.get(pid)
         path = self._exec_paths.pop(pid, b"")
         if snap is None and info is not None and path:  # gone already: its file, by the path it exec'd
@@ -341,17 +347,28 @@ class HttpSource:
 
     def _adopt_exited(self, pid: int) -> bool:
         """A process the kernel traced from its exec (its file known) that exited before user space saw
-        the exec: its records are named after its file (its environment is gone with it)."""
+        the exec: its records are named after its file, by the kernel's (dev, ino) of the exec, not by
+        its path (which may name a newer build by now); its environment is gone with it. Exited means
+        its executable no longer resolves: a zombie (not reaped yet) still has /proc/<pid>."""
         info = self._execs.get(pid)
-        if info is None or not info[2] & ev.EXEC_TRACED or self._exes is None or os.path.exists(f"/proc/{pid}"):
+        if info is None or not info[2] & ev.EXEC_TRACED or self._exes is None or self.bpf is None \
+                or os.path.exists(f"/proc/{pid}/exe"):
             return False
         exe = self._exes.by_kernel_key(info[1])
         if exe is None:
             return False
         del self._execs[pid]
+        self._exec_paths.pop(pid, None)
         name, version = go_procs.service_identity(exe.binary, {}, "")
         self._gone[pid] = (GoProcess(pid, f"/proc/{pid}/exe", "", exe.binary, name, version, exe.inode), self._decodes)
         self._exes.traced(pid, info[0], at_exec=True)
+        # What _detach does at the exit of an attached process (its exit event, read later, finds
+        # nothing to do): the exchanges still open when it exited (a keep-alive client's last one per
+        # connection) go now, named while it is in _gone, and its kernel entries are forgotten.
+        self._sweep_quiet(exited=pid)
+        with contextlib.suppress(KeyError):
+            del self.bpf["pids"][C.c_uint32(pid)]
+        self._forget_pid(pid)
         return True
 
     def _untrace(self, pid: int, definitive: bool) -> None:
@@ -530,6 +547,7 @@ class HttpSource:
         # Probes once per executable file, shared by all its processes (agent/go_exes.py).
         exe = self._exes.add(p.pid, p.inode, p.binary, self._probes(p))
         info = self._execs.pop(p.pid, None)
+        self._exec_paths.pop(p.pid, None)
         if exe is not None and not self.cfg.pids:  # new processes of this file: traced from their exec
             self._exes.publish(exe, gp, info[1] if info is not None and info[1][1] else None)
         # Only now is it traced: callers may wait for this before sending traffic.
@@ -659,7 +677,9 @@ class HttpSource:
             rec = C.cast(data, C.POINTER(ev.HttpProc)).contents
             pid = rec.pid
             if rec.kind == ev.KIND_PROC_EXEC:
-                if rec.flags & ev.EXEC_PENDING and len(self._exec_paths) < MAX_EXECS:
+                # Pending and traced ones alike: a short process is gone before user space reads
+                # /proc/<pid>/exe, and exe_prefix is then checked against the path it exec'd.
+                if rec.flags & (ev.EXEC_PENDING | ev.EXEC_TRACED) and len(self._exec_paths) < MAX_EXECS:
                     self._exec_paths[rec.pid] = rec.filename  # ctypes: bytes up to the first NUL
                 self._on_exec(rec.pid, rec.ts_ns, (rec.dev, rec.ino), rec.flags)
             elif rec.kind == ev.KIND_PROC_EXIT:

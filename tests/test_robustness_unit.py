@@ -387,3 +387,45 @@ def test_exe_registry_attach_failure_counted_retried_and_published_only_when_rea
     assert exe is not None and exe.ready and len(attached) == 4
     reg.close()
     assert reg.exes == {}
+
+
+class _FakeMap(dict):
+    """A bcc table as the exit/forget paths of HttpSource use it: keyed by ints, ctypes keys accepted."""
+
+    def __delitem__(self, k: Any) -> None:
+        super().__delitem__(getattr(k, "value", k))
+
+
+@pytest.mark.parametrize("filename", [b"/opt/app/bin/gray", b"bin/gray"])
+def test_short_process_of_a_known_file_gone_before_its_exec_is_read_is_named_after_its_file(
+        tmp_path: Path, filename: bytes) -> None:
+    """A load client of a file the kernel already traces (flag TRACED) runs and exits before the poll
+    thread reads its exec event: /proc/<pid>/exe no longer resolves. With exe_prefix set it was
+    untraced (no path was kept for traced execs) and its records dropped as untraced_records: the flaky
+    test_executable_replaced_at_the_same_path. It is named after the file the kernel saw at its exec,
+    by (dev, ino), even when its path now names a newer build (renamed over it) or is relative."""
+    from agent.go_binary import GoBinary
+    from agent.go_exes import Exe, ExeRegistry
+    from agent.http_source import HttpConfig, HttpSource
+
+    src = HttpSource(HttpConfig(exe_prefix="/opt/app/"), lambda *_: None, host="h")
+    src.bpf = {n: _FakeMap() for n in ("pids", "conns", "flushed", "client_marks", "inflight_io")}
+    errors = SourceErrors("http", logging.getLogger("test"))
+    src._exes = ExeRegistry(lambda *a: b"", lambda ev: None, lambda k, leaf: None, errors.record)
+    untraced: list[int] = []
+    src._untrace = lambda pid, definitive: untraced.append(pid)  # type: ignore[method-assign]
+    old_key = (0x10_00001, 1234)  # the old build, as the kernel named it at the exec
+    binary = GoBinary("/proc/self/fd/9", "go1.26.8", main_path="example.com/gray")
+    src._exes.exes[(1, 1234)] = Exe((1, 1234), binary, fd=-1, kernel_keys={old_key}, ready=True)
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 7  # no such process: it is gone
+    src.bpf["pids"][pid] = "traced at exec"
+    rec = hev.HttpProc()
+    rec.kind, rec.pid, rec.ts_ns, rec.dev, rec.ino = hev.KIND_PROC_EXEC, pid, 5, *old_key
+    rec.flags, rec.filename = hev.EXEC_TRACED, filename
+    src._on_proc(None, C.addressof(rec), C.sizeof(rec))
+    rec.kind = hev.KIND_PROC_EXIT
+    src._on_proc(None, C.addressof(rec), C.sizeof(rec))
+    assert untraced == [] and errors.counters() == {} and src._errors.counters() == {}
+    assert pid in src._gone and src._service(pid) == ("gray", "", "go1.26.8")
+    assert src._exes.traced_at[pid] == 5 and src._exes.c["procs_traced_at_exec"] == 1
+    assert src.bpf["pids"] == {} and src._execs == {} and src._exec_paths == {}
