@@ -29,13 +29,16 @@ log = logging.getLogger(__name__)
 
 FN_TLS_READ = "crypto/tls.(*Conn).Read"
 FN_TLS_WRITE = "crypto/tls.(*Conn).Write"
+# Cleartext HTTP/2 (h2c, gRPC): the same probes on every net.Conn read/write of the program.
+FN_NET_READ = "net.(*conn).Read"
+FN_NET_WRITE = "net.(*conn).Write"
 MAX_FUNC_BYTES = 64 << 10  # (*Conn).Read is ~1 KiB of code; a larger "function" is not it
 MAX_RETS = 32  # uprobes per function at most
 CACHE_SIZE = 1024
 
 REJECTED: Counter[str] = Counter()
 _lock = threading.Lock()
-_cache: OrderedDict[tuple[int, int, int, int], TlsProbes | None] = OrderedDict()
+_cache: OrderedDict[tuple[int, int, int, int, str], TlsProbes | None] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,7 @@ def _pclntab_end(data: bytes, start: int, text_addr: int) -> int:
     return int(text_start + entries[k + 1])
 
 
-def _ranges(elf: ELFFile) -> dict[str, tuple[int, int]]:
-    wanted = (FN_TLS_READ, FN_TLS_WRITE)
+def _ranges(elf: ELFFile, wanted: tuple[str, str]) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     symtab = elf.get_section_by_name(".symtab")
     if symtab is not None and symtab["sh_size"] <= go_binary.MAX_SYMTAB_BYTES:
@@ -113,46 +115,47 @@ def ret_offsets(code: bytes, addr: int) -> list[int]:
     return out
 
 
-def _read(path: str) -> TlsProbes:
+def _read(path: str, read_fn: str, write_fn: str) -> TlsProbes:
     with open(path, "rb") as f:
         elf = ELFFile(f)
         if elf["e_machine"] != "EM_X86_64":
             raise _NoTls("arch", f"{elf['e_machine']}: the probes read amd64 registers")
-        ranges = _ranges(elf)
-        if FN_TLS_READ not in ranges or FN_TLS_WRITE not in ranges:
-            raise _NoTls("no_tls", "no crypto/tls.(*Conn).Read/Write")
-        start, end = ranges[FN_TLS_READ]
+        ranges = _ranges(elf, (read_fn, write_fn))
+        if read_fn not in ranges or write_fn not in ranges:
+            raise _NoTls("no_tls" if read_fn == FN_TLS_READ else "no_net", f"no {read_fn} / {write_fn}")
+        start, end = ranges[read_fn]
         if not 0 < end - start <= MAX_FUNC_BYTES:
-            raise _NoTls("malformed", f"(*Conn).Read is {end - start} bytes")
+            raise _NoTls("malformed", f"{read_fn} is {end - start} bytes")
         read_off = _file_offset(elf, start)
         f.seek(read_off)
         code = f.read(end - start)
         rets = ret_offsets(code, start)
         if not rets or len(rets) > MAX_RETS:
-            raise _NoTls("disassembly", f"{len(rets)} RET instructions in (*Conn).Read")
+            raise _NoTls("disassembly", f"{len(rets)} RET instructions in {read_fn}")
         return TlsProbes(read_off, tuple(read_off + (r - start) for r in rets),
-                         _file_offset(elf, ranges[FN_TLS_WRITE][0]))
+                         _file_offset(elf, ranges[write_fn][0]))
 
 
-def find(path: str) -> TlsProbes | None:
-    """The probe points of the Go binary at ``path`` (already accepted by go_binary.inspect), or None
-    when it has none (no crypto/tls, not amd64, unreadable: counted by reason)."""
+def find(path: str, read_fn: str = FN_TLS_READ, write_fn: str = FN_TLS_WRITE) -> TlsProbes | None:
+    """The probe points of the Go binary at ``path`` (already accepted by go_binary.inspect) for
+    ``read_fn`` / ``write_fn`` (crypto/tls by default; FN_NET_* for cleartext), or None when it has
+    none (no such functions, not amd64, unreadable: counted by reason)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, read_fn)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
     try:
-        result: TlsProbes | None = _read(path)
+        result: TlsProbes | None = _read(path, read_fn, write_fn)
     except _NoTls as e:
         result = None
         with _lock:
             REJECTED[e.reason] += 1
-        if e.reason != "no_tls":
+        if e.reason not in ("no_tls", "no_net"):
             log.warning("Go TLS probes not placed in %s (%s): %s", go_binary.printable(path), e.reason, e)
     except Exception as e:  # pyelftools / struct on odd bytes: counted, never raised
         result = None

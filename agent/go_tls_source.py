@@ -30,15 +30,15 @@ import pyarrow as pa
 
 from agent import _go_tls_event as tev
 from agent import _http_event as ev
-from agent import go_procs, go_tls_binary
+from agent import go_procs, go_tls_binary, h2_decode
 from agent._bpf_abi import load_bpf
 from agent.config import HttpConfig
 from agent.errors import SourceErrors
 from agent.go_procs import GoProcess
-from agent.http_decode import DecodeContext, decode
-from agent.http_parse import METHODS
+from agent.http_decode import DecodeContext, _extra_json, decode, request_ids
+from agent.http_parse import HEADER_COLUMNS, MAX_PATH, METHODS, redact_path, template_path
 from agent.http_source import _kernel_defines
-from agent.tcp_decode import Clock
+from agent.tcp_decode import Clock, address, bounded, comm_text
 from contract.records import HTTP_REQUEST
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Call:
     dport: int = 0
     has_addr: bool = False
     comm: bytes = b""
+    plain: bool = False  # net.(*conn) of an h2c connection, not crypto/tls
 
 
 @dataclass
@@ -240,6 +241,19 @@ def records(done: list[tuple[_Exchange, int]], head_max: int) -> np.ndarray:
     return out
 
 
+
+@dataclass
+class _H2:
+    conn: h2_decode.H2Conn
+    first: Call  # addresses, fd, comm of the connection
+    protocol: str  # h2 (over TLS) | h2c
+    last_ns: int = 0
+
+
+def _status(v: str) -> int:
+    return int(v) if v.isdigit() and len(v) == 3 else 0
+
+
 class GoTlsSource:
     """Source shape (agent/pipeline.py): open(), poll(timeout_ms), counters(), close()."""
 
@@ -267,6 +281,10 @@ class GoTlsSource:
         self._kernel: dict[str, int] = {}
         self._last_reap = time.monotonic()
         self._gone: dict[int, GoProcess] = {}
+        self._h2: dict[tuple[int, int, bool], _H2] = {}  # (pid, conn, plain) -> HTTP/2 connection
+        self._h2_rows: list[dict[str, Any]] = []
+        self._h2_counts = {"h2_conns": 0, "h2_streams": 0, "h2_frames": 0, "h2_lost": 0, "h2_hpack_errors": 0,
+                           "h2_streams_dropped": 0}
 
     # --- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -275,7 +293,8 @@ class GoTlsSource:
         cflags = [f"-I{tev.HEADER.parent}", f"-DBS_TLS_RINGBUF_PAGES={self.cfg.ringbuf_pages}",
                   *_kernel_defines()]
         self.bpf = load_bpf(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
-        for prog in ("uprobe_tls_read", "uprobe_tls_read_ret", "uprobe_tls_write"):
+        for prog in ("uprobe_tls_read", "uprobe_tls_read_ret", "uprobe_tls_write", "uprobe_net_read",
+                     "uprobe_net_read_ret", "uprobe_net_write"):
             self.bpf.load_func(prog.encode(), BPF.KPROBE)
         self.bpf["tls_events"].open_ring_buffer(self._on_data)
         self.bpf["tls_procs"].open_ring_buffer(self._on_proc)
@@ -289,6 +308,7 @@ class GoTlsSource:
         for pid in list(self.procs):
             self._detach(pid)
         self._x.expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC), 0, set(self._gone) | {0})
+        self._h2_expire(0, everything=True)
         self._decode()
         self.counters()
         self.bpf.cleanup()
@@ -305,9 +325,10 @@ class GoTlsSource:
                 "uprobe_hits": tot[tev.STAT_HITS],
                 "source_errors:go_tls:read_return_unmatched": tot[tev.STAT_READ_LOST],
                 "source_errors:go_tls:kernel_aux_map_full": tot[tev.STAT_AUX_FULL],
+                "h2c_conns_seen": tot[tev.STAT_H2C_CONNS],
             }
         rejected = {f"go_tls_binary_rejected:{k}": v for k, v in go_tls_binary.REJECTED.items()}
-        return {**self._c, **self._x.counts, **self._kernel, "procs_traced": len(self.procs),
+        return {**self._c, **self._x.counts, **self._h2_counts, **self._kernel, "procs_traced": len(self.procs),
                 **self._errors.counters(), **rejected}
 
     def poll(self, timeout_ms: int) -> None:
@@ -322,6 +343,7 @@ class GoTlsSource:
                 self._detach(pid)
                 gone.add(pid)
         self._x.expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC), int(self.cfg.quiet_s * 1e9), gone)
+        self._h2_expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC), gone=gone)
         self._decode()
 
     def flush(self) -> None:
@@ -352,22 +374,28 @@ class GoTlsSource:
             return
         if p is None:
             return
-        probes = go_tls_binary.find(p.exe)
-        if probes is None:
+        tls = go_tls_binary.find(p.exe) if self.cfg.go_tls else None
+        net = (go_tls_binary.find(p.exe, go_tls_binary.FN_NET_READ, go_tls_binary.FN_NET_WRITE)
+               if self.cfg.go_h2c else None)
+        if tls is None and net is None:
             return
         try:
-            self._attach(p, probes)
+            self._attach(p, tls, net)
         except Exception as e:
             self._errors.record("attach", e, f"pid {pid}")
 
-    def _attach(self, p: GoProcess, probes: go_tls_binary.TlsProbes) -> None:
+    def _attach(self, p: GoProcess, tls: go_tls_binary.TlsProbes | None, net: go_tls_binary.TlsProbes | None) -> None:
         leaf = self.bpf["tls_pids"].Leaf()
         leaf.tcpconn_fd = p.binary.offsets.get("tcpconn_fd", -1)
         leaf.netfd_sysfd = p.binary.offsets.get("netfd_sysfd", -1)
         if p.inode not in self._uprobes:
-            names = [self._attach_uprobe(p.exe, probes.read, "uprobe_tls_read"),
-                     self._attach_uprobe(p.exe, probes.write, "uprobe_tls_write")]
-            names += [self._attach_uprobe(p.exe, off, "uprobe_tls_read_ret") for off in probes.read_rets]
+            names = []
+            for probes, kind in ((tls, "tls"), (net, "net")):
+                if probes is None:
+                    continue
+                names += [self._attach_uprobe(p.exe, probes.read, f"uprobe_{kind}_read"),
+                          self._attach_uprobe(p.exe, probes.write, f"uprobe_{kind}_write")]
+                names += [self._attach_uprobe(p.exe, off, f"uprobe_{kind}_read_ret") for off in probes.read_rets]
             self._uprobes[p.inode] = names
         self._uprobe_users.setdefault(p.inode, set()).add(p.pid)
         self.bpf["tls_pids"][C.c_uint32(p.pid)] = leaf
@@ -394,10 +422,10 @@ class GoTlsSource:
         self._c["tls_procs_detached"] += 1
         with contextlib.suppress(KeyError):
             del self.bpf["tls_pids"][C.c_uint32(pid)]
-        reads = self.bpf["tls_reads"]
-        for k in [k for k in reads.keys() if k.pid == pid]:
-            with contextlib.suppress(KeyError):
-                del reads[k]
+        for table in (self.bpf["tls_reads"], self.bpf["h2c_conns"]):
+            for k in [k for k in table.keys() if k.pid == pid]:
+                with contextlib.suppress(KeyError):
+                    del table[k]
         users = self._uprobe_users.get(p.inode)
         if users is not None:
             users.discard(pid)
@@ -425,18 +453,101 @@ class GoTlsSource:
             f = dict(zip(tev.FIELD_NAMES, tev.HEADER_STRUCT.unpack_from(raw), strict=True))
             n = min(f["data_len"], size - tev.HEADER_SIZE, tev.DATA_MAX)
             self._c["tls_calls"] += 1
-            self._x.feed(Call(f["pid"], f["tid"], f["fd"], f["ts_ns"], f["conn"], f["goroutine"], f["len"],
-                              f["dir"] == tev.DIR_WRITE, raw[tev.HEADER_SIZE : tev.HEADER_SIZE + n],
-                              f["family"], f["saddr"], f["daddr"], f["sport"], f["dport"],
-                              bool(f["flags"] & tev.F_ADDR), f["comm"].split(b"\0", 1)[0]))
+            call = Call(f["pid"], f["tid"], f["fd"], f["ts_ns"], f["conn"], f["goroutine"], f["len"],
+                        f["dir"] == tev.DIR_WRITE, raw[tev.HEADER_SIZE : tev.HEADER_SIZE + n],
+                        f["family"], f["saddr"], f["daddr"], f["sport"], f["dport"],
+                        bool(f["flags"] & tev.F_ADDR), f["comm"].split(b"\0", 1)[0], bool(f["flags"] & tev.F_PLAIN))
+            if call.plain or (call.pid, call.conn, False) in self._h2 or call.data.startswith(H2_PREFACE[:14]):
+                self._feed_h2(call)
+            else:
+                self._x.feed(call)
         except Exception as e:
             self._errors.record("data_event", e)
+
+    # --- HTTP/2 ----------------------------------------------------------------------------------
+    def _feed_h2(self, c: Call) -> None:
+        key = (c.pid, c.conn, c.plain)
+        h = self._h2.get(key)
+        if h is None or (c.has_addr and (c.fd, c.sport, c.dport) != (h.first.fd, h.first.sport, h.first.dport)):
+            if h is not None:  # the address now belongs to another connection
+                h.conn.close("close")
+                self._h2_take(h)
+            if not c.data.startswith(H2_PREFACE[: min(len(c.data), len(H2_PREFACE))]) or not c.data:
+                return  # not from its start: the HPACK state is unknown (the kernel passes no such h2c)
+            if len(self._h2) >= self.cfg.max_conns:
+                self._h2_counts["h2_conns_full"] = self._h2_counts.get("h2_conns_full", 0) + 1
+                return
+            h = self._h2[key] = _H2(h2_decode.H2Conn(server=not c.is_write), c, "h2c" if c.plain else "h2")
+            self._h2_counts["h2_conns"] += 1
+        h.last_ns = c.ts_ns
+        h.conn.feed(c.is_write, c.data, c.length, c.ts_ns)
+        self._h2_take(h)
+
+    def _h2_take(self, h: _H2) -> None:
+        for s in h.conn.take():
+            self._h2_rows.append(self._h2_row(h, s))
+
+    def _h2_expire(self, now_ns: int, gone: set[int] = frozenset(), everything: bool = False) -> None:  # type: ignore[assignment]
+        idle = int(max(self.cfg.quiet_s, NO_RESPONSE_S) * 1e9)
+        for key in list(self._h2):
+            h = self._h2[key]
+            if everything or key[0] in gone or now_ns - h.last_ns > idle:
+                h.conn.close("quiet")
+                self._h2_take(h)
+                for k, v in h.conn.counts.items():
+                    self._h2_counts[k] = self._h2_counts.get(k, 0) + v
+                del self._h2[key]
+
+    def _h2_row(self, h: _H2, s: h2_decode.Stream) -> dict[str, Any]:
+        c = h.first
+        server = h.conn.server
+        rq, rs = s.request, s.response
+        path = rq.get(":path", "").split("?", 1)[0]
+        path = bounded(path, MAX_PATH)
+        grpc = rq.get("content-type", "").startswith("application/grpc")
+        protocol = "grpc" if grpc else h.protocol
+        wall = self._clock.wall
+        start = s.start_ns
+        end = s.end_ns or start
+        headers = {n: rq.get(":authority" if n == "host" else n, "") for n in self._allow}
+        headers = {n: bounded(v[: self.cfg.max_value], self.cfg.max_value) for n, v in headers.items()}
+        extra = [n for n in sorted(self._allow) if n not in HEADER_COLUMNS]
+        self._h2_counts["h2_streams"] += 1
+        rid = request_ids(self._ctx.salt, np.array([c.pid]), np.array([c.fd]), np.array([start + s.id], np.uint64),
+                          np.array([ev.ROLE_SERVER if server else ev.ROLE_CLIENT]))[0]
+        p = self.procs.get(c.pid) or self._gone.get(c.pid)
+        fam = c.family
+        return {
+            "time": wall(start), "end_time": wall(end), "duration_ns": max(end - start, 0),
+            "host": self.host, "service": p.service if p else "", "service_version": p.version if p else "",
+            "go_version": p.binary.go_version if p else "", "pid": c.pid, "tid": c.tid,
+            "comm": comm_text(c.comm), "side": "server" if server else "client",
+            "method": bounded(rq.get(":method", ""), 16),
+            # a gRPC path is the method's name (/pkg.Service/Method), never a credential: not redacted
+            "path": redact_path(path) if self.cfg.redact_paths and not grpc else path,
+            "route": bounded(path, 1024) if grpc else template_path(path),
+            "route_source": "grpc" if grpc else "template",
+            "status": _status(rs.get(":status", "")), "grpc_status": bounded(rs.get("grpc-status", ""), 4),
+            "request_bytes": s.req_bytes, "response_bytes": s.resp_bytes,
+            "family": 4 if fam == 2 else 6,
+            "local_addr": address(fam, c.saddr) if fam in (2, 10) else "::", "local_port": c.sport,
+            "remote_addr": address(fam, c.daddr) if fam in (2, 10) else "::", "remote_port": c.dport,
+            "upstream_host": "" if server else bounded(rq.get(":authority", ""), 1024),
+            **{col: headers.get(n, "") for n, col in HEADER_COLUMNS.items()},
+            "extra_headers": _extra_json(extra, [headers[n] for n in extra]) if extra else "",
+            "head_truncated": int(s.cut), "end_reason": s.end_reason, "request_id": int(rid),
+            "parent_request_id": 0, "protocol": protocol, "encrypted": 0 if c.plain else 1,
+        }
 
     def _service(self, pid: int) -> tuple[str, str, str]:
         p = self.procs.get(pid) or self._gone.get(pid)
         return (p.service, p.version, p.binary.go_version) if p else ("", "", "")
 
     def _decode(self) -> None:
+        if self._h2_rows:
+            rows, self._h2_rows = self._h2_rows, []
+            self._c["captured"] += len(rows)
+            self._emit(KIND, HTTP_REQUEST.to_arrow(rows))
         done = self._x.take()
         if not done:
             return

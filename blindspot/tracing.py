@@ -21,7 +21,7 @@ def build_pipeline(cfg: Config, sink: Sink, component: str) -> Pipeline:
     sources: list[Source] = [TcpSource(cfg.tcp, pipeline.emit, host=cfg.host)]
     if cfg.http.enabled:
         sources.append(HttpSource(cfg.http, pipeline.emit, host=cfg.host))
-        if cfg.http.go_tls:  # HTTPS of Go programs: a uprobe per TLS read/write (docs/go-tls.md)
+        if cfg.http.go_tls or cfg.http.go_h2c:  # a uprobe per TLS / net.Conn read and write (docs/go-tls.md)
             sources.append(GoTlsSource(cfg.http, pipeline.emit, host=cfg.host))
     pipeline.sources = sources
     return pipeline

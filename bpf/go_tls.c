@@ -18,8 +18,14 @@ struct tls_proc {
 
 struct read_key {
 	__u32 pid;
-	__u32 _pad;
+	__u32 plain; // 0: crypto/tls Read, 1: net.(*conn).Read (tls's Read calls it on the same goroutine)
 	__u64 goroutine;
+};
+
+struct conn_key {
+	__u32 pid;
+	__u32 _pad;
+	__u64 conn;
 };
 
 struct read_arg {
@@ -29,6 +35,7 @@ struct read_arg {
 
 BPF_HASH(tls_pids, __u32, struct tls_proc, 4096);             // traced tgids (user space fills)
 BPF_HASH(tls_reads, struct read_key, struct read_arg, 16384);  // Read in progress, per goroutine
+BPF_TABLE("lru_hash", struct conn_key, __u8, h2c_conns, 16384); // cleartext conns that sent the preface
 BPF_PERCPU_ARRAY(tls_scratch, struct tls_event, 1);
 BPF_PERCPU_ARRAY(tls_stats, __u64, BS_TLS_STAT_N);
 BPF_RINGBUF_OUTPUT(tls_events, BS_TLS_RINGBUF_PAGES);
@@ -48,14 +55,16 @@ static __always_inline void count(int slot)
 		(*v)++;
 }
 
-// *tls.Conn -> its net.Conn (interface at offset 0: the data word is a *net.TCPConn) -> fd.
-static __always_inline int conn_fd(const struct tls_proc *tp, void *conn)
+// *tls.Conn -> its net.Conn (interface at offset 0: the data word is a *net.TCPConn) -> fd; a
+// *net.conn (plain) is the TCPConn's first field already.
+static __always_inline int conn_fd(const struct tls_proc *tp, void *conn, int plain)
 {
-	void *tcpconn = 0, *netfd = 0;
+	void *tcpconn = conn, *netfd = 0;
 	long sysfd = -1;
 	if (tp->tcpconn_fd < 0 || tp->netfd_sysfd < 0)
 		return -1;
-	bpf_probe_read_user(&tcpconn, sizeof(tcpconn), (char *)conn + 8);
+	if (!plain)
+		bpf_probe_read_user(&tcpconn, sizeof(tcpconn), (char *)conn + 8);
 	if (!tcpconn)
 		return -1;
 	bpf_probe_read_user(&netfd, sizeof(netfd), (char *)tcpconn + tp->tcpconn_fd);
@@ -117,7 +126,7 @@ static __always_inline void read_addrs(struct tls_event *e, int fd)
 }
 
 static __always_inline void send(struct pt_regs *ctx, const struct tls_proc *tp, __u64 conn, const void *buf,
-				 __u64 len, __u8 dir)
+				 __u64 len, __u8 dir, int plain)
 {
 	int z = 0;
 	struct tls_event *e = tls_scratch.lookup(&z);
@@ -132,11 +141,11 @@ static __always_inline void send(struct pt_regs *ctx, const struct tls_proc *tp,
 	e->goroutine = ctx->r14;
 	e->len = len > 0xffffffffULL ? 0xffffffffU : (__u32)len;
 	e->dir = dir;
-	e->flags = 0;
+	e->flags = plain ? BS_TLS_F_PLAIN : 0;
 	e->family = 0;
 	e->sport = 0;
 	e->dport = 0;
-	e->fd = conn_fd(tp, (void *)conn);
+	e->fd = conn_fd(tp, (void *)conn, plain);
 	read_addrs(e, e->fd);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	__u64 n = len;
@@ -166,7 +175,7 @@ int uprobe_tls_write(struct pt_regs *ctx)
 	count(BS_TLS_STAT_HITS);
 	if ((long)ctx->cx <= 0)
 		return 0;
-	send(ctx, tp, ctx->ax, (void *)ctx->bx, ctx->cx, BS_TLS_WRITE);
+	send(ctx, tp, ctx->ax, (void *)ctx->bx, ctx->cx, BS_TLS_WRITE, 0);
 	return 0;
 }
 
@@ -203,7 +212,76 @@ int uprobe_tls_read_ret(struct pt_regs *ctx)
 	long n = (long)ctx->ax;
 	if (n <= 0)
 		return 0;
-	send(ctx, tp, arg.conn, (void *)arg.buf, n, BS_TLS_READ);
+	send(ctx, tp, arg.conn, (void *)arg.buf, n, BS_TLS_READ, 0);
+	return 0;
+}
+
+// Cleartext: net.(*conn).Read / Write of every connection, but only connections that began with the
+// HTTP/2 client preface ("PRI * HTTP/2.0...", read by a server or written by a client) go on to
+// user space; HTTP/1 stays with bpf/http_trace.c and TLS ciphertext is dropped here.
+static __always_inline int h2c_conn(__u32 tgid, __u64 conn, const void *buf, long n)
+{
+	struct conn_key k = {.pid = tgid, .conn = conn};
+	if (h2c_conns.lookup(&k))
+		return 1;
+	char p[8] = {};
+	if (n < 8)
+		return 0;
+	bpf_probe_read_user(p, 8, buf);
+	if (!(p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ' && p[4] == '*' && p[5] == ' ' && p[6] == 'H' &&
+	      p[7] == 'T'))
+		return 0;
+	__u8 one = 1;
+	h2c_conns.update(&k, &one);
+	count(BS_TLS_STAT_H2C_CONNS);
+	return 1;
+}
+
+int uprobe_net_write(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tls_proc *tp = tls_pids.lookup(&tgid);
+	if (!tp)
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	if ((long)ctx->cx <= 0 || !h2c_conn(tgid, ctx->ax, (void *)ctx->bx, (long)ctx->cx))
+		return 0;
+	send(ctx, tp, ctx->ax, (void *)ctx->bx, ctx->cx, BS_TLS_WRITE, 1);
+	return 0;
+}
+
+int uprobe_net_read(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!tls_pids.lookup(&tgid))
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	struct read_key k = {.pid = tgid, .plain = 1, .goroutine = ctx->r14};
+	struct read_arg a = {.conn = ctx->ax, .buf = ctx->bx};
+	if (tls_reads.update(&k, &a))
+		count(BS_TLS_STAT_AUX_FULL);
+	return 0;
+}
+
+int uprobe_net_read_ret(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tls_proc *tp = tls_pids.lookup(&tgid);
+	if (!tp)
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	struct read_key k = {.pid = tgid, .plain = 1, .goroutine = ctx->r14};
+	struct read_arg *a = tls_reads.lookup(&k);
+	if (!a) {
+		count(BS_TLS_STAT_READ_LOST);
+		return 0;
+	}
+	struct read_arg arg = *a;
+	tls_reads.delete(&k);
+	long n = (long)ctx->ax;
+	if (n <= 0 || !h2c_conn(tgid, arg.conn, (void *)arg.buf, n))
+		return 0;
+	send(ctx, tp, arg.conn, (void *)arg.buf, n, BS_TLS_READ, 1);
 	return 0;
 }
 

@@ -20,6 +20,7 @@
 /* tls_event.flags */
 #define BS_TLS_F_ADDR (1u << 0) /* addresses read from the socket behind fd */
 #define BS_TLS_F_CUT (1u << 1)  /* len > data_len: the data was cut at BS_TLS_DATA_MAX */
+#define BS_TLS_F_PLAIN (1u << 2) /* net.(*conn).Read/Write of an h2c connection (conn is the *net.conn) */
 
 /* tls_stats slots (per-CPU __u64) */
 #define BS_TLS_STAT_EMITTED 0      /* data records submitted */
@@ -27,7 +28,8 @@
 #define BS_TLS_STAT_HITS 2         /* probe hits of traced processes (entry + return) */
 #define BS_TLS_STAT_READ_LOST 3    /* a Read's return without its entry (table full, or attached mid-call) */
 #define BS_TLS_STAT_AUX_FULL 4     /* read-in-flight table full: a Read is missed */
-#define BS_TLS_STAT_N 5
+#define BS_TLS_STAT_H2C_CONNS 5   /* cleartext connections that began with the HTTP/2 preface */
+#define BS_TLS_STAT_N 6
 
 struct tls_event {
 	__u32 kind;      /* BS_TLS_DATA */
