@@ -326,6 +326,8 @@ class GoTlsSource:
                 "source_errors:go_tls:read_return_unmatched": tot[tev.STAT_READ_LOST],
                 "source_errors:go_tls:kernel_aux_map_full": tot[tev.STAT_AUX_FULL],
                 "h2c_conns_seen": tot[tev.STAT_H2C_CONNS],
+                # a connection that began before the agent: its HPACK state is unknown, it is not decoded
+                "h2c_untracked_frames": tot[tev.STAT_H2C_UNTRACKED],
             }
         rejected = {f"go_tls_binary_rejected:{k}": v for k, v in go_tls_binary.REJECTED.items()}
         return {**self._c, **self._x.counts, **self._h2_counts, **self._kernel, "procs_traced": len(self.procs),

@@ -229,8 +229,15 @@ static __always_inline int h2c_conn(__u32 tgid, __u64 conn, const void *buf, lon
 		return 0;
 	bpf_probe_read_user(p, 8, buf);
 	if (!(p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ' && p[4] == '*' && p[5] == ' ' && p[6] == 'H' &&
-	      p[7] == 'T'))
+	      p[7] == 'T')) {
+		// An HTTP/2 frame header (length <= 16384, type <= 9) on a connection not seen from its start
+		// (it began before the agent): not decodable (HPACK state unknown), counted. HTTP/1 text and
+		// TLS records never match (their first 3 bytes as a length are far above 16384).
+		__u32 flen = ((__u32)(__u8)p[0] << 16) | ((__u32)(__u8)p[1] << 8) | (__u8)p[2];
+		if (n >= 9 && flen <= 16384 && (__u8)p[3] <= 9)
+			count(BS_TLS_STAT_H2C_UNTRACKED);
 		return 0;
+	}
 	__u8 one = 1;
 	h2c_conns.update(&k, &one);
 	count(BS_TLS_STAT_H2C_CONNS);

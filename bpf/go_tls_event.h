@@ -29,7 +29,8 @@
 #define BS_TLS_STAT_READ_LOST 3    /* a Read's return without its entry (table full, or attached mid-call) */
 #define BS_TLS_STAT_AUX_FULL 4     /* read-in-flight table full: a Read is missed */
 #define BS_TLS_STAT_H2C_CONNS 5   /* cleartext connections that began with the HTTP/2 preface */
-#define BS_TLS_STAT_N 6
+#define BS_TLS_STAT_H2C_UNTRACKED 6 /* net reads/writes that look like HTTP/2 frames on a connection not seen from its start */
+#define BS_TLS_STAT_N 7
 
 struct tls_event {
 	__u32 kind;      /* BS_TLS_DATA */

@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/h2c"
@@ -47,15 +48,39 @@ func grpcServer(addr string) {
 
 // Lines: "check\t<service>\t[key: value]..." -> "RESULT <grpc code> <serving status>".
 func grpcClient(target string) {
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		panic(err)
-	}
-	c := healthpb.NewHealthClient(conn)
+	var c healthpb.HealthClient
 	in := bufio.NewScanner(os.Stdin)
 	fmt.Println("READY")
 	for in.Scan() {
 		f := strings.Split(in.Text(), "\t")
+		if f[0] == "dial" || c == nil { // connect only when told (old grpc-go's Dial connects at once)
+			conn, err := grpc.Dial(target, grpc.WithTransportCredentials(insecure.NewCredentials())) // no NewClient in old grpc-go
+			if err != nil {
+				panic(err)
+			}
+			c = healthpb.NewHealthClient(conn)
+			if f[0] == "dial" {
+				fmt.Println("RESULT dialed")
+				continue
+			}
+		}
+		if f[0] == "par" { // "par\t<n>\t<service>": n calls at once on the one connection (x-request-id par-<i>)
+			n, _ := strconv.Atoi(f[1])
+			var wg sync.WaitGroup
+			codes := make([]int, n)
+			for i := 0; i < n; i++ {
+				wg.Add(1)
+				go func(i int) {
+					defer wg.Done()
+					ctx := metadata.AppendToOutgoingContext(context.Background(), "x-request-id", fmt.Sprintf("par-%d", i))
+					_, err := c.Check(ctx, &healthpb.HealthCheckRequest{Service: f[2]})
+					codes[i] = int(status.Code(err))
+				}(i)
+			}
+			wg.Wait()
+			fmt.Println("RESULT", codes)
+			continue
+		}
 		ctx := context.Background()
 		for _, kv := range f[2:] {
 			k, v, _ := strings.Cut(kv, ": ")
