@@ -207,6 +207,7 @@ def test_grpc_50_concurrent_streams_one_connection(cap: Capture, builds: list[tu
                     for r in rows} == {(METHOD, "0", 9, 7, "end")}
             assert len({r["remote_port"] for r in rows}) == 1  # one connection
             assert len({r["request_id"] for r in rows}) == 50
+        assert {r["local_port"] for r in srows} == {r["remote_port"] for r in crows} == {port}
     finally:
         _stop(cli, srv)
 
