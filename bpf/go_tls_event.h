@@ -7,7 +7,7 @@
 #define BLINDSPOT_GO_TLS_EVENT_H
 
 #ifndef BS_TLS_DATA_MAX
-#define BS_TLS_DATA_MAX 4096 /* plaintext bytes kept of one Read/Write (power of two) */
+#define BS_TLS_DATA_MAX 16384 /* plaintext bytes kept of one Read/Write: a whole TLS record (power of two) */
 #endif
 
 #define BS_TLS_DATA 1 /* struct tls_event: the plaintext of one crypto/tls.(*Conn).Read or Write */

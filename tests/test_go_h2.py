@@ -238,3 +238,23 @@ def test_h2c_rows_exact(cap: Capture, builds: list[tuple[gobuild.GoBuild, str]])
                     assert "s3cr3t" not in json.dumps(row)
         finally:
             _stop(cli, srv)
+
+
+def test_grpc_server_streaming_cancelled(cap: Capture, builds: list[tuple[gobuild.GoBuild, str]]) -> None:
+    """Health.Watch (server streaming): the first message, then the client cancels: RST_STREAM ends
+    the stream on both ends (end_reason 'reset', no trailers: grpc_status '')."""
+    for build, _ in (builds[0], builds[-1]):  # the old and the current grpc-go
+        srv, cli, port = _start_pair(cap, build, "grpc")
+        try:
+            assert _call(cli, "watch\tup") == ["RESULT", "watch", "1"]
+            srows = cap.wait_rows(srv.pid, 1)
+            crows = cap.wait_rows(cli.pid, 1)
+            for side, rows, pid in (("server", srows, srv.pid), ("client", crows, cli.pid)):
+                assert len(rows) == 1, (build.id, side)
+                want = {**_common(rows[0], build, pid), "side": side, "protocol": "grpc",
+                        "route": "/grpc.health.v1.Health/Watch", "status": 200, "grpc_status": "",
+                        "request_bytes": 9, "response_bytes": 7, "x_request_id": "watch", "end_reason": "reset"}
+                assert {k: rows[0][k] for k in want} == want, (build.id, side)
+            assert srows[0]["local_port"] == crows[0]["remote_port"] == port
+        finally:
+            _stop(cli, srv)

@@ -312,3 +312,55 @@ def test_exchanges_total_on_any_calls() -> None:
     ev = records(done, 256)
     assert len(ev) == len(done)
     assert os.environ is not None
+
+
+def test_https_h2_rows_exact(builds: list[gobuild.GoBuild]) -> None:
+    """HTTPS where both Go ends negotiate HTTP/2 by ALPN (net/http's default): one row per stream from
+    both ends, protocol 'h2', encrypted; bodies past a TLS record."""
+    cap = Capture()
+    procs = []
+    try:
+        for build in builds:
+            srv = spawn([str(build.bin("tlsapp")), "-h2"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                        text=True)
+            procs.append(srv)
+            port = int(srv.stdout.readline().rsplit(":", 1)[1])  # type: ignore[union-attr]
+            cap.wait_traced(srv.pid)
+            cli = spawn([str(build.bin("tlsapp")), "-mode", "client", "-h2"], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+            procs.append(cli)
+            assert cli.stdout.readline().strip() == "READY"  # type: ignore[union-attr]
+            cap.wait_traced(cli.pid)
+            cases = [("GET", "/hello", 0, 200, 10), ("POST", "/echo", 30_000, 200, 30_000),
+                     ("GET", "/status/503?k=v", 0, 503, 11)]
+            for i, (method, path, body, status, resp) in enumerate(cases):
+                line = "\t".join([method, f"https://127.0.0.1:{port}{path}", str(body), f"X-Request-ID: {build.id}-{i}",
+                                  f"Authorization: {SECRET}"])
+                cli.stdin.write(line + "\n")  # type: ignore[union-attr]
+                assert cli.stdout.readline().split() == ["RESULT", str(status), str(resp)]  # type: ignore[union-attr]
+            info = gobuild.read_build_info(build.bin("tlsapp"))
+            srows, crows = cap.wait_rows(srv.pid, len(cases)), cap.wait_rows(cli.pid, len(cases))
+            assert len(srows) == len(crows) == len(cases), build.id
+            for i, (method, path, body, status, resp) in enumerate(cases):
+                for side, row, pid in (("server", srows[i], srv.pid), ("client", crows[i], cli.pid)):
+                    want = {
+                        "side": side, "pid": pid, "protocol": "h2", "encrypted": 1, "method": method,
+                        "path": path.split("?")[0], "status": status, "grpc_status": "", "request_bytes": body,
+                        "response_bytes": resp, "x_request_id": f"{build.id}-{i}",
+                        "host_header": f"127.0.0.1:{port}", "user_agent": "Go-http-client/2.0",
+                        "upstream_host": "" if side == "server" else f"127.0.0.1:{port}", "end_reason": "end",
+                        "service": "tlsapp", "go_version": info["go"], "local_addr": "127.0.0.1",
+                    }
+                    assert {k: row[k] for k in want} == want, (build.id, side, method, path)
+                    assert "s3cr3t" not in json.dumps(row)
+                assert (srows[i]["local_port"], srows[i]["remote_port"]) == (port, crows[i]["local_port"])
+            for p in procs[-2:]:
+                p.kill()
+                p.wait()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        cap.close()
+    c = cap.src.counters()
+    assert c["h2_lost"] == 0 and c["h2_hpack_errors"] == 0 and c["lost_ringbuf"] == 0, c

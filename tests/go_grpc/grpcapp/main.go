@@ -81,6 +81,20 @@ func grpcClient(target string) {
 			fmt.Println("RESULT", codes)
 			continue
 		}
+		if f[0] == "watch" { // "watch\t<service>": server streaming; the first answer, then cancel
+			ctx, cancel := context.WithCancel(context.Background())
+			ctx = metadata.AppendToOutgoingContext(ctx, "x-request-id", "watch")
+			w, err := c.Watch(ctx, &healthpb.HealthCheckRequest{Service: f[1]})
+			serving := -1
+			if err == nil {
+				if resp, err := w.Recv(); err == nil {
+					serving = int(resp.Status)
+				}
+			}
+			cancel()
+			fmt.Printf("RESULT watch %d\n", serving)
+			continue
+		}
 		ctx := context.Background()
 		for _, kv := range f[2:] {
 			k, v, _ := strings.Cut(kv, ": ")

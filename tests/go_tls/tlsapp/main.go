@@ -42,7 +42,7 @@ func selfSigned() tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-func serve(addr string) {
+func serve(addr string, h2 bool) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello tls\n") })
 	// /status/<code>: that status, body "status <code>\n".
@@ -71,13 +71,16 @@ func serve(addr string) {
 		TLSConfig:    &tls.Config{Certificates: []tls.Certificate{selfSigned()}},
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){}, // HTTP/1.1 only
 	}
+	if h2 {
+		srv.TLSNextProto = nil // net/http's default: h2 by ALPN
+	}
 	fmt.Fprintln(os.Stderr, srv.ServeTLS(ln, "", ""))
 }
 
 // client: each stdin line "METHOD URL BODYLEN [Header: value]..." (fields separated by tabs) makes
 // one request on a keep-alive HTTP/1.1 connection; it prints "RESULT <status> <body bytes>".
-func client() {
-	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: false,
+func client(h2 bool) {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: h2,
 		DisableCompression: true}
 	c := &http.Client{Transport: tr}
 	in := bufio.NewScanner(os.Stdin)
@@ -116,10 +119,11 @@ func client() {
 func main() {
 	mode := flag.String("mode", "server", "server | client")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (server)")
+	h2 := flag.Bool("h2", false, "offer / attempt HTTP/2 by ALPN (default: HTTP/1.1 only)")
 	flag.Parse()
 	if *mode == "client" {
-		client()
+		client(*h2)
 		return
 	}
-	serve(*addr)
+	serve(*addr, *h2)
 }
