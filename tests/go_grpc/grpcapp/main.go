@@ -161,8 +161,13 @@ func h2cClient() {
 func main() {
 	mode := flag.String("mode", "grpc-server", "grpc-server | grpc-client | h2c-server | h2c-client")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (servers) or target (grpc-client)")
+	n := flag.Int("n", 1000, "grpc-load: calls")
+	c := flag.Int("c", 8, "grpc-load: concurrent callers")
+	rate := flag.Float64("rate", 0, "grpc-load: calls/s in all (0: saturate)")
 	flag.Parse()
 	switch *mode {
+	case "grpc-load":
+		grpcLoad(*addr, *n, *c, *rate)
 	case "grpc-server":
 		grpcServer(*addr)
 	case "grpc-client":

@@ -120,7 +120,15 @@ func main() {
 	mode := flag.String("mode", "server", "server | client")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (server)")
 	h2 := flag.Bool("h2", false, "offer / attempt HTTP/2 by ALPN (default: HTTP/1.1 only)")
+	url := flag.String("url", "", "load: the URL")
+	n := flag.Int("n", 1000, "load: requests")
+	c := flag.Int("c", 8, "load: concurrent connections")
+	rate := flag.Float64("rate", 0, "load: requests/s in all (0: saturate)")
 	flag.Parse()
+	if *mode == "load" {
+		load(*url, *n, *c, *rate, *h2)
+		return
+	}
 	if *mode == "client" {
 		client(*h2)
 		return
