@@ -107,7 +107,7 @@ def scenario(name: str, n: int, rate: float) -> None:
         b = gobuild_tls.build(GO, "plain")
         exe, srv_argv = b.bin("tlsapp"), []
     else:
-        b, _ = next((x for x in gobuild_tls.grpc_builds() if x[0].go == GO and x[0].variant == "plain"))
+        b, _ = next(x for x in gobuild_tls.grpc_builds() if x[0].go == GO and x[0].variant == "plain")
         exe, srv_argv = b.bin("grpcapp"), ["-mode", "grpc-server"]
     loader = gobuild.CACHE / f"bench-loader-{exe.name}-{b.id}"
     shutil.copy(exe, loader)  # another file: the server's uprobes do not fire in the load generator
