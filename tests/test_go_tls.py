@@ -10,7 +10,6 @@ scan when the source opens).
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -287,31 +286,6 @@ def test_https_client_rows_exact_started_before_agent(builds: list[gobuild.GoBui
             p.kill()
             p.wait()
         server.close()
-
-
-def test_exchanges_total_on_any_calls() -> None:
-    """The exchange builder takes any calls in any order without raising (unit, no kernel)."""
-    import random
-
-    from agent.go_tls_source import Call, Exchanges, records
-
-    rnd = random.Random(7)
-    x = Exchanges(head_max=256, max_conns=4)
-    pieces = [b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n", b"G", b"ET /x HTTP/1.1\r\nHost: a\r\n\r\n",
-              b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"", b"\xff" * 300, b"POST /a HTTP/1.1\r\n"]
-    for i in range(5000):
-        data = rnd.choice(pieces)
-        x.feed(Call(pid=rnd.randint(1, 3), tid=1, fd=rnd.randint(-1, 5), ts_ns=i, conn=rnd.randint(1, 9),
-                    goroutine=0, length=len(data) + rnd.randint(0, 2), is_write=rnd.random() < 0.5, data=data,
-                    has_addr=rnd.random() < 0.5, sport=rnd.randint(0, 3)))
-        if i % 500 == 0:
-            x.expire(i, 100)
-    x.expire(10**12, 0, {1, 2, 3})
-    done = x.take()
-    assert done and not x.conns
-    ev = records(done, 256)
-    assert len(ev) == len(done)
-    assert os.environ is not None
 
 
 def test_https_h2_rows_exact(builds: list[gobuild.GoBuild]) -> None:
