@@ -258,3 +258,31 @@ def test_grpc_server_streaming_cancelled(cap: Capture, builds: list[tuple[gobuil
             assert srows[0]["local_port"] == crows[0]["remote_port"] == port
         finally:
             _stop(cli, srv)
+
+
+def test_rows_store_in_chdb(cap: Capture, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The HTTP/2 and gRPC rows captured above go through the real sink into chDB (migration 0050's
+    columns) and come back as they were."""
+    from ingest import ClickHouseSink, migrate, open_service
+
+    with cap.lock:
+        rows = list(cap.rows)
+    if not rows:
+        pytest.skip("no rows captured by the tests before this one")
+    svc = open_service(data_dir=tmp_path / "chdb")
+    try:
+        migrate(svc, retention_days=7)
+        assert ClickHouseSink(svc).write(HTTP_REQUEST, HTTP_REQUEST.to_arrow(rows)) == len(rows)
+        got = svc.query_arrow("SELECT protocol, grpc_status, count() AS n, countIf(x_gray_version = {h:String}) AS "
+                              "hostile FROM blindspot.http_requests GROUP BY protocol, grpc_status "
+                              "ORDER BY protocol, grpc_status", {"h": HOSTILE}).to_pylist()
+        want: dict[tuple[str, str], list[int]] = {}
+        for r in rows:
+            w = want.setdefault((r["protocol"], r["grpc_status"]), [0, 0])
+            w[0] += 1
+            w[1] += r["x_gray_version"] == HOSTILE
+        assert got == [{"protocol": p, "grpc_status": g, "n": n, "hostile": h}
+                       for (p, g), (n, h) in sorted(want.items())]
+        assert {r["protocol"] for r in got} == {"grpc", "h2c"}
+    finally:
+        svc.close()
