@@ -86,20 +86,12 @@ class H2Conn:
             self._lose("h2_lost")
 
     def _feed(self, d: _Dir, data: bytes, length: int, ts: int) -> None:
-        gap = length - len(data)
-        if d.skip:
-            take = min(d.skip, len(data))
-            self._data_bytes(d, d.skip_stream, take)
-            d.skip -= take
-            data = data[take:]
-            if not d.skip and d.skip_end:
-                self._end_half(d, d.skip_stream, ts)
+        gap = length - len(data)  # bytes the call moved beyond its capture
+        data, gap = self._skip(d, data, gap, ts)
         d.buf += data
         if d.need_preface:
             if len(d.buf) < len(PREFACE):
-                if not PREFACE.startswith(bytes(d.buf)):
-                    self._lose("h2_lost")
-                if gap:
+                if not PREFACE.startswith(bytes(d.buf)) or gap:
                     self._lose("h2_lost")
                 return
             if not d.buf.startswith(PREFACE):
@@ -112,29 +104,40 @@ class H2Conn:
             ftype, flags = d.buf[3], d.buf[4]
             sid = struct.unpack_from(">I", d.buf, 5)[0] & 0x7FFFFFFF
             if len(d.buf) < 9 + n:
-                if ftype == DATA and gap:  # the rest of this DATA frame lies in what was not captured
+                if ftype == DATA:  # counted as it comes, never kept: the rest is skipped (also through a gap)
                     have = len(d.buf) - 9
                     self._data_bytes(d, sid, have)
-                    d.skip, d.skip_stream = n - have, sid
-                    end = flags & END_STREAM
-                    d.skip_end = bool(end)
+                    s = self.streams.get(sid)
+                    if s is not None:
+                        s.end_ns = ts
+                    d.skip, d.skip_stream, d.skip_end = n - have, sid, bool(flags & END_STREAM)
                     del d.buf[:]
-                    take = min(d.skip, gap)
-                    self._data_bytes(d, sid, take)
-                    d.skip -= take
-                    gap -= take
-                    if end and not d.skip:
-                        self._end_half(d, sid, ts)
-                    if gap:  # a frame header lay in the gap
-                        self._lose("h2_lost")
-                    return
+                    _, gap = self._skip(d, b"", gap, ts)
+                elif n > MAX_BLOCK + 64:  # a header block or control frame too long to keep whole
+                    self._lose("h2_lost")
                 break
             payload = bytes(d.buf[9 : 9 + n])
             del d.buf[: 9 + n]
             self.counts["h2_frames"] += 1
             self._frame(d, ftype, flags, sid, payload, ts)
-        if gap and not self.lost:
+        if gap and not self.lost:  # what the capture missed held a frame header: the framing is lost
             self._lose("h2_lost")
+
+    def _skip(self, d: _Dir, data: bytes, gap: int, ts: int) -> tuple[bytes, int]:
+        """The rest of a DATA frame being skipped: from the captured bytes first, then from the gap."""
+        if not d.skip:
+            return data, gap
+        take = min(d.skip, len(data))
+        data = data[take:]
+        take2 = min(d.skip - take, gap)
+        gap -= take2
+        self._data_bytes(d, d.skip_stream, take + take2)
+        d.skip -= take + take2
+        if not d.skip:
+            self.counts["h2_frames"] += 1
+            if d.skip_end:
+                self._end_half(d, d.skip_stream, ts)
+        return data, gap
 
     def _data_bytes(self, d: _Dir, sid: int, n: int) -> None:
         s = self.streams.get(sid)

@@ -71,3 +71,20 @@ def test_any_bytes() -> None:
             c.feed(rnd.random() < 0.5, data, len(data) + rnd.choice((0, 0, 3)), t)
         c.close()
         c.take()
+
+
+def test_data_frames_longer_than_captures() -> None:
+    """DATA payloads are counted, never kept: a 40 KB frame over calls cut by the capture bound (the
+    rest of a call in the gap, and a call entirely inside the payload) keeps the framing."""
+    enc = hpack.Encoder()
+    c = H2Conn(server=True)
+    h = enc.encode([(":method", "POST"), (":path", "/big"), (":scheme", "http"), (":authority", "x")])
+    c.feed(False, PREFACE + frame(1, 4, 1, h), 24 + 9 + len(h), 1)
+    big = frame(0, 1, 1, b"q" * 40_000)
+    cap = 16384
+    c.feed(False, big[:cap], 20_000, 2)  # header + 16375 payload captured, 3616 in the gap
+    c.feed(False, big[20_000 : 20_000 + cap], 20_009, 3)  # the rest, captured in part
+    resp = frame(1, 5, 1, hpack.Encoder().encode([(":status", "204")]))
+    c.feed(True, resp, len(resp), 4)
+    s = c.take()[0]
+    assert (s.req_bytes, s.end_reason, s.response[":status"], c.lost) == (40_000, "end", "204", "")
