@@ -338,3 +338,40 @@ def test_https_h2_rows_exact(builds: list[gobuild.GoBuild]) -> None:
         cap.close()
     c = cap.src.counters()
     assert c["h2_lost"] == 0 and c["h2_hpack_errors"] == 0 and c["lost_ringbuf"] == 0, c
+
+
+def test_https_server_started_before_agent_mid_connection(builds: list[gobuild.GoBuild]) -> None:
+    """An HTTPS server and a keep-alive connection both older than the agent. HTTP/1.1 carries no
+    connection state, so requests on that connection become exact rows, except the one the server
+    was already waiting for when the probes were placed: its Read began before them, so its return
+    has no buffer to read. That one is not guessed: it is counted (read_return_unmatched)."""
+    build = builds[-1]
+    p = spawn([str(build.bin("tlsapp"))], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(p.stdout.readline().rsplit(":", 1)[1])  # type: ignore[union-attr]
+        with _client_ctx().wrap_socket(socket.create_connection(("127.0.0.1", port))) as sock:
+            def ask(code: int, rid: str) -> tuple[int, int]:
+                raw = f"GET /status/{code} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Request-ID: {rid}\r\n\r\n".encode()
+                sock.sendall(raw)
+                status, resp = _read_response(sock, False)
+                assert status == code
+                return len(raw), resp
+
+            ask(202, "before")  # served before the agent
+            cap = Capture(pids=(p.pid,))
+            try:
+                assert cap.src.traced(p.pid)  # found by the scan when the source opened
+                ask(203, "waited-for")  # the server's Read for it began before the probes
+                req, resp = ask(204, "after")
+                rows = cap.wait_rows(p.pid, 2, timeout=3.0)
+                got = [(r["x_request_id"], r["status"], r["request_bytes"], r["response_bytes"], r["remote_port"],
+                        r["encrypted"]) for r in rows]
+                assert ("after", 204, req, resp, sock.getsockname()[1], 1) in got
+                assert all(r["x_request_id"] != "before" for r in rows)
+                if len(rows) == 1:  # the waited-for request: counted, not guessed
+                    assert cap.src.counters()["source_errors:go_tls:read_return_unmatched"] >= 1
+            finally:
+                cap.close()
+    finally:
+        p.kill()
+        p.wait()
