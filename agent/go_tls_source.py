@@ -126,9 +126,17 @@ class Exchanges:
             st.held = -1
         # Go's server reads 1 byte in the background while a handler runs (and after a response):
         # the next head's first byte may come alone.
-        if not c.is_write and c.length == 1 and len(data) == 1 and st is not None and (
-                st.active is None or (st.active.role == ev.ROLE_SERVER and
-                                      (st.active.resp_bytes > 0 or data[0] in METHOD_STARTS))):
+        # (Also on a connection not known yet: one older than the agent, whose next head's first byte
+        # this read took.)
+        if not c.is_write and c.length == 1 and len(data) == 1 and (st is None or st.active is None or (
+                st.active.role == ev.ROLE_SERVER and (st.active.resp_bytes > 0 or data[0] in METHOD_STARTS))):
+            if st is None:
+                if data[0] not in METHOD_STARTS:
+                    return
+                if len(self.conns) >= self.max_conns:
+                    self.counts["tls_conns_full"] += 1
+                    return
+                st = self.conns[key] = _Conn()
             st.held = data[0]
             st.last_ns = c.ts_ns
             return
