@@ -44,6 +44,12 @@ class TcpSourceConfig(Section):
 class HttpConfig(Section):
     enabled: bool = True  # Go net/http requests (syscall tracepoints on Go processes only)
     go_uprobes: bool = False  # route patterns + outbound->inbound links, at ~19 us per probe hit here
+    # HTTPS of Go programs (crypto/tls plaintext, agent/go_tls_source.py): uprobes on every TLS Read and
+    # Write, at ~19 us per hit here (3+ per exchange): off by default (docs/go-tls.md).
+    go_tls: bool = False
+    # Cleartext HTTP/2 and gRPC (h2c) of Go programs: uprobes on every net.Conn Read and Write, at ~19 us
+    # per hit here: off by default (docs/go-tls.md).
+    go_h2c: bool = False
     headers: CommaList = tuple(http_parse.HEADER_COLUMNS)  # allow-list (lower-case names)
     # Stored paths go through http_parse.redact_path (tokens, ;matrix params); False keeps them raw.
     # Userinfo and query strings are never stored either way; routes are always templated.

@@ -461,6 +461,9 @@ def decode(events: np.ndarray, ctx: DecodeContext, wall_offset_ns: int) -> Decod
         "end_reason": _END_REASONS.take(pa.array(events["end_reason"])),
         "request_id": pa.array(request_id, pa.uint64()),
         "parent_request_id": pa.array(np.zeros(n, np.uint64), pa.uint64()),
+        "protocol": pa.repeat(pa.scalar("http/1.1", pa.string()), n),
+        "encrypted": pa.array(np.zeros(n, np.uint8), pa.uint8()),  # agent/go_tls_source.py sets it
+        "grpc_status": pa.repeat(pa.scalar("", pa.string()), n),
     }
     table = pa.Table.from_arrays([columns[c.name] for c in HTTP_REQUEST.columns], schema=HTTP_REQUEST.arrow_schema)
     return Decoded(table, pid, role, events["goroutine"], start_ns, end_ns, request_id, parse_errors)

@@ -92,7 +92,8 @@ SELECT
     '' AS x_request_id, '' AS traceparent,
     if(r = 0 AND h % 3 = 0, 'Mozilla/5.0', 'Go-http-client/1.1') AS user_agent,
     '' AS host_header, '' AS extra_headers, toUInt8(0) AS head_truncated, 'complete' AS end_reason,
-    number + 1 AS request_id, if(r = 1, number, 0) AS parent_request_id
+    number + 1 AS request_id, if(r = 1, number, 0) AS parent_request_id,
+    'http/1.1' AS protocol, toUInt8(0) AS encrypted, '' AS grpc_status
 FROM (SELECT number, intDiv(number, 3) AS k, number % 3 AS r, cityHash64(k) AS h,
              if(h % 5 = 0, 'v2', 'v1') AS version
       FROM numbers({offset}, {count}))

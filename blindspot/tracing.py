@@ -8,6 +8,7 @@ same things.
 
 from __future__ import annotations
 
+from agent.go_tls_source import GoTlsSource
 from agent.http_source import HttpSource
 from agent.pipeline import Pipeline, Sink, Source
 from agent.tcp_source import TcpSource
@@ -20,5 +21,7 @@ def build_pipeline(cfg: Config, sink: Sink, component: str) -> Pipeline:
     sources: list[Source] = [TcpSource(cfg.tcp, pipeline.emit, host=cfg.host)]
     if cfg.http.enabled:
         sources.append(HttpSource(cfg.http, pipeline.emit, host=cfg.host))
+        if cfg.http.go_tls or cfg.http.go_h2c:  # a uprobe per TLS / net.Conn read and write (docs/go-tls.md)
+            sources.append(GoTlsSource(cfg.http, pipeline.emit, host=cfg.host))
     pipeline.sources = sources
     return pipeline

@@ -213,6 +213,9 @@ HTTP_REQUEST = RecordKind(
         _s("end_reason", 16),
         _u("request_id"),
         _u("parent_request_id"),
+        _s("protocol", 16),  # http/1.1, h2, h2c, grpc ('' from agents before it existed)
+        _u("encrypted", 8),  # 1: read from the plaintext of a TLS connection (agent/go_tls_source.py)
+        _s("grpc_status", 4),  # gRPC status code from the trailers ("0".."16"), '' when none was seen
     ),
 )
 

@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: Apache-2.0
+// The plaintext of Go's crypto/tls connections (agent/go_tls_source.py): an entry uprobe on
+// crypto/tls.(*Conn).Write (the bytes to encrypt are the arguments), an entry uprobe on (*Conn).Read
+// (remembers the buffer, per goroutine) and uprobes on each RET instruction of (*Conn).Read (the
+// buffer now holds RAX bytes of plaintext). No uretprobes: Go moves goroutine stacks, and a
+// uretprobe's return-address trampoline crashes the runtime. One record per call goes to user space,
+// which rebuilds HTTP/1 exchanges from them. Every hit costs a uprobe (~19 us here): off by default.
+//
+// Options (-D from agent/go_tls_source.py): BS_TLS_RINGBUF_PAGES, BS_TLS_DATA_MAX, the kernel offsets
+// of the fd -> socket walk (BS_OFF_*, from BTF) and BS_SOCKET_FILE_OPS, as bpf/http_trace.c takes them.
+#include <uapi/linux/ptrace.h>
+#include "go_tls_event.h"
+
+struct tls_proc {
+	__s16 tcpconn_fd, netfd_sysfd; // Go struct field offsets of this process's binary; -1 unknown
+	__u32 _pad;
+};
+
+struct read_key {
+	__u32 pid;
+	__u32 plain; // 0: crypto/tls Read, 1: net.(*conn).Read (tls's Read calls it on the same goroutine)
+	__u64 goroutine;
+};
+
+struct conn_key {
+	__u32 pid;
+	__u32 _pad;
+	__u64 conn;
+};
+
+struct read_arg {
+	__u64 conn;
+	__u64 buf;
+};
+
+BPF_HASH(tls_pids, __u32, struct tls_proc, 4096);             // traced tgids (user space fills)
+BPF_HASH(tls_reads, struct read_key, struct read_arg, 16384);  // Read in progress, per goroutine
+BPF_TABLE("lru_hash", struct conn_key, __u8, h2c_conns, 16384); // cleartext conns that sent the preface
+BPF_PERCPU_ARRAY(tls_scratch, struct tls_event, 1);
+BPF_PERCPU_ARRAY(tls_stats, __u64, BS_TLS_STAT_N);
+BPF_RINGBUF_OUTPUT(tls_events, BS_TLS_RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(tls_procs, 16);
+
+#define BOUND(n, max)                             \
+	do {                                      \
+		asm volatile("" : "+r"(n));       \
+		if ((n) > (max))                  \
+			(n) = (max);              \
+	} while (0)
+
+static __always_inline void count(int slot)
+{
+	__u64 *v = tls_stats.lookup(&slot);
+	if (v)
+		(*v)++;
+}
+
+// *tls.Conn -> its net.Conn (interface at offset 0: the data word is a *net.TCPConn) -> fd; a
+// *net.conn (plain) is the TCPConn's first field already.
+static __always_inline int conn_fd(const struct tls_proc *tp, void *conn, int plain)
+{
+	void *tcpconn = conn, *netfd = 0;
+	long sysfd = -1;
+	if (tp->tcpconn_fd < 0 || tp->netfd_sysfd < 0)
+		return -1;
+	if (!plain)
+		bpf_probe_read_user(&tcpconn, sizeof(tcpconn), (char *)conn + 8);
+	if (!tcpconn)
+		return -1;
+	bpf_probe_read_user(&netfd, sizeof(netfd), (char *)tcpconn + tp->tcpconn_fd);
+	if (!netfd)
+		return -1;
+	bpf_probe_read_user(&sysfd, sizeof(sysfd), (char *)netfd + tp->netfd_sysfd);
+	return (int)sysfd;
+}
+
+// fd -> struct file -> struct socket -> struct sock: the connection's addresses (offsets from BTF).
+static __always_inline void read_addrs(struct tls_event *e, int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	void *files = 0, *fdt = 0, **fdarr = 0, *file = 0, *sock = 0, *sk = 0, *fops = 0;
+	unsigned int max_fds = 0;
+	if (fd < 0)
+		return;
+	bpf_probe_read_kernel(&files, sizeof(files), (char *)task + BS_OFF_TASK_FILES);
+	if (!files)
+		return;
+	bpf_probe_read_kernel(&fdt, sizeof(fdt), (char *)files + BS_OFF_FILES_FDT);
+	if (!fdt)
+		return;
+	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + BS_OFF_FDT_MAX_FDS);
+	if ((unsigned int)fd >= max_fds)
+		return;
+	bpf_probe_read_kernel(&fdarr, sizeof(fdarr), (char *)fdt + BS_OFF_FDT_FD);
+	bpf_probe_read_kernel(&file, sizeof(file), (char *)(fdarr + fd));
+	if (!file)
+		return;
+#if BS_SOCKET_FILE_OPS
+	bpf_probe_read_kernel(&fops, sizeof(fops), (char *)file + BS_OFF_FILE_F_OP);
+	if ((__u64)fops != BS_SOCKET_FILE_OPS)
+		return;
+#endif
+	bpf_probe_read_kernel(&sock, sizeof(sock), (char *)file + BS_OFF_FILE_PRIVATE);
+	if (!sock)
+		return;
+	bpf_probe_read_kernel(&sk, sizeof(sk), (char *)sock + BS_OFF_SOCKET_SK);
+	if (!sk)
+		return;
+	__u16 family = 0, dport = 0, num = 0;
+	bpf_probe_read_kernel(&family, sizeof(family), (char *)sk + BS_OFF_SKC_FAMILY);
+	bpf_probe_read_kernel(&dport, sizeof(dport), (char *)sk + BS_OFF_SKC_DPORT);
+	bpf_probe_read_kernel(&num, sizeof(num), (char *)sk + BS_OFF_SKC_NUM);
+	if (family == 2) {
+		bpf_probe_read_kernel(e->saddr, 4, (char *)sk + BS_OFF_SKC_RCV_SADDR);
+		bpf_probe_read_kernel(e->daddr, 4, (char *)sk + BS_OFF_SKC_DADDR);
+	} else if (family == 10) {
+		bpf_probe_read_kernel(e->saddr, 16, (char *)sk + BS_OFF_SKC_V6_RCV_SADDR);
+		bpf_probe_read_kernel(e->daddr, 16, (char *)sk + BS_OFF_SKC_V6_DADDR);
+	} else {
+		return;
+	}
+	e->family = family;
+	e->sport = num;
+	e->dport = __builtin_bswap16(dport);
+	e->flags |= BS_TLS_F_ADDR;
+}
+
+static __always_inline void send(struct pt_regs *ctx, const struct tls_proc *tp, __u64 conn, const void *buf,
+				 __u64 len, __u8 dir, int plain)
+{
+	int z = 0;
+	struct tls_event *e = tls_scratch.lookup(&z);
+	if (!e)
+		return;
+	__u64 id = bpf_get_current_pid_tgid();
+	e->kind = BS_TLS_DATA;
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->conn = conn;
+	e->goroutine = ctx->r14;
+	e->len = len > 0xffffffffULL ? 0xffffffffU : (__u32)len;
+	e->dir = dir;
+	e->flags = plain ? BS_TLS_F_PLAIN : 0;
+	e->family = 0;
+	e->sport = 0;
+	e->dport = 0;
+	e->fd = conn_fd(tp, (void *)conn, plain);
+	read_addrs(e, e->fd);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	__u64 n = len;
+	if (n > BS_TLS_DATA_MAX) {
+		n = BS_TLS_DATA_MAX;
+		e->flags |= BS_TLS_F_CUT;
+	}
+	BOUND(n, BS_TLS_DATA_MAX);
+	if (bpf_probe_read_user(e->data, n, buf) != 0)
+		n = 0;
+	e->data_len = n;
+	__u64 size = BS_TLS_HEADER_SIZE + n;
+	BOUND(size, sizeof(*e));
+	if (tls_events.ringbuf_output(e, size, 0) == 0)
+		count(BS_TLS_STAT_EMITTED);
+	else
+		count(BS_TLS_STAT_LOST_RINGBUF);
+}
+
+// crypto/tls.(*Conn).Write(c, b []byte): RAX = c, RBX = b's data, RCX = its length (Go >= 1.17 ABI).
+int uprobe_tls_write(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tls_proc *tp = tls_pids.lookup(&tgid);
+	if (!tp)
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	if ((long)ctx->cx <= 0)
+		return 0;
+	send(ctx, tp, ctx->ax, (void *)ctx->bx, ctx->cx, BS_TLS_WRITE, 0);
+	return 0;
+}
+
+// crypto/tls.(*Conn).Read(c, b []byte) entry: remember c and b for this goroutine's return.
+int uprobe_tls_read(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!tls_pids.lookup(&tgid))
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	struct read_key k = {.pid = tgid, .goroutine = ctx->r14};
+	struct read_arg a = {.conn = ctx->ax, .buf = ctx->bx};
+	if (tls_reads.update(&k, &a))
+		count(BS_TLS_STAT_AUX_FULL);
+	return 0;
+}
+
+// At a RET of (*Conn).Read: RAX = n, the buffer remembered at entry holds n bytes of plaintext.
+int uprobe_tls_read_ret(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tls_proc *tp = tls_pids.lookup(&tgid);
+	if (!tp)
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	struct read_key k = {.pid = tgid, .goroutine = ctx->r14};
+	struct read_arg *a = tls_reads.lookup(&k);
+	if (!a) {
+		count(BS_TLS_STAT_READ_LOST);
+		return 0;
+	}
+	struct read_arg arg = *a;
+	tls_reads.delete(&k);
+	long n = (long)ctx->ax;
+	if (n <= 0)
+		return 0;
+	send(ctx, tp, arg.conn, (void *)arg.buf, n, BS_TLS_READ, 0);
+	return 0;
+}
+
+// Cleartext: net.(*conn).Read / Write of every connection, but only connections that began with the
+// HTTP/2 client preface ("PRI * HTTP/2.0...", read by a server or written by a client) go on to
+// user space; HTTP/1 stays with bpf/http_trace.c and TLS ciphertext is dropped here.
+static __always_inline int h2c_conn(__u32 tgid, __u64 conn, const void *buf, long n)
+{
+	struct conn_key k = {.pid = tgid, .conn = conn};
+	if (h2c_conns.lookup(&k))
+		return 1;
+	char p[8] = {};
+	if (n < 8)
+		return 0;
+	bpf_probe_read_user(p, 8, buf);
+	if (!(p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ' && p[4] == '*' && p[5] == ' ' && p[6] == 'H' &&
+	      p[7] == 'T')) {
+		// An HTTP/2 frame header (length <= 16384, type <= 9) on a connection not seen from its start
+		// (it began before the agent): not decodable (HPACK state unknown), counted. HTTP/1 text and
+		// TLS records never match (their first 3 bytes as a length are far above 16384).
+		__u32 flen = ((__u32)(__u8)p[0] << 16) | ((__u32)(__u8)p[1] << 8) | (__u8)p[2];
+		if (n >= 9 && flen <= 16384 && (__u8)p[3] <= 9)
+			count(BS_TLS_STAT_H2C_UNTRACKED);
+		return 0;
+	}
+	__u8 one = 1;
+	h2c_conns.update(&k, &one);
+	count(BS_TLS_STAT_H2C_CONNS);
+	return 1;
+}
+
+int uprobe_net_write(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tls_proc *tp = tls_pids.lookup(&tgid);
+	if (!tp)
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	if ((long)ctx->cx <= 0 || !h2c_conn(tgid, ctx->ax, (void *)ctx->bx, (long)ctx->cx))
+		return 0;
+	send(ctx, tp, ctx->ax, (void *)ctx->bx, ctx->cx, BS_TLS_WRITE, 1);
+	return 0;
+}
+
+int uprobe_net_read(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!tls_pids.lookup(&tgid))
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	struct read_key k = {.pid = tgid, .plain = 1, .goroutine = ctx->r14};
+	struct read_arg a = {.conn = ctx->ax, .buf = ctx->bx};
+	if (tls_reads.update(&k, &a))
+		count(BS_TLS_STAT_AUX_FULL);
+	return 0;
+}
+
+int uprobe_net_read_ret(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tls_proc *tp = tls_pids.lookup(&tgid);
+	if (!tp)
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	struct read_key k = {.pid = tgid, .plain = 1, .goroutine = ctx->r14};
+	struct read_arg *a = tls_reads.lookup(&k);
+	if (!a) {
+		count(BS_TLS_STAT_READ_LOST);
+		return 0;
+	}
+	struct read_arg arg = *a;
+	tls_reads.delete(&k);
+	long n = (long)ctx->ax;
+	if (n <= 0 || !h2c_conn(tgid, arg.conn, (void *)arg.buf, n))
+		return 0;
+	send(ctx, tp, arg.conn, (void *)arg.buf, n, BS_TLS_READ, 1);
+	return 0;
+}
+
+// Every exec: user space decides whether the new program is Go with crypto/tls.
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	struct tls_proc_event *r = tls_procs.ringbuf_reserve(sizeof(struct tls_proc_event));
+	if (!r) {
+		count(BS_TLS_STAT_LOST_RINGBUF);
+		return 0;
+	}
+	r->kind = BS_TLS_PROC_EXEC;
+	r->pid = bpf_get_current_pid_tgid() >> 32;
+	tls_procs.ringbuf_submit(r, 0);
+	return 0;
+}

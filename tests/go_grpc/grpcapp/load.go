@@ -1,0 +1,70 @@
+package main
+
+// grpcLoad: the bench's load generator (bench/bench_go_tls.py): n Health.Check calls from c
+// goroutines on one connection, paced to rate/s in all (0: saturate).
+// Prints "DONE <calls> <errors> <seconds> <p50 us> <p99 us>".
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+func grpcLoad(target string, n, c int, rate float64) {
+	conn, err := grpc.Dial(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		panic(err)
+	}
+	cl := healthpb.NewHealthClient(conn)
+	lat := make([][]time.Duration, c)
+	errs := make([]int, c)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < c; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			var gap time.Duration
+			if rate > 0 {
+				gap = time.Duration(float64(time.Second) * float64(c) / rate)
+			}
+			next := time.Now()
+			for i := w; i < n; i += c {
+				if gap > 0 {
+					if d := time.Until(next); d > 0 {
+						time.Sleep(d)
+					}
+					next = next.Add(gap)
+				}
+				t0 := time.Now()
+				if _, err := cl.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "up"}); err != nil {
+					errs[w]++
+					continue
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		}(w)
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	var all []time.Duration
+	nerr := 0
+	for w := range lat {
+		all = append(all, lat[w]...)
+		nerr += errs[w]
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	p := func(q float64) int64 {
+		if len(all) == 0 {
+			return 0
+		}
+		return all[int(q*float64(len(all)-1))].Microseconds()
+	}
+	fmt.Printf("DONE %d %d %.3f %d %d\n", len(all), nerr, secs, p(0.5), p(0.99))
+}

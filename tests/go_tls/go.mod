@@ -1,0 +1,3 @@
+module blindspot.test/gotls
+
+go 1.21
