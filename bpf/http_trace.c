@@ -18,6 +18,7 @@
 //                                                            once user space adds it (0: a pid allow-list)
 #include <uapi/linux/ptrace.h>
 #include "http_event.h"
+#include "sock_addrs.h"
 
 struct go_proc {
 	// Go struct field offsets for this process's binary (DWARF or per-version table); -1 = unknown.
@@ -139,49 +140,12 @@ static __always_inline int is_response(const char *p)
 // connection. All offsets come from BTF.
 static __always_inline void read_addrs(struct conn_state *st, int fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	void *files = 0, *fdt = 0, **fdarr = 0, *file = 0, *sock = 0, *sk = 0, *fops = 0;
-	unsigned int max_fds = 0;
-	bpf_probe_read_kernel(&files, sizeof(files), (char *)task + BS_OFF_TASK_FILES);
-	if (!files)
+	struct bs_sock_addrs a = {};
+	if (!bs_fd_addrs(fd, st->ev.saddr, st->ev.daddr, &a))
 		return;
-	bpf_probe_read_kernel(&fdt, sizeof(fdt), (char *)files + BS_OFF_FILES_FDT);
-	if (!fdt)
-		return;
-	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + BS_OFF_FDT_MAX_FDS);
-	if ((unsigned int)fd >= max_fds)
-		return;
-	bpf_probe_read_kernel(&fdarr, sizeof(fdarr), (char *)fdt + BS_OFF_FDT_FD);
-	bpf_probe_read_kernel(&file, sizeof(file), (char *)(fdarr + fd));
-	if (!file)
-		return;
-#if BS_SOCKET_FILE_OPS
-	bpf_probe_read_kernel(&fops, sizeof(fops), (char *)file + BS_OFF_FILE_F_OP);
-	if ((__u64)fops != BS_SOCKET_FILE_OPS)
-		return;
-#endif
-	bpf_probe_read_kernel(&sock, sizeof(sock), (char *)file + BS_OFF_FILE_PRIVATE);
-	if (!sock)
-		return;
-	bpf_probe_read_kernel(&sk, sizeof(sk), (char *)sock + BS_OFF_SOCKET_SK);
-	if (!sk)
-		return;
-	__u16 family = 0, dport = 0, num = 0;
-	bpf_probe_read_kernel(&family, sizeof(family), (char *)sk + BS_OFF_SKC_FAMILY);
-	bpf_probe_read_kernel(&dport, sizeof(dport), (char *)sk + BS_OFF_SKC_DPORT);
-	bpf_probe_read_kernel(&num, sizeof(num), (char *)sk + BS_OFF_SKC_NUM);
-	if (family == 2) {
-		bpf_probe_read_kernel(st->ev.saddr, 4, (char *)sk + BS_OFF_SKC_RCV_SADDR);
-		bpf_probe_read_kernel(st->ev.daddr, 4, (char *)sk + BS_OFF_SKC_DADDR);
-	} else if (family == 10) {
-		bpf_probe_read_kernel(st->ev.saddr, 16, (char *)sk + BS_OFF_SKC_V6_RCV_SADDR);
-		bpf_probe_read_kernel(st->ev.daddr, 16, (char *)sk + BS_OFF_SKC_V6_DADDR);
-	} else {
-		return;
-	}
-	st->ev.family = family;
-	st->ev.sport = num;
-	st->ev.dport = __builtin_bswap16(dport);
+	st->ev.family = a.family;
+	st->ev.sport = a.sport;
+	st->ev.dport = a.dport;
 	st->ev.flags |= BS_HTTP_F_ADDR;
 }
 

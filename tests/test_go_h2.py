@@ -8,68 +8,21 @@ test made and the answer the client printed.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import threading
 import time
 from typing import Any
 
-import pyarrow as pa
 import pytest
 
 from contract.records import HTTP_REQUEST
 from tests import gobuild, gobuild_tls
+from tests.gobuild_tls import Capture
 from tests.procs import spawn
 
 pytestmark = [pytest.mark.root, pytest.mark.go]
 
 HOSTILE = "v2'); DROP TABLE blindspot.http_requests; -- <script>x</script> $(rm -rf /) %s"
 METHOD = "/grpc.health.v1.Health/Check"
-
-
-class Capture:
-    def __init__(self) -> None:
-        from agent.config import HttpConfig
-        from agent.go_tls_source import GoTlsSource
-
-        self.rows: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        cfg = HttpConfig(go_h2c=True, exe_prefix=str(gobuild.CACHE), quiet_s=0.3)
-        self.src = GoTlsSource(cfg, self._emit, host=socket.gethostname())
-        self.src.open()
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _emit(self, kind: str, table: pa.Table) -> None:
-        assert table.schema.equals(HTTP_REQUEST.arrow_schema)
-        with self.lock:
-            self.rows.extend(HTTP_REQUEST.to_rows(table))
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.src.poll(0)
-            time.sleep(0.05)
-
-    def wait_traced(self, pid: int, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.src.traced(pid):
-            assert time.monotonic() < deadline, f"pid {pid} never traced"
-            time.sleep(0.02)
-
-    def wait_rows(self, pid: int, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                got = [r for r in self.rows if r["pid"] == pid]
-            if len(got) >= n or time.monotonic() > deadline:
-                return sorted(got, key=lambda r: r["time"])
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.t.join()
-        self.src.close()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +34,7 @@ def builds() -> list[tuple[gobuild.GoBuild, str]]:
 
 @pytest.fixture(scope="module")
 def cap() -> Any:
-    c = Capture()
+    c = Capture(go_h2c=True)
     yield c
     c.close()
 
@@ -132,7 +85,7 @@ def test_connection_begun_before_agent_counted_not_guessed(builds: list[tuple[go
     assert cli.stdout.readline().strip() == "READY"  # type: ignore[union-attr]
     try:
         assert _call(cli, "check\tup")[1] == "0"  # the connection is up before the agent
-        cap = Capture()
+        cap = Capture(go_h2c=True)
         try:
             assert cap.src.add_pid(srv.pid) and cap.src.add_pid(cli.pid)
             for _ in range(3):

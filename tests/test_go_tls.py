@@ -16,13 +16,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
 import pytest
 
-from contract.records import HTTP_REQUEST
 from tests import gobuild, gobuild_tls
+from tests.gobuild_tls import Capture
 from tests.procs import spawn
 
 pytestmark = [pytest.mark.root, pytest.mark.go]
@@ -30,51 +28,6 @@ pytestmark = [pytest.mark.root, pytest.mark.go]
 HOSTILE = "v2'); DROP TABLE blindspot.http_requests; -- <script>x</script> $(rm -rf /) \u00e9\u65e5"
 SECRET = "Bearer s3cr3t-t0ken"
 COOKIE = "session=c00kie-s3cr3t"
-
-
-class Capture:
-    def __init__(self, pids: tuple[int, ...] = ()) -> None:
-        from agent.config import HttpConfig
-        from agent.go_tls_source import GoTlsSource
-
-        self.rows: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        cfg = HttpConfig(go_tls=True, exe_prefix=str(gobuild.CACHE), quiet_s=0.3, pids=pids)
-        self.src = GoTlsSource(cfg, self._emit, host=socket.gethostname())
-        self.src.open()
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _emit(self, kind: str, table: pa.Table) -> None:
-        assert table.schema.equals(HTTP_REQUEST.arrow_schema)
-        with self.lock:
-            self.rows.extend(HTTP_REQUEST.to_rows(table))
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.src.poll(0)
-            time.sleep(0.05)
-
-    def wait_traced(self, pid: int, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.src.traced(pid):
-            assert time.monotonic() < deadline, f"pid {pid} never traced"
-            time.sleep(0.02)
-
-    def wait_rows(self, pid: int, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                got = [r for r in self.rows if r["pid"] == pid]
-            if len(got) >= n or time.monotonic() > deadline:
-                return sorted(got, key=lambda r: r["time"])
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.t.join()
-        self.src.close()
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +75,7 @@ SERVER_CASES = [
 
 
 def test_https_server_rows_exact(builds: list[gobuild.GoBuild]) -> None:
-    cap = Capture()
+    cap = Capture(go_tls=True)
     procs = []
     try:
         for build in builds:
@@ -246,7 +199,7 @@ def test_https_client_rows_exact_started_before_agent(builds: list[gobuild.GoBui
                       stderr=subprocess.DEVNULL, text=True, bufsize=1)
             assert p.stdout.readline().strip() == "READY"  # type: ignore[union-attr]
             clients.append((build, p))
-        cap = Capture(pids=tuple(p.pid for _, p in clients))
+        cap = Capture(go_tls=True, pids=tuple(p.pid for _, p in clients))
         try:
             for build, p in clients:
                 assert cap.src.traced(p.pid), build.id
@@ -291,7 +244,7 @@ def test_https_client_rows_exact_started_before_agent(builds: list[gobuild.GoBui
 def test_https_h2_rows_exact(builds: list[gobuild.GoBuild]) -> None:
     """HTTPS where both Go ends negotiate HTTP/2 by ALPN (net/http's default): one row per stream from
     both ends, protocol 'h2', encrypted; bodies past a TLS record."""
-    cap = Capture()
+    cap = Capture(go_tls=True)
     procs = []
     try:
         for build in builds:
@@ -358,7 +311,7 @@ def test_https_server_started_before_agent_mid_connection(builds: list[gobuild.G
                 return len(raw), resp
 
             ask(202, "before")  # served before the agent
-            cap = Capture(pids=(p.pid,))
+            cap = Capture(go_tls=True, pids=(p.pid,))
             try:
                 assert cap.src.traced(p.pid)  # found by the scan when the source opened
                 ask(203, "waited-for")  # the server's Read for it began before the probes
