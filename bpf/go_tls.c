@@ -10,6 +10,7 @@
 // of the fd -> socket walk (BS_OFF_*, from BTF) and BS_SOCKET_FILE_OPS, as bpf/http_trace.c takes them.
 #include <uapi/linux/ptrace.h>
 #include "go_tls_event.h"
+#include "bound.h"
 #include "sock_addrs.h"
 
 struct tls_proc {
@@ -42,12 +43,6 @@ BPF_PERCPU_ARRAY(tls_stats, __u64, BS_TLS_STAT_N);
 BPF_RINGBUF_OUTPUT(tls_events, BS_TLS_RINGBUF_PAGES);
 BPF_RINGBUF_OUTPUT(tls_procs, 16);
 
-#define BOUND(n, max)                             \
-	do {                                      \
-		asm volatile("" : "+r"(n));       \
-		if ((n) > (max))                  \
-			(n) = (max);              \
-	} while (0)
 
 static __always_inline void count(int slot)
 {
@@ -142,39 +137,55 @@ int uprobe_tls_write(struct pt_regs *ctx)
 }
 
 // crypto/tls.(*Conn).Read(c, b []byte) entry: remember c and b for this goroutine's return.
-int uprobe_tls_read(struct pt_regs *ctx)
+// Entry of a Read (plain 0: crypto/tls.(*Conn).Read, 1: net.(*conn).Read): the buffer is remembered by
+// (process, goroutine) until one of the function's RETs.
+static __always_inline int read_entry(struct pt_regs *ctx, __u32 plain)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (!tls_pids.lookup(&tgid))
 		return 0;
 	count(BS_TLS_STAT_HITS);
-	struct read_key k = {.pid = tgid, .goroutine = ctx->r14};
+	struct read_key k = {.pid = tgid, .plain = plain, .goroutine = ctx->r14};
 	struct read_arg a = {.conn = ctx->ax, .buf = ctx->bx};
 	if (tls_reads.update(&k, &a))
 		count(BS_TLS_STAT_AUX_FULL);
 	return 0;
 }
 
-// At a RET of (*Conn).Read: RAX = n, the buffer remembered at entry holds n bytes of plaintext.
-int uprobe_tls_read_ret(struct pt_regs *ctx)
+// At a RET of a Read: RAX = n, the buffer remembered at entry holds n bytes. Returns n (> 0: something
+// to send, with *tp and *arg set), else 0.
+static __always_inline long read_return(struct pt_regs *ctx, __u32 tgid, __u32 plain, struct tls_proc **tp,
+					struct read_arg *arg)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct tls_proc *tp = tls_pids.lookup(&tgid);
-	if (!tp)
+	*tp = tls_pids.lookup(&tgid);
+	if (!*tp)
 		return 0;
 	count(BS_TLS_STAT_HITS);
-	struct read_key k = {.pid = tgid, .goroutine = ctx->r14};
+	struct read_key k = {.pid = tgid, .plain = plain, .goroutine = ctx->r14};
 	struct read_arg *a = tls_reads.lookup(&k);
 	if (!a) {
 		count(BS_TLS_STAT_READ_LOST);
 		return 0;
 	}
-	struct read_arg arg = *a;
+	*arg = *a;
 	tls_reads.delete(&k);
 	long n = (long)ctx->ax;
-	if (n <= 0)
-		return 0;
-	send(ctx, tp, arg.conn, (void *)arg.buf, n, BS_TLS_READ, 0);
+	return n > 0 ? n : 0;
+}
+
+int uprobe_tls_read(struct pt_regs *ctx)
+{
+	return read_entry(ctx, 0);
+}
+
+// At a RET of (*Conn).Read: the plaintext.
+int uprobe_tls_read_ret(struct pt_regs *ctx)
+{
+	struct tls_proc *tp = 0;
+	struct read_arg arg = {};
+	long n = read_return(ctx, bpf_get_current_pid_tgid() >> 32, 0, &tp, &arg);
+	if (n > 0 && tp)
+		send(ctx, tp, arg.conn, (void *)arg.buf, n, BS_TLS_READ, 0);
 	return 0;
 }
 
@@ -221,36 +232,17 @@ int uprobe_net_write(struct pt_regs *ctx)
 
 int uprobe_net_read(struct pt_regs *ctx)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!tls_pids.lookup(&tgid))
-		return 0;
-	count(BS_TLS_STAT_HITS);
-	struct read_key k = {.pid = tgid, .plain = 1, .goroutine = ctx->r14};
-	struct read_arg a = {.conn = ctx->ax, .buf = ctx->bx};
-	if (tls_reads.update(&k, &a))
-		count(BS_TLS_STAT_AUX_FULL);
-	return 0;
+	return read_entry(ctx, 1);
 }
 
 int uprobe_net_read_ret(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct tls_proc *tp = tls_pids.lookup(&tgid);
-	if (!tp)
-		return 0;
-	count(BS_TLS_STAT_HITS);
-	struct read_key k = {.pid = tgid, .plain = 1, .goroutine = ctx->r14};
-	struct read_arg *a = tls_reads.lookup(&k);
-	if (!a) {
-		count(BS_TLS_STAT_READ_LOST);
-		return 0;
-	}
-	struct read_arg arg = *a;
-	tls_reads.delete(&k);
-	long n = (long)ctx->ax;
-	if (n <= 0 || !h2c_conn(tgid, arg.conn, (void *)arg.buf, n))
-		return 0;
-	send(ctx, tp, arg.conn, (void *)arg.buf, n, BS_TLS_READ, 1);
+	struct tls_proc *tp = 0;
+	struct read_arg arg = {};
+	long n = read_return(ctx, tgid, 1, &tp, &arg);
+	if (n > 0 && tp && h2c_conn(tgid, arg.conn, (void *)arg.buf, n))
+		send(ctx, tp, arg.conn, (void *)arg.buf, n, BS_TLS_READ, 1);
 	return 0;
 }
 

@@ -18,6 +18,7 @@
 //                                                            once user space adds it (0: a pid allow-list)
 #include <uapi/linux/ptrace.h>
 #include "http_event.h"
+#include "bound.h"
 #include "sock_addrs.h"
 
 struct go_proc {
@@ -69,14 +70,6 @@ BPF_PERCPU_ARRAY(stats, __u64, BS_HTTP_STAT_N);
 BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES); // struct http_event only: user space reads it at a fixed stride
 BPF_RINGBUF_OUTPUT(proc_events, 256);           // struct http_proc (168 bytes: ~6,000 exec/exit records)
 
-// Clamp a length so the verifier can see the bound: the empty asm keeps clang from folding the
-// check into an earlier comparison on another register.
-#define BOUND(n, max)                             \
-	do {                                      \
-		asm volatile("" : "+r"(n));       \
-		if ((n) > (max))                  \
-			(n) = (max);              \
-	} while (0)
 
 static __always_inline void count(int slot)
 {
