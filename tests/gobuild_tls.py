@@ -8,14 +8,10 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from contract.records import HTTP_REQUEST
+from tests import capture
 from tests.gobuild import CACHE, GO_ENV, GO_VERSIONS, VARIANTS, GoBuild
 
 GO_SRC = Path(__file__).resolve().parent / "go_tls"
@@ -106,49 +102,18 @@ def grpc_builds() -> list[tuple[GoBuild, str]]:
     return [(build_grpc(go, v, grpc), grpc) for go, grpc in GRPC_MATRIX for v in VARIANTS]
 
 
-class Capture:
-    """A GoTlsSource polled on a thread of its own; the rows it emits kept for the test to read.
-    ``settings``: HttpConfig fields (go_tls / go_h2c, pids, ...) over the tests' defaults."""
+class Capture(capture.Capture):
+    """A GoTlsSource in this process (capture.Capture). ``settings``: HttpConfig fields (go_tls / go_h2c,
+    pids, ...) over the tests' defaults."""
 
     def __init__(self, **settings: Any) -> None:
         from agent.config import HttpConfig
         from agent.go_tls_source import GoTlsSource
 
-        self.rows: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
         cfg = HttpConfig(**{"exe_prefix": str(CACHE), "quiet_s": 0.3, **settings})
-        self.src = GoTlsSource(cfg, self._emit, host=socket.gethostname())
-        self.src.open()
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
+        super().__init__(lambda emit: GoTlsSource(cfg, emit, host=socket.gethostname()), pause_s=0.05,
+                         check_schema=True)
 
-    def _emit(self, kind: str, table: pa.Table) -> None:
-        assert table.schema.equals(HTTP_REQUEST.arrow_schema)
-        with self.lock:
-            self.rows.extend(HTTP_REQUEST.to_rows(table))
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.src.poll(0)
-            time.sleep(0.05)
-
-    def wait_traced(self, pid: int, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.src.traced(pid):
-            assert time.monotonic() < deadline, f"pid {pid} never traced"
-            time.sleep(0.02)
-
-    def wait_rows(self, pid: int, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                got = [r for r in self.rows if r["pid"] == pid]
-            if len(got) >= n or time.monotonic() > deadline:
-                return sorted(got, key=lambda r: r["time"])
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.t.join()
-        self.src.close()
+    def wait_rows(self, pid: int, n: int, timeout: float | None = None) -> list[dict[str, Any]]:  # type: ignore[override]
+        """Process ``pid``'s rows in time order."""
+        return sorted(super().wait_rows(lambda r: r["pid"] == pid, n, timeout), key=lambda r: r["time"])

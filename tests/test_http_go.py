@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 import pytest
 
 from contract.records import HTTP_REQUEST
-from tests import gobuild
+from tests import capture, gobuild
 from tests.procs import spawn
 
 pytestmark = [pytest.mark.root, pytest.mark.go]
@@ -132,47 +131,11 @@ CASES = [
 ]
 
 
-class Capture:
-    def __init__(self, uprobes: bool) -> None:
-        from agent.http_source import HttpConfig, HttpSource
+def Capture(uprobes: bool) -> capture.Capture:
+    from agent.http_source import HttpConfig, HttpSource
 
-        self.rows: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.src = HttpSource(HttpConfig(go_uprobes=uprobes, exe_prefix=str(gobuild.CACHE), link_wait_s=1.0),
-                              self._emit, host=socket.gethostname())
-        self.src.open()
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _emit(self, kind: str, table: pa.Table) -> None:
-        rows = HTTP_REQUEST.to_rows(table)
-        with self.lock:
-            self.rows.extend(rows)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.src.poll(50)
-
-    def wait_traced(self, pid: int, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.src.traced(pid):
-            assert time.monotonic() < deadline, f"pid {pid} never traced"
-            time.sleep(0.02)
-
-    def wait_rows(self, pred, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                got = [r for r in self.rows if pred(r)]
-            if len(got) >= n or time.monotonic() > deadline:
-                return got
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.t.join()
-        self.src.close()
+    cfg = HttpConfig(go_uprobes=uprobes, exe_prefix=str(gobuild.CACHE), link_wait_s=1.0)
+    return capture.Capture(lambda emit: HttpSource(cfg, emit, host=socket.gethostname()), poll_ms=50)
 
 
 @pytest.fixture(scope="module")
@@ -397,7 +360,6 @@ def test_gray_release_links_inbound_to_upstream(cap: Capture, builds: list[gobui
 
 def test_rows_store_in_chdb(cap: Capture, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The rows captured above go through the real sink into chDB and come back as they were."""
-    from contract.records import HTTP_REQUEST
     from ingest import ClickHouseSink, migrate, open_service
 
     with cap.lock:

@@ -14,17 +14,13 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
 import pytest
 
-from contract.records import HTTP_REQUEST
-from tests import gobuild
+from tests import capture, gobuild
 from tests.procs import spawn
 
 pytestmark = [pytest.mark.root, pytest.mark.go]
@@ -32,44 +28,12 @@ pytestmark = [pytest.mark.root, pytest.mark.go]
 N = 300
 
 
-class Capture:
+def Capture(exe_prefix: str) -> capture.Capture:
     """The agent's HTTP source (Go uprobes on) in this process, polled every 20 ms as the pipeline does."""
+    from agent.http_source import HttpConfig, HttpSource
 
-    def __init__(self, exe_prefix: str) -> None:
-        from agent.http_source import HttpConfig, HttpSource
-
-        self.rows: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.src = HttpSource(HttpConfig(go_uprobes=True, exe_prefix=exe_prefix, link_wait_s=1.0), self._emit,
-                              host=socket.gethostname())
-        self.src.open()
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _emit(self, kind: str, table: pa.Table) -> None:
-        rows = HTTP_REQUEST.to_rows(table)
-        with self.lock:
-            self.rows.extend(rows)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.src.poll(0)
-            time.sleep(0.02)
-
-    def wait_rows(self, pred, n: int, timeout: float = 8.0) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                got = [r for r in self.rows if pred(r)]
-            if len(got) >= n or time.monotonic() > deadline:
-                return got
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.t.join()
-        self.src.close()
+    cfg = HttpConfig(go_uprobes=True, exe_prefix=exe_prefix, link_wait_s=1.0)
+    return capture.Capture(lambda emit: HttpSource(cfg, emit, host=socket.gethostname()), pause_s=0.02, wait_s=8.0)
 
 
 @pytest.fixture(scope="module")
