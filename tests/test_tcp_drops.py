@@ -25,10 +25,15 @@ FROM blindspot.packet_drops WHERE netns = {netns:UInt32} AND time >= fromUnixTim
 GROUP BY reason ORDER BY reason
 """
 
-CONN_BY_LOCAL_PORT = """
+# Both ends of the one connection between ports a and b, closed after ``since``. Ports alone are not
+# enough: the host's own connections (a test's Kafka client retrying a closed port, say) draw local
+# ports from the same range, and one of them sharing a port made a test read a stranger's row.
+CONNECTION = """
 SELECT role, local_port, remote_port, toUInt64(retransmits) AS retransmits, toUInt64(drops) AS drops,
        drop_reason, close_reason
-FROM blindspot.tcp_connections WHERE local_port = {port:UInt16} OR remote_port = {port:UInt16}
+FROM blindspot.tcp_connections
+WHERE ((local_port = {a:UInt16} AND remote_port = {b:UInt16}) OR (local_port = {b:UInt16} AND remote_port = {a:UInt16}))
+  AND end_time >= fromUnixTimestamp64Nano({since:Int64})
 ORDER BY role
 """
 
@@ -116,7 +121,8 @@ def test_no_socket(agent: Agent, netns: Netns) -> None:
     # One SYN to a closed port; the kernel's RST back is delivered, not dropped. The SYN belongs to no
     # socket on arrival (loopback orphans it), so it is not on the client's row.
     assert drops == {"NO_SOCKET": (1, 0)}
-    rows = agent.wait_rows(CONN_BY_LOCAL_PORT, lambda r: len(r) >= 1, port=got["local_port"])
+    rows = agent.wait_rows(CONNECTION, lambda r: len(r) >= 1, a=got["local_port"], b=got["port"],
+                           since=netns.since)
     assert [(r["role"], r["close_reason"], int(r["drops"]), r["drop_reason"]) for r in rows] == [
         ("client", "refused", 0, "")]
 
@@ -134,7 +140,8 @@ def test_listen_overflow(agent: Agent, netns: Netns) -> None:
     assert set(drops) <= {"TCP_LISTEN_OVERFLOW", *INCIDENTAL}, drops
     assert all(conn == 0 for _, conn in drops.values()), drops
     # The client's segment was dropped n times: n retransmissions, the last one accepted.
-    rows = agent.wait_rows(CONN_BY_LOCAL_PORT, lambda r: len(r) >= 2, port=got["late_port"])
+    rows = agent.wait_rows(CONNECTION, lambda r: len(r) >= 2, a=got["late_port"], b=got["port"],
+                           since=netns.since)
     client = next(r for r in rows if r["role"] == "client")
     assert int(client["retransmits"]) == n, rows
     assert int(client["drops"]) == 0, rows
@@ -150,7 +157,8 @@ def test_netfilter_drop_on_a_connection(agent: Agent, veth_pair: tuple[Netns, Ne
     # and, at most, the incidental frees of test_listen_overflow, never on a connection
     assert set(drops) <= {"NETFILTER_DROP", *INCIDENTAL}, drops
     assert all(conn == 0 for reason, (_, conn) in drops.items() if reason != "NETFILTER_DROP"), drops
-    rows = agent.wait_rows(CONN_BY_LOCAL_PORT, lambda r: len(r) >= 2, port=got["local_port"])
+    rows = agent.wait_rows(CONNECTION, lambda r: len(r) >= 2, a=got["local_port"], b=got["port"],
+                           since=client_ns.since)
     by_role = {r["role"]: r for r in rows}
     client, server = by_role["client"], by_role["server"]
     assert set(client_ns.rows_since(agent)) <= INCIDENTAL  # the client's namespace lost nothing
@@ -162,8 +170,8 @@ def test_netfilter_drop_on_a_connection(agent: Agent, veth_pair: tuple[Netns, Ne
     assert int(server["retransmits"]) == 0, rows
     # Open snapshots taken after the drops carry them too.
     snap = agent.rows("SELECT toUInt64(max(o.drops)) AS most, groupUniqArray(o.drop_reason) AS reasons "
-                      "FROM blindspot.tcp_connections_open AS o WHERE o.local_port = {port:UInt16} AND o.drops > 0",
-                      port=got["port"])
+                      "FROM blindspot.tcp_connections_open AS o WHERE o.local_port = {port:UInt16} "
+                      "AND o.remote_port = {peer:UInt16} AND o.drops > 0", port=got["port"], peer=got["local_port"])
     assert snap == [{"most": n, "reasons": ["NETFILTER_DROP"]}], snap
 
 
