@@ -68,4 +68,8 @@ class ProducerService:
             # Purge so their delivery callbacks fire (as failures) and get counted, not lost silently.
             self._producer.purge()
             self._producer.poll(0)
+        # Release librdkafka's threads and sockets now: the producer and its error callback (a method of
+        # this object) form a cycle the collector does not break, so it would otherwise go on
+        # reconnecting to an absent broker until the process ends.
+        self._producer.close()
         return left

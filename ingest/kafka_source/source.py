@@ -169,3 +169,4 @@ class DeadLetters:
 
     def close(self) -> None:
         self._producer.flush(10.0)
+        self._producer.close()  # its threads and sockets now, not at the process's end
