@@ -365,13 +365,17 @@ CANARY_PAIRS = (
 CANARY_HELP = ("Each version of a service against the version with most traffic in the last 15 minutes of the "
                "range, by the statement and default rules of `blindspot canary` (docs/canary.md): errors "
                "(Fisher exact), latency (Mann-Whitney U and the p99 tail), gray leaks. With the range ending now, "
-               "`blindspot canary --since 15m` gives the same verdict.")
+               "`blindspot canary --since 15m [--route R]` gives the same verdict (the route variable: one "
+               "route, or every route with All).")
+
+
+CANARY_ROUTE = cond("r.route", "route")
 
 
 def canary_verdict() -> str:
     from blindspot.commands.canary import dashboard_sql
 
-    stmt = dashboard_sql(CANARY_PAIRS, _CANARY_FROM, _CANARY_TO)
+    stmt = dashboard_sql(CANARY_PAIRS, _CANARY_FROM, _CANARY_TO, route=CANARY_ROUTE)
     return ("SELECT service, canary, baseline, verdict, arrayStringConcat(reasons, ', ') AS why,\n"
             "       requests_baseline, requests_canary, round(error_rate_baseline, 4) AS error_rate_baseline,\n"
             "       round(error_rate_canary, 4) AS error_rate_canary, round(error_p, 4) AS error_p,\n"
@@ -383,10 +387,10 @@ def canary_verdict() -> str:
 
 
 def gray_release() -> Board:
-    f = "side = 'server' AND " + HTTP_F.replace(" AND " + cond("route", "route"), "")
+    f = "side = 'server' AND " + HTTP_F
     b = Board("blindspot-gray-release", "Blindspot / Gray release",
               "Canary versions against the baseline: traffic share, errors, latency, and where the "
-              "X-Gray-Version header actually sent requests.", http_vars(route=False, gray=True))
+              "X-Gray-Version header actually sent requests.", http_vars(gray=True))
     b.panel("timeseries", "Traffic share per version", tiered(
         "service_version AS version, sum(requests) AS request_count", "http", f, "time, version",
         "time").replace("SELECT * FROM", "SELECT time, version, request_count / sum(request_count) OVER "

@@ -346,16 +346,25 @@ def test_dashboard_panel_gives_the_same_verdicts(seeded: dict[str, Any]) -> None
     (panel,) = [p for p in board["panels"] if p["title"].startswith("Canary verdict")]
     # the panel's statement is the CLI's, slot for slot apart from what it compares and the window
     assert canary.dashboard_sql(build_dashboards.CANARY_PAIRS, build_dashboards._CANARY_FROM,
-                                build_dashboards._CANARY_TO) in panel["targets"][0]["rawSql"]
-    ctx = gs.context_for(3600, variables={"service": gs.ALL, "version": gs.ALL, "host": gs.ALL},
-                         options={"service": ["errors-only", "latency-only", "equal", "little", "routes", "many",
-                                              "grpc-failing", "grpc-callers"],
-                                  "version": ["v1", "v2"], "host": ["node-a"]})
-    svc = open_service(data_dir=seeded["data"])
-    try:
-        rows = svc.query_arrow(gs.expand(panel["targets"][0]["rawSql"], ctx)).to_pylist()
-    finally:
-        svc.close()
+                                build_dashboards._CANARY_TO, route=build_dashboards.CANARY_ROUTE
+                                ) in panel["targets"][0]["rawSql"]
+    options = {"service": ["errors-only", "latency-only", "equal", "little", "routes", "many", "grpc-failing",
+                           "grpc-callers"], "version": ["v1", "v2"], "host": ["node-a"], "route": ["/a", "/b"]}
+
+    def verdicts(**picked: list[str]) -> list[dict[str, Any]]:
+        ctx = gs.context_for(3600, variables={"service": gs.ALL, "version": gs.ALL, "host": gs.ALL,
+                                              "route": gs.ALL} | picked, options=options)
+        svc = open_service(data_dir=seeded["data"])
+        try:
+            return svc.query_arrow(gs.expand(panel["targets"][0]["rawSql"], ctx)).to_pylist()  # type: ignore[no-any-return]
+        finally:
+            svc.close()
+
+    # the route variable narrows the verdict as --route does: the canary of "routes" fails on /a only
+    for route, verdict in (("/a", "fail"), ("/b", "pass")):
+        (one,) = verdicts(service=["routes"], route=[route])
+        assert (one["verdict"], one["requests_canary"]) == (verdict, 300), route
+    rows = verdicts()
     got = {r["service"]: (r["baseline"], r["canary"], r["verdict"], r["why"]) for r in rows}
     assert got == {
         "errors-only": ("v1", "v2", "fail", "error rate higher"),

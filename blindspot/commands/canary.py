@@ -176,10 +176,11 @@ def cli_sql() -> str:
                        {k: f"{{{k}:{t}}}" for k, t in RULE_TYPES.items()})
 
 
-def dashboard_sql(pairs: str, t_from: str, t_to: str, rules: Rules = Rules()) -> str:
-    """The dashboard's statement: the default rules as literals, every route."""
+def dashboard_sql(pairs: str, t_from: str, t_to: str, rules: Rules = Rules(), route: str = "1") -> str:
+    """The dashboard's statement: the default rules as literals; ``route`` a condition on ``r.route``
+    (the dashboard's route variable), every route by default."""
     lit = {k: repr(float(v)) if RULE_TYPES[k] == "Float64" else str(int(v)) for k, v in asdict(rules).items()}
-    return verdict_sql(pairs, t_from, t_to, "1", lit)
+    return verdict_sql(pairs, t_from, t_to, route, lit)
 
 
 def cli_params(service: str, baseline: str, canary: str, since_s: float, route: str = "",
