@@ -223,7 +223,13 @@ STREAM_CASES = [
     ("Collect", ["x" * 40, "fail"], 10, -1, 0),
     ("Echo", ["a", "bb", "ccc", "dddd"], 0, 4, 28),
     ("Echo", ["x", "fail", "y"], 10, 3, 21),
+    ("Echo", ["y" * 20_000, "z" * 20_000], 0, 2, 14),  # calls past one 16 KiB capture (3-byte lengths)
 ]
+
+
+def _grpc_msg(name: str) -> int:
+    """Bytes of one HealthCheckRequest{service: name} with its gRPC prefix: 5 + tag + varint length + name."""
+    return 5 + 1 + max(1, (len(name).bit_length() + 6) // 7) + len(name)
 
 
 def test_grpc_client_and_bidi_streaming_rows_exact(cap: Capture, builds: list[tuple[gobuild.GoBuild, str]]) -> None:
@@ -248,7 +254,8 @@ def test_grpc_client_and_bidi_streaming_rows_exact(cap: Capture, builds: list[tu
                     want = {
                         **_common(row, build, pid), "side": side, "protocol": "grpc", "method": "POST",
                         "path": full, "route": full, "route_source": "grpc", "status": 200, "grpc_status": str(code),
-                        "request_bytes": sum(5 + 2 + len(n) for n in names), "response_bytes": resp_bytes,
+                        "request_bytes": sum(_grpc_msg(n) for n in names),
+                        "response_bytes": resp_bytes,
                         "x_request_id": f"{build.id}-s{i}", "x_gray_version": HOSTILE if i == 1 else "",
                         "host_header": f"127.0.0.1:{port}",
                         "upstream_host": "" if side == "server" else f"127.0.0.1:{port}",
@@ -266,6 +273,7 @@ def test_grpc_client_and_bidi_streaming_rows_exact(cap: Capture, builds: list[tu
             _stop(cli, srv)
     counters = cap.src.counters()
     assert counters["h2_lost"] == 0 and counters["h2_hpack_errors"] == 0 and counters["lost_ringbuf"] == 0
+    assert counters["tls_chunks"] >= len(builds)  # the 40 KB calls went on past their first record
 
 
 def test_rows_store_in_chdb(cap: Capture, tmp_path) -> None:  # type: ignore[no-untyped-def]
