@@ -432,7 +432,7 @@ class GoTlsSource:
         self._c["tls_procs_detached"] += 1
         with contextlib.suppress(KeyError):
             del self.bpf["tls_pids"][C.c_uint32(pid)]
-        for table in (self.bpf["tls_reads"], self.bpf["h2c_conns"]):
+        for table in (self.bpf["tls_reads"], self.bpf["h2c_conns"], self.bpf["h2_tls_conns"]):
             for k in [k for k in table.keys() if k.pid == pid]:
                 with contextlib.suppress(KeyError):
                     del table[k]
