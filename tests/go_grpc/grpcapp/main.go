@@ -176,5 +176,7 @@ func main() {
 		h2cServer(*addr)
 	case "h2c-client":
 		h2cClient()
+	case "streams-server", "streams-client", "streams-tls-server", "streams-tls-client":
+		streamsMode(*mode, *addr) // streams.go
 	}
 }
