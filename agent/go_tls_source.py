@@ -304,8 +304,8 @@ class GoTlsSource:
         for prog in ("uprobe_tls_read", "uprobe_tls_read_ret", "uprobe_tls_write", "uprobe_net_read",
                      "uprobe_net_read_ret", "uprobe_net_write"):
             self.bpf.load_func(prog.encode(), BPF.KPROBE)
-        self.bpf["tls_events"].open_ring_buffer(self._on_data)
-        self.bpf["tls_procs"].open_ring_buffer(self._on_proc)
+        self.bpf[b"tls_events"].open_ring_buffer(self._on_data)
+        self.bpf[b"tls_procs"].open_ring_buffer(self._on_proc)
         for pid in self.cfg.pids or go_procs.scan_pids():
             self._consider(pid)
 
