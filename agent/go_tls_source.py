@@ -324,7 +324,7 @@ class GoTlsSource:
 
     def counters(self) -> dict[str, int]:
         if self.bpf is not None:
-            stats = self.bpf["tls_stats"]
+            stats = self.bpf[b"tls_stats"]
             tot = [sum(stats[C.c_int(i)]) for i in range(tev.STAT_N)]
             self._kernel = {
                 "kernel_emitted": tot[tev.STAT_EMITTED],
@@ -395,7 +395,7 @@ class GoTlsSource:
             self._errors.record("attach", e, f"pid {pid}")
 
     def _attach(self, p: GoProcess, tls: go_tls_binary.TlsProbes | None, net: go_tls_binary.TlsProbes | None) -> None:
-        leaf = self.bpf["tls_pids"].Leaf()
+        leaf = self.bpf[b"tls_pids"].Leaf()
         leaf.tcpconn_fd = p.binary.offsets.get("tcpconn_fd", -1)
         leaf.netfd_sysfd = p.binary.offsets.get("netfd_sysfd", -1)
         if p.inode not in self._uprobes:
@@ -408,7 +408,7 @@ class GoTlsSource:
                 names += [self._attach_uprobe(p.exe, off, f"uprobe_{kind}_read_ret") for off in probes.read_rets]
             self._uprobes[p.inode] = names
         self._uprobe_users.setdefault(p.inode, set()).add(p.pid)
-        self.bpf["tls_pids"][C.c_uint32(p.pid)] = leaf
+        self.bpf[b"tls_pids"][C.c_uint32(p.pid)] = leaf
         self.procs[p.pid] = p
         self._c["tls_procs_attached"] += 1
 
@@ -431,8 +431,8 @@ class GoTlsSource:
         self._gone[pid] = p
         self._c["tls_procs_detached"] += 1
         with contextlib.suppress(KeyError):
-            del self.bpf["tls_pids"][C.c_uint32(pid)]
-        for table in (self.bpf["tls_reads"], self.bpf["h2c_conns"], self.bpf["h2_tls_conns"]):
+            del self.bpf[b"tls_pids"][C.c_uint32(pid)]
+        for table in (self.bpf[b"tls_reads"], self.bpf[b"h2c_conns"], self.bpf[b"h2_tls_conns"]):
             for k in [k for k in table.keys() if k.pid == pid]:
                 with contextlib.suppress(KeyError):
                     del table[k]
