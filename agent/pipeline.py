@@ -5,6 +5,7 @@
                                                                                                          or Kafka
     every snapshot_interval_s: open connections ─► the same path
     every counters_interval_s: the pipeline's own counters ─► pipeline_counters ─► the same path
+    flush_pending() (a query through the running agent): every batch now, then wait for the writer
 
 The kernel side never waits for the sink: a slow or absent sink fills the queue, and what does not fit
 is dropped and counted (``dropped_queue_full``), never lost in silence. Kernel-side loss is read
@@ -30,6 +31,20 @@ from contract.errors import IngestError, TransientError
 from contract.records import KINDS, PIPELINE_COUNTER, TCP_CONNECTION, RecordKind
 
 log = logging.getLogger(__name__)
+
+# Batch age by component when the config leaves it unset. Into the embedded store every insert has a
+# fixed cost (its rollup views: ~80 ms of CPU and 7 new parts per insert of tcp_connections, whatever
+# its size; docs/tcp-cost.md), so batches wait longer there; a query through the running agent flushes
+# them first (flush_pending), so it still sees what was captured. Kafka messages are cheap: 1 s.
+DEFAULT_BATCH_AGE_S = {"embedded": 5.0, "agent": 1.0}
+FORCED_FLUSH_MIN_INTERVAL_S = 1.0  # flush_pending inserts at most this often (a query waits for its turn)
+
+
+class _Flushed:
+    """A marker through the hand-off queue: the writer has written everything queued before it."""
+
+    def __init__(self, waiters: list[threading.Event]) -> None:
+        self.waiters = waiters
 
 
 class Source(Protocol):
@@ -71,10 +86,15 @@ class Pipeline:
         self.host = host
         self.component = component  # pipeline_counters.component: agent, embedded
         self.metrics = metrics or AgentMetrics.on()
-        self.batcher = Batcher(config.batch_max_rows, config.batch_max_age_s)
-        self.handoff: queue.Queue[tuple[RecordKind, Batch] | None] = queue.Queue(
+        age = config.batch_max_age_s or DEFAULT_BATCH_AGE_S.get(component, 1.0)
+        self.batcher = Batcher(config.batch_max_rows, age)
+        self.handoff: queue.Queue[tuple[RecordKind, Batch] | _Flushed | None] = queue.Queue(
             config.queue_batches
         )
+        self._flush_lock = threading.Lock()
+        self._flush_waiters: list[threading.Event] = []
+        self._next_forced_flush = 0.0
+        self._stopped = False
         self.counts: Counter[str] = Counter()
         self.recent: deque[dict[str, Any]] = deque(maxlen=20)  # latest closed connections (live view)
         self.open_connections = 0
@@ -122,12 +142,43 @@ class Pipeline:
             current["dropped_sink"] = current.get("dropped_sink", 0) + int(sink_counts().get("dropped", 0))
         return current
 
+    def flush_pending(self, timeout_s: float = 5.0) -> bool:
+        """Hand on every batch the pipeline holds and wait until the writer has written them (a query
+        then sees every record the sources have emitted). At most one such flush per
+        FORCED_FLUSH_MIN_INTERVAL_S: a call within it waits for the next one. False if the pipeline
+        did not finish it within ``timeout_s`` (not running, or the sink is behind)."""
+        done = threading.Event()
+        with self._flush_lock:
+            if self._stopped:  # everything it held is written
+                return True
+            self._flush_waiters.append(done)
+        return done.wait(timeout_s)
+
+    def _forced_flush(self, now: float) -> None:
+        """The run loop's half of flush_pending: every batch, then the marker the writer answers."""
+        with self._flush_lock:
+            if not self._flush_waiters or now < self._next_forced_flush:
+                return
+            waiters, self._flush_waiters = self._flush_waiters, []
+        self._next_forced_flush = now + FORCED_FLUSH_MIN_INTERVAL_S
+        for kind_name, rows in self.batcher.drain():
+            self._hand_off(kind_name, rows)
+        try:
+            self.handoff.put(_Flushed(waiters), timeout=1.0)
+        except queue.Full:  # the sink is behind: the queries go on without waiting for it
+            for w in waiters:
+                w.set()
+
     # --- sink side -----------------------------------------------------------------------
     def _write_loop(self) -> None:
         while True:
             item = self.handoff.get()
             if item is None:
                 return
+            if isinstance(item, _Flushed):
+                for w in item.waiters:
+                    w.set()
+                continue
             kind, rows = item
             n = rows.num_rows
             t0 = time.perf_counter()
@@ -178,6 +229,7 @@ class Pipeline:
                     next_counters = now + self.config.counters_interval_s
                 for kind_name, rows in self.batcher.due(now):
                     self._hand_off(kind_name, rows)
+                self._forced_flush(now)
                 if now >= next_metrics:
                     self.export_metrics()
                     next_metrics = now + 1.0
@@ -278,3 +330,8 @@ class Pipeline:
                 self.handoff.put((KINDS[kind_name], rows))  # blocking: shutdown waits for the sink
             self.handoff.put(None)
             self._writer.join()
+        with self._flush_lock:  # queries waiting for a flush: everything is written now
+            waiters, self._flush_waiters = self._flush_waiters, []
+            self._stopped = True
+        for w in waiters:
+            w.set()

@@ -13,7 +13,7 @@ Each round prints connections/s, the ratio to the same round's untraced rate, th
 stored exactly (2 rows: client and server) with no kernel loss. The summary gives the medians and the
 targets of issue 13: default >= 0.95 of untraced, blindspot CPU per 1,000 <= tcplife's, zero loss at
 the highest rate the tool reaches. ``--rates``: fixed-rate steps after the rounds (default config).
-Needs root. The agents run with the product's batch age (1 s) and snapshot interval (10 s).
+Needs root. The agents run with the product's batch age (5 s for blindspot run) and snapshot interval (10 s).
 Meaningful only on an otherwise idle machine (FIELD-NOTES: a compile beside a bench ruins it).
 """
 
@@ -43,7 +43,7 @@ LOSS_SQL = """SELECT toUInt64(sumIf(value, counter IN ('lost_ringbuf', 'lost_map
 FROM blindspot.pipeline_counters"""
 MODES = ("untraced", "tcplife", "no-http", "default")
 BPF_STATS = False
-AGENT_ENV = {"BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "1", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "1"}
+AGENT_ENV = {"BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "1"}  # batch age: the product's unless --batch-age
 
 
 def load(tool: str, port: int, seconds: float, rate: int = 0) -> dict:
@@ -126,9 +126,9 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES),
                     help="subset, in this order within each round; MODE@S runs a blindspot mode with a batch age "
                          "of S seconds (e.g. default@5 beside default)")
-    ap.add_argument("--batch-age", type=float, default=1.0,
-                    help="the agents' batch_max_age_s (product default 1): each insert into tcp_connections "
-                         "has a fixed engine cost (~80 ms of CPU here, its rollups' views)")
+    ap.add_argument("--batch-age", type=float, default=None,
+                    help="the agents' batch_max_age_s (default: the product's, 5 s for blindspot run): each insert "
+                         "into tcp_connections has a fixed engine cost (~80 ms of CPU here, its rollups' views)")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="also report the tracers' BPF run time per connection (kernel.bpf_stats_enabled, "
                          "which itself adds two clock reads per program run)")
@@ -140,7 +140,8 @@ def main() -> None:
     stats_before = STATS.read_text().strip()
     if BPF_STATS:
         STATS.write_text("1")
-    AGENT_ENV["BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S"] = str(a.batch_age)
+    if a.batch_age is not None:
+        AGENT_ENV["BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S"] = str(a.batch_age)
     tool = str(build_go(REPO / "bench" / "tcpload", "tcpload"))
     server = spawn([tool, "-mode", "server"], stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None

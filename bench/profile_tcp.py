@@ -103,7 +103,8 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=3000, help="connections/s (0: as fast as the tool can)")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--http", action="store_true", help="HTTP source on (default: --no-http)")
-    ap.add_argument("--batch-age", type=float, default=1.0, help="pipeline batch_max_age_s (product default 1)")
+    ap.add_argument("--batch-age", type=float, default=1.0,
+                    help="pipeline batch_max_age_s (blindspot run's default: 5)")
     ap.add_argument("--tree", type=Path, help="run this checkout's code instead of this one's")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "blindspot-profile-tcp.txt")
     a = ap.parse_args()

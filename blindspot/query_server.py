@@ -8,6 +8,9 @@ Protocol, one query per connection: the client sends a JSON header line
 ``{"sql": "...", "format": "...", "params": {"port": 80}}`` (params fill ``{port:UInt16}``); the
 server answers a JSON line ``{"ok": true}`` or
 ``{"ok": false, "error": "..."}``, then (if ok) the result in that ClickHouse output format until EOF.
+
+Before each query the server calls ``before_query`` (``blindspot run``: the pipeline's
+``flush_pending``), so a query sees the records the agent still held in its batches.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from ingest.clickhouse_sink.service import ClickHouseService
@@ -56,6 +60,8 @@ class _Handler(socketserver.StreamRequestHandler):
             params = req.get("params") or None
             if fmt not in FORMATS.values():
                 raise ValueError(f"unsupported format {fmt!r}")
+            if self.server.before_query is not None:
+                self.server.before_query()
             body = self.server.service.query_text(sql, fmt, params)
         except Exception as e:
             answer = json.dumps({"ok": False, "error": str(e)}).encode() + b"\n"
@@ -73,6 +79,7 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 
     def __init__(self, path: Path, service: ClickHouseService) -> None:
         self.service = service
+        self.before_query: Callable[[], object] | None = None
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.refused = 0
         super().__init__(str(path), _Handler)
@@ -117,6 +124,9 @@ class QueryServer:
     def start(self) -> QueryServer:
         self._thread.start()
         return self
+
+    def call_before_each_query(self, fn: Callable[[], object]) -> None:
+        self._server.before_query = fn
 
     def close(self) -> None:
         self._server.shutdown()

@@ -57,13 +57,14 @@ def _canary_seen(agent: Agent, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_agent(data_dir: Path, snapshot_interval_s: float = 1.0, **env_overrides: str) -> Iterator[Agent]:
+def running_agent(data_dir: Path, snapshot_interval_s: float = 1.0, **env_overrides: str | None) -> Iterator[Agent]:
     """`blindspot run` on ``data_dir`` (open-connection snapshots every ``snapshot_interval_s``, counter
-    reports every 2 s unless overridden), ready once a canary connection made after start-up is in the
+    reports every 2 s and batches cut every 0.2 s unless overridden; None removes a variable, e.g. to
+    run on the product's default), ready once a canary connection made after start-up is in the
     table: the tables exist before the BPF programs are compiled and attached."""
     log_path = data_dir.parent / f"{data_dir.name}.log"
-    env = {**os.environ, "BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "2", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "0.2",
-           **env_overrides}
+    env = {**os.environ, "BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "2", "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": "0.2"}
+    env = {k: v for k, v in {**env, **env_overrides}.items() if v is not None}
     with log_path.open("wb") as log:
         proc = spawn(
             [str(BLINDSPOT), "run", "--data-dir", str(data_dir), "--snapshot-interval", str(snapshot_interval_s),

@@ -68,6 +68,8 @@ def run(cfg: Config, duration_s: float | None = None, show_live: bool = True) ->
 
     try:
         pipeline = build_pipeline(cfg, sink, component="embedded")
+        # Batches wait up to 5 s here (DEFAULT_BATCH_AGE_S): a query flushes them first.
+        queries.call_before_each_query(pipeline.flush_pending)
         view = threading.Thread(target=live.show, args=(pipeline, stop), name="live", daemon=True)
         if show_live:
             view.start()
