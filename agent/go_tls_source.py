@@ -50,6 +50,7 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 METHOD_STARTS = frozenset(m[0] for m in METHODS)
 REAP_INTERVAL_S = 5.0
 NO_RESPONSE_S = 30.0  # an exchange without any response is emitted after this long
+MAX_OWED = 16_384  # calls awaiting their continuation records (one per connection and direction)
 _END = {v: k for k, v in ev.END_REASONS.items()}
 
 
@@ -285,7 +286,12 @@ class GoTlsSource:
         self._ctx = DecodeContext(self.host, salt ^ 0x7F5A, tuple(sorted(self._allow)), self.cfg.max_value,
                                   self._service, self.cfg.redact_paths)
         self._c = {"captured": 0, "parse_errors": 0, "rejected": 0, "tls_procs_attached": 0,
-                   "tls_procs_detached": 0, "tls_calls": 0, "tls_chunks": 0}
+                   "tls_procs_detached": 0, "tls_calls": 0, "tls_chunks": 0, "tls_chunks_lost": 0,
+                   "tls_chunks_orphaned": 0}
+        # (pid, conn, plain, wrote) -> (bytes of a call still to come in continuation records, the
+        # record's sequence number, the call): a continuation lost in the ring is a gap (_settle_owed)
+        self._owed: dict[tuple[int, int, bool, bool], tuple[int, int, Call]] = {}
+        self._seq = self._settled_seq = 0
         self._kernel: dict[str, int] = {}
         self._last_reap = time.monotonic()
         self._gone: dict[int, GoProcess] = {}
@@ -345,6 +351,7 @@ class GoTlsSource:
         assert self.bpf is not None
         self._clock.refresh()
         self.bpf.ring_buffer_poll(0)
+        self._settle_owed()
         now = time.monotonic()
         gone: set[int] = set()
         if now - self._last_reap >= REAP_INTERVAL_S:
@@ -432,6 +439,7 @@ class GoTlsSource:
         self._c["tls_procs_detached"] += 1
         with contextlib.suppress(KeyError):
             del self.bpf[b"tls_pids"][C.c_uint32(pid)]
+        self._owed = {k: v for k, v in self._owed.items() if k[0] != pid}
         for table in (self.bpf[b"tls_reads"], self.bpf[b"h2c_conns"], self.bpf[b"h2_tls_conns"]):
             for k in [k for k in table.keys() if k.pid == pid]:
                 with contextlib.suppress(KeyError):
@@ -468,17 +476,52 @@ class GoTlsSource:
                         f["dir"] == tev.DIR_WRITE, raw[tev.HEADER_SIZE : tev.HEADER_SIZE + n],
                         f["family"], f["saddr"], f["daddr"], f["sport"], f["dport"],
                         bool(f["flags"] & tev.F_ADDR), f["comm"].split(b"\0", 1)[0], bool(f["flags"] & tev.F_PLAIN))
+            # A call in several records (F_MORE ... F_CONT) comes contiguously for its connection and
+            # direction; a record lost in between (ring full) leaves a gap of the bytes still owed,
+            # which the HTTP/2 decoder skips through a DATA payload or marks as lost framing.
+            side = (call.pid, call.conn, call.plain, call.is_write)
+            owed = self._owed.pop(side, None)
+            if more:
+                if len(self._owed) >= MAX_OWED:  # bounded: entries of connections that died mid-call
+                    self._owed.clear()
+                self._seq += 1
+                self._owed[side] = (max(f["len"] - n, 0), self._seq, call)
             if f["flags"] & tev.F_CONT:  # only the HTTP/2 decoder wants the rest of a call (HTTP/1: its head)
-                if (call.pid, call.conn, call.plain) in self._h2:
+                if owed is None:  # its start was lost: the bytes before it are unknown
+                    self._c["tls_chunks_orphaned"] += 1
+                    self._h2_gap(call, f["len"] + 1)
+                elif (call.pid, call.conn, call.plain) in self._h2:
                     self._feed_h2(call, more)
-            elif call.plain or (call.pid, call.conn, False) in self._h2 or call.data.startswith(H2_PREFACE[:14]):
+                return
+            if owed is not None:
+                self._c["tls_chunks_lost"] += 1
+                self._h2_gap(call, owed[0])
+            if call.plain or (call.pid, call.conn, False) in self._h2 or call.data.startswith(H2_PREFACE[:14]):
                 self._feed_h2(call, more)
             else:
                 self._x.feed(call)
         except Exception as e:
             self._errors.record("data_event", e)
 
+    def _settle_owed(self) -> None:
+        """After a drain of the ring: a call still owed its continuation records since the drain before
+        lost them (one BPF program run writes them all, so a drain in its middle is followed by one
+        that has the rest): a gap of the bytes they carried."""
+        for side, (n, seq, call) in list(self._owed.items()):
+            if seq <= self._settled_seq:
+                del self._owed[side]
+                self._c["tls_chunks_lost"] += 1
+                self._h2_gap(call, n)
+        self._settled_seq = self._seq
+
     # --- HTTP/2 ----------------------------------------------------------------------------------
+    def _h2_gap(self, c: Call, n: int) -> None:
+        """``n`` bytes of ``c``'s connection and direction were moved but never seen."""
+        h = self._h2.get((c.pid, c.conn, c.plain))
+        if h is not None:
+            h.conn.feed(c.is_write, b"", n, c.ts_ns)
+            self._h2_take(h)
+
     def _feed_h2(self, c: Call, more: bool = False) -> None:
         key = (c.pid, c.conn, c.plain)
         h = self._h2.get(key)

@@ -66,3 +66,58 @@ def test_real_go_binary_probes() -> None:
     # the go command uses crypto/tls (module downloads): its Read has RETs and both entries are in text
     p = go_tls_binary.find(str(exe))
     assert p is not None and p.read_rets and p.read < p.read_rets[0] and p.write > 0
+
+
+def _record(src: object, *, wrote: bool, data: bytes, length: int, flags: int, ts: int) -> None:
+    """One tls_event as the kernel writes it (bpf/go_tls_event.h), through the source's ring callback."""
+    import ctypes
+
+    from agent import _go_tls_event as tev
+
+    values = {"kind": tev.KIND_DATA, "pid": 4242, "tid": 4242, "fd": 7, "ts_ns": ts, "conn": 0xC0FFEE,
+              "goroutine": 1, "len": length, "data_len": len(data), "dir": tev.DIR_WRITE if wrote else tev.DIR_READ,
+              "flags": flags | tev.F_PLAIN, "saddr": b"", "daddr": b"", "sport": 0, "dport": 0, "family": 2,
+              "_pad": 0, "comm": b"grpcapp"}
+    raw = tev.HEADER_STRUCT.pack(*[values[n] for n in tev.FIELD_NAMES]) + data
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    src._on_data(None, ctypes.cast(buf, ctypes.c_void_p), len(raw))  # type: ignore[attr-defined]
+
+
+def test_a_lost_continuation_record_is_a_gap_not_a_shift() -> None:
+    """An h2c read of 40,052 bytes goes to user space in records of 16 KiB (F_MORE, F_CONT); when the
+    ring loses the continuations (none by the drain after the one that read the start), the bytes they
+    carried are a gap of exactly that size: the 40 KB DATA frame is skipped through it and the next
+    call's frames stay aligned (the stream ends exact). An orphaned continuation (its start lost) is
+    counted and loses the framing, never shifts it."""
+    import hpack
+
+    from agent import _go_tls_event as tev
+    from agent.config import HttpConfig
+    from agent.go_tls_source import GoTlsSource
+    from agent.h2_decode import PREFACE
+    from tests.test_h2_unit import frame
+
+    cap = 16384
+    for lose in ("none", "continuations", "start"):
+        src = GoTlsSource(HttpConfig(go_h2c=True), lambda *_: None, host="h")
+        h = hpack.Encoder().encode([(":method", "POST"), (":path", "/big"), (":scheme", "http"),
+                                    (":authority", "x")])
+        call = PREFACE + frame(1, 4, 1, h) + frame(0, 1, 1, b"q" * 40_000)
+        parts = [call[i : i + cap] for i in range(0, len(call), cap)]
+        assert len(parts) == 3
+        for i, part in enumerate(parts):
+            flags = (tev.F_MORE if i < 2 else 0) | (tev.F_CONT if i else 0)
+            if (lose == "continuations" and i) or (lose == "start" and i == 0):
+                continue
+            _record(src, wrote=False, data=part, length=len(call) - i * cap, flags=flags, ts=10 + i)
+        src._settle_owed()  # the drain that read the first record
+        src._settle_owed()  # and the next one: had they been written, the continuations would be in it
+        resp = frame(1, 5, 1, hpack.Encoder().encode([(":status", "204")]))
+        _record(src, wrote=True, data=resp, length=len(resp), flags=0, ts=20)
+        rows, counts = src._h2_rows, src._c
+        if lose == "start":  # never decoded: no preface seen, the orphans counted
+            assert (rows, counts["tls_chunks_orphaned"]) == ([], 1)  # the second continues the first
+            continue
+        (row,) = rows
+        assert (row["path"], row["request_bytes"], row["status"], row["end_reason"]) == ("/big", 40_000, 204, "end")
+        assert (counts["tls_chunks"], counts["tls_chunks_lost"]) == ((2, 0) if lose == "none" else (0, 1))
