@@ -176,5 +176,9 @@ func main() {
 		h2cServer(*addr)
 	case "h2c-client":
 		h2cClient()
+	case "grpc-gateway": // gateway.go
+		grpcGateway(*addr)
+	case "grpc-fanout":
+		grpcFanout(*addr)
 	}
 }
