@@ -96,7 +96,7 @@ def _members(die: Any) -> dict[str, tuple[int, Any]]:
 
 def _type_name(member: Any) -> tuple[str, str]:
     """(tag, name) of a member's type with typedefs followed; an interface is ('iface', its name)."""
-    typ = member.get_DIE_from_attribute("DW_AT_type")
+    typ: Any = member.get_DIE_from_attribute("DW_AT_type")
     first = typ.attributes.get("DW_AT_name")
     typ = go_binary._resolve_typedefs(typ)
     name = typ.attributes.get("DW_AT_name")

@@ -127,7 +127,7 @@ def test_call_from_a_child_goroutine_unlinked_and_counted(cap: Capture) -> None:
     is opened on a goroutine no handleStream began. Not linked (never guessed), counted."""
     build = gobuild_tls.build_grpc(MATRIX[0][0], "plain", MATRIX[0][1])
     before = cap.src.counters()
-    up1, up2, gw, cli = procs = _gateway(cap, build)
+    _up1, up2, gw, cli = procs = _gateway(cap, build)
     try:
         batch = [(f"{build.id}-async", "v2-async"), (f"{build.id}-sync", "v1")]
         assert _calls(cli, batch) == ["RESULT", "0", "0"]
@@ -149,7 +149,7 @@ def test_stripped_gateway_not_linked_counted(cap: Capture) -> None:
     """Without DWARF the grpc-go struct offsets are unknown: no link probes, no link, the reason counted."""
     build = gobuild_tls.build_grpc(MATRIX[0][0], "stripped", MATRIX[0][1])
     before = cap.src.counters()
-    up1, up2, gw, cli = procs = _gateway(cap, build)
+    _up1, _up2, gw, cli = procs = _gateway(cap, build)
     try:
         assert _calls(cli, [(f"{build.id}-s0", "v1"), (f"{build.id}-s1", "v2")]) == ["RESULT", "0", "0"]
         gw_rows = cap.wait_rows(gw.pid, 4)
