@@ -21,8 +21,8 @@ from tests.procs import spawn
 pytestmark = [pytest.mark.root, pytest.mark.go]
 
 METHOD = "/grpc.health.v1.Health/Check"
-# (Go toolchain, grpc-go): the old and the current grpc-go the h2c tests build.
-MATRIX = [("go1.26.8", "v1.67.1"), ("go1.21.13", "v1.56.3")]
+# (Go toolchain, grpc-go): the h2c tests' matrix, the current grpc-go on the newest Go first.
+MATRIX = sorted(gobuild_tls.GRPC_MATRIX, reverse=True)
 # Ten calls in batches made at once on the client's one connection: (id suffix, x-gray-version).
 BATCHES = [[("0", "v1")], [("1", "v2")], [("2", "v1"), ("3", "v2"), ("4", "v1"), ("5", "v2")],
            [("6", "v2"), ("7", "v1")], [("8", "v1")], [("9", "v2")]]
