@@ -287,7 +287,7 @@ class GoTlsSource:
         self._ctx = DecodeContext(self.host, salt ^ 0x7F5A, tuple(sorted(self._allow)), self.cfg.max_value,
                                   self._service, self.cfg.redact_paths)
         self._c = {"captured": 0, "parse_errors": 0, "rejected": 0, "tls_procs_attached": 0,
-                   "tls_procs_detached": 0, "tls_calls": 0}
+                   "tls_procs_detached": 0, "tls_calls": 0, "tls_chunks": 0}
         self._kernel: dict[str, int] = {}
         self._last_reap = time.monotonic()
         self._gone: dict[int, GoProcess] = {}
@@ -454,7 +454,8 @@ class GoTlsSource:
         self._c["tls_procs_detached"] += 1
         with contextlib.suppress(KeyError):
             del self.bpf["tls_pids"][C.c_uint32(pid)]
-        for table in (self.bpf["tls_reads"], self.bpf["h2c_conns"], self.bpf["grpc_inbound"]):
+        for table in (self.bpf["tls_reads"], self.bpf["h2c_conns"], self.bpf["h2_tls_conns"],
+                      self.bpf["grpc_inbound"]):
             for k in [k for k in table.keys() if k.pid == pid]:
                 with contextlib.suppress(KeyError):
                     del table[k]
@@ -487,20 +488,24 @@ class GoTlsSource:
             raw = C.string_at(data, size)
             f = dict(zip(tev.FIELD_NAMES, tev.HEADER_STRUCT.unpack_from(raw), strict=True))
             n = min(f["data_len"], size - tev.HEADER_SIZE, tev.DATA_MAX)
-            self._c["tls_calls"] += 1
+            more = bool(f["flags"] & tev.F_MORE)  # HTTP/2: the call goes on in the next record (F_CONT)
+            self._c["tls_chunks" if f["flags"] & tev.F_CONT else "tls_calls"] += 1
             call = Call(f["pid"], f["tid"], f["fd"], f["ts_ns"], f["conn"], f["goroutine"], f["len"],
                         f["dir"] == tev.DIR_WRITE, raw[tev.HEADER_SIZE : tev.HEADER_SIZE + n],
                         f["family"], f["saddr"], f["daddr"], f["sport"], f["dport"],
                         bool(f["flags"] & tev.F_ADDR), f["comm"].split(b"\0", 1)[0], bool(f["flags"] & tev.F_PLAIN))
-            if call.plain or (call.pid, call.conn, False) in self._h2 or call.data.startswith(H2_PREFACE[:14]):
-                self._feed_h2(call)
+            if f["flags"] & tev.F_CONT:  # only the HTTP/2 decoder wants the rest of a call (HTTP/1: its head)
+                if (call.pid, call.conn, call.plain) in self._h2:
+                    self._feed_h2(call, more)
+            elif call.plain or (call.pid, call.conn, False) in self._h2 or call.data.startswith(H2_PREFACE[:14]):
+                self._feed_h2(call, more)
             else:
                 self._x.feed(call)
         except Exception as e:
             self._errors.record("data_event", e)
 
     # --- HTTP/2 ----------------------------------------------------------------------------------
-    def _feed_h2(self, c: Call) -> None:
+    def _feed_h2(self, c: Call, more: bool = False) -> None:
         key = (c.pid, c.conn, c.plain)
         h = self._h2.get(key)
         if h is None or (c.has_addr and (c.fd, c.sport, c.dport) != (h.first.fd, h.first.sport, h.first.dport)):
@@ -515,7 +520,7 @@ class GoTlsSource:
             h = self._h2[key] = _H2(h2_decode.H2Conn(server=not c.is_write), c, "h2c" if c.plain else "h2")
             self._h2_counts["h2_conns"] += 1
         h.last_ns = c.ts_ns
-        h.conn.feed(c.is_write, c.data, c.length, c.ts_ns)
+        h.conn.feed(c.is_write, c.data, len(c.data) if more else c.length, c.ts_ns)  # more: the rest comes next
         self._h2_take(h)
 
     def _h2_take(self, h: _H2) -> None:

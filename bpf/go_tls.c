@@ -52,6 +52,7 @@ struct read_arg {
 BPF_HASH(tls_pids, __u32, struct tls_proc, 4096);             // traced tgids (user space fills)
 BPF_HASH(tls_reads, struct read_key, struct read_arg, 16384);  // Read in progress, per goroutine
 BPF_TABLE("lru_hash", struct conn_key, __u8, h2c_conns, 16384); // cleartext conns that sent the preface
+BPF_TABLE("lru_hash", struct conn_key, __u8, h2_tls_conns, 16384); // TLS conns whose plaintext began with it
 BPF_TABLE("lru_hash", struct grpc_g_key, struct grpc_inbound, grpc_inbound, 16384); // handler goroutine -> stream
 BPF_PERCPU_ARRAY(tls_scratch, struct tls_event, 1);
 BPF_PERCPU_ARRAY(tls_stats, __u64, BS_TLS_STAT_N);
@@ -129,12 +130,49 @@ static __always_inline void send(struct pt_regs *ctx, const struct tls_proc *tp,
 	if (bpf_probe_read_user(e->data, n, buf) != 0)
 		n = 0;
 	e->data_len = n;
+	// HTTP/2 (h2c, or TLS whose plaintext began with the preface): a call longer than one record goes on
+	// in up to BS_TLS_CHUNKS records (F_MORE / F_CONT), so that frame headers past the first 16 KiB
+	// (grpc-go writes batches of frames) are seen. HTTP/1 needs only the head: one record.
+	struct conn_key ck = {.pid = e->pid, .conn = conn};
+	if (!plain && n >= 8 && e->data[0] == 'P' && e->data[1] == 'R' && e->data[2] == 'I' && e->data[3] == ' ' &&
+	    e->data[4] == '*' && e->data[5] == ' ' && e->data[6] == 'H' && e->data[7] == 'T') {
+		__u8 one = 1;
+		h2_tls_conns.update(&ck, &one);
+	}
+	int more = len > BS_TLS_DATA_MAX && BS_TLS_CHUNKS > 1 && n == BS_TLS_DATA_MAX &&
+		   (plain || h2_tls_conns.lookup(&ck));
+	if (more)
+		e->flags |= BS_TLS_F_MORE;
 	__u64 size = BS_TLS_HEADER_SIZE + n;
 	BOUND(size, sizeof(*e));
 	if (tls_events.ringbuf_output(e, size, 0) == 0)
 		count(BS_TLS_STAT_EMITTED);
 	else
 		count(BS_TLS_STAT_LOST_RINGBUF);
+	for (int i = 1; i < BS_TLS_CHUNKS; i++) {
+		if (!more)
+			break;
+		__u64 off = (__u64)i * BS_TLS_DATA_MAX;
+		__u64 rest = len - off;
+		more = rest > BS_TLS_DATA_MAX && i + 1 < BS_TLS_CHUNKS;
+		e->len = rest;
+		e->flags = (plain ? BS_TLS_F_PLAIN : 0) | (e->flags & BS_TLS_F_ADDR) | BS_TLS_F_CONT |
+			   (more ? BS_TLS_F_MORE : 0) | (rest > BS_TLS_DATA_MAX ? BS_TLS_F_CUT : 0);
+		n = rest > BS_TLS_DATA_MAX ? BS_TLS_DATA_MAX : rest;
+		BOUND(n, BS_TLS_DATA_MAX);
+		if (bpf_probe_read_user(e->data, n, (const char *)buf + off) != 0) {
+			n = 0; // the rest of the call is a gap (len > data_len): the decoder marks what it loses
+			more = 0;
+			e->flags = (e->flags & ~BS_TLS_F_MORE) | BS_TLS_F_CUT;
+		}
+		e->data_len = n;
+		size = BS_TLS_HEADER_SIZE + n;
+		BOUND(size, sizeof(*e));
+		if (tls_events.ringbuf_output(e, size, 0) == 0)
+			count(BS_TLS_STAT_EMITTED);
+		else
+			count(BS_TLS_STAT_LOST_RINGBUF);
+	}
 }
 
 // crypto/tls.(*Conn).Write(c, b []byte): RAX = c, RBX = b's data, RCX = its length (Go >= 1.17 ABI).

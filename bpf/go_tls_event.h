@@ -22,6 +22,12 @@
 #define BS_TLS_F_ADDR (1u << 0) /* addresses read from the socket behind fd */
 #define BS_TLS_F_CUT (1u << 1)  /* len > data_len: the data was cut at BS_TLS_DATA_MAX */
 #define BS_TLS_F_PLAIN (1u << 2) /* net.(*conn).Read/Write of an h2c connection (conn is the *net.conn) */
+#define BS_TLS_F_MORE (1u << 3)  /* a record F_CONT of this connection and direction follows (HTTP/2 only) */
+#define BS_TLS_F_CONT (1u << 4)  /* continues the previous record's call: len = its bytes from this chunk on */
+
+#ifndef BS_TLS_CHUNKS
+#define BS_TLS_CHUNKS 4 /* records of at most BS_TLS_DATA_MAX bytes per call on an HTTP/2 connection */
+#endif
 
 /* tls_stats slots (per-CPU __u64) */
 #define BS_TLS_STAT_EMITTED 0      /* data records submitted */

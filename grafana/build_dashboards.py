@@ -244,8 +244,12 @@ def connections() -> Board:
 
 
 # --- Latency ------------------------------------------------------------------------------------
-HTTP_F = (f"{cond('service', 'service')} AND "
-          f"{cond('service_version', 'version')} AND {cond('route', 'route')}")
+# The protocol of a rollup row; rows rolled up before 0055 carry '' and were all HTTP/1.
+PROTOCOL = "if(protocol = '', 'http/1.1', protocol)"
+HTTP_F = (f"{cond('service', 'service')} AND {cond('service_version', 'version')} AND "
+          f"{cond(PROTOCOL, 'protocol')} AND {cond('route', 'route')}")
+# HTTP status class, or the gRPC status code for gRPC rows (their HTTP status is 200 unless the transport failed)
+STATUS = "if(grpc_status != '', concat('grpc ', grpc_status), status_class)"
 
 
 def http_vars(route: bool = True, gray: bool = False) -> list[dict[str, Any]]:
@@ -256,7 +260,8 @@ def http_vars(route: bool = True, gray: bool = False) -> list[dict[str, Any]]:
                     "HAVING uniqExact(service_version) > 1 ORDER BY service")
     v = [variable("service", "Service", services),
          variable("host", "Host", _distinct("host", "http", cond("service", "service"))),
-         variable("version", "Version", _distinct("service_version", "http", cond("service", "service")))]
+         variable("version", "Version", _distinct("service_version", "http", cond("service", "service"))),
+         variable("protocol", "Protocol", _distinct(PROTOCOL, "http", cond("service", "service")))]
     if route:
         v.append(variable("route", "Route", _distinct("route", "http", cond("service", "service"))))
     return v
@@ -265,7 +270,8 @@ def http_vars(route: bool = True, gray: bool = False) -> list[dict[str, Any]]:
 def latency() -> Board:
     f = "side = 'server' AND " + HTTP_F
     b = Board("blindspot-latency", "Blindspot / Latency",
-              "HTTP request latency as each Go service served it (server side), from the kernel.",
+              "Request latency as each Go service served it (server side), from the kernel: HTTP/1.1, "
+              "HTTPS, HTTP/2 and gRPC (the protocol variable).",
               http_vars())
     b.panel("heatmap", "Request latency heatmap (ms)", _heatmap("http", "latency_hist", f), 0, w=24, h=9,
             options=HEATMAP_OPTS,
@@ -274,10 +280,12 @@ def latency() -> Board:
         f"service, route, {pq('latency_hist', 0.5)} AS p50, {pq('latency_hist', 0.9)} AS p90, "
         f"{pq('latency_hist', 0.99)} AS p99", "http", f, "time, service, route", "time"), 0,
         unit="ms", field=TS)
-    b.panel("timeseries", "Requests per second by status class", tiered(
-        "status_class, sum(requests) / {step} AS rps", "http", f, "time, status_class", "time"), 0,
+    b.panel("timeseries", "Requests per second by status (HTTP class, gRPC code)", tiered(
+        f"{STATUS} AS status, sum(requests) / {{step}} AS rps", "http", f, "time, status", "time"), 0,
         unit="reqps", field={"custom": {"drawStyle": "bars", "stacking": {"mode": "normal"},
-                                        "fillOpacity": 80}})
+                                        "fillOpacity": 80}},
+        description="HTTP rows by status class (none: no response); gRPC rows by the grpc-status of their "
+                    "trailers.")
     b.panel("table", "Slowest routes (p99 over the range)", tiered(
         f"service, route, sum(requests) AS request_count, {pq('latency_hist', 0.5)} AS p50_ms, "
         f"{pq('latency_hist', 0.99)} AS p99_ms, round(sum(errors) / sum(requests), 4) AS error_ratio",
@@ -357,13 +365,17 @@ CANARY_PAIRS = (
 CANARY_HELP = ("Each version of a service against the version with most traffic in the last 15 minutes of the "
                "range, by the statement and default rules of `blindspot canary` (docs/canary.md): errors "
                "(Fisher exact), latency (Mann-Whitney U and the p99 tail), gray leaks. With the range ending now, "
-               "`blindspot canary --since 15m` gives the same verdict.")
+               "`blindspot canary --since 15m [--route R]` gives the same verdict (the route variable: one "
+               "route, or every route with All).")
+
+
+CANARY_ROUTE = cond("r.route", "route")
 
 
 def canary_verdict() -> str:
     from blindspot.commands.canary import dashboard_sql
 
-    stmt = dashboard_sql(CANARY_PAIRS, _CANARY_FROM, _CANARY_TO)
+    stmt = dashboard_sql(CANARY_PAIRS, _CANARY_FROM, _CANARY_TO, route=CANARY_ROUTE)
     return ("SELECT service, canary, baseline, verdict, arrayStringConcat(reasons, ', ') AS why,\n"
             "       requests_baseline, requests_canary, round(error_rate_baseline, 4) AS error_rate_baseline,\n"
             "       round(error_rate_canary, 4) AS error_rate_canary, round(error_p, 4) AS error_p,\n"
@@ -375,18 +387,21 @@ def canary_verdict() -> str:
 
 
 def gray_release() -> Board:
-    f = "side = 'server' AND " + HTTP_F.replace(" AND " + cond("route", "route"), "")
+    f = "side = 'server' AND " + HTTP_F
     b = Board("blindspot-gray-release", "Blindspot / Gray release",
               "Canary versions against the baseline: traffic share, errors, latency, and where the "
-              "X-Gray-Version header actually sent requests.", http_vars(route=False, gray=True))
+              "X-Gray-Version header actually sent requests.", http_vars(gray=True))
     b.panel("timeseries", "Traffic share per version", tiered(
         "service_version AS version, sum(requests) AS request_count", "http", f, "time, version",
         "time").replace("SELECT * FROM", "SELECT time, version, request_count / sum(request_count) OVER "
                         "(PARTITION BY time) AS share FROM", 1), 0, unit="percentunit",
         field={"custom": {"stacking": {"mode": "normal"}, "fillOpacity": 60}, "max": 1})
-    b.panel("timeseries", "Error rate per version (5xx and no response)", tiered(
+    b.panel("timeseries", "Error rate per version (5xx, no response, gRPC server errors)", tiered(
         "service_version AS version, sum(errors) / sum(requests) AS error_rate", "http", f,
-        "time, version", "time"), 0, unit="percentunit", field=TS)
+        "time, version", "time"), 0, unit="percentunit", field=TS,
+        description="Failed as `blindspot canary` counts failures (blindspot_request_failed, migration 0055): "
+                    "no response, HTTP 5xx, or gRPC UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, "
+                    "UNAVAILABLE, DATA_LOSS.")
     b.panel("timeseries", "p99 latency per version", tiered(
         f"service_version AS version, {pq('latency_hist', 0.99)} AS p99", "http", f, "time, version",
         "time"), 0, unit="ms", field=TS)
@@ -426,11 +441,13 @@ def overview() -> Board:
     b = Board("blindspot-overview", "Blindspot / Overview",
               "What the browser's Network tab never shows, and whether the data is complete.",
               [variable("host", "Host", _distinct("host", "tcp_conn")),
-               variable("service", "Service", _distinct("service", "http"))])
+               variable("service", "Service", _distinct("service", "http")),
+               variable("protocol", "Protocol", _distinct(PROTOCOL, "http", cond("service", "service")))])
     b.panel("bargauge", "Share of requests no browser made, per service", tiered(
         "service, sum(requests) AS request_count,"
         " sumIf(requests, browser = 0) / sum(requests) AS non_browser",
-        "http", "side = 'server' AND " + hf, "service", "non_browser DESC", step=False), 1,
+        "http", f"side = 'server' AND {hf} AND {cond(PROTOCOL, 'protocol')}", "service", "non_browser DESC",
+        step=False), 1,
         unit="percentunit", options={"displayMode": "gradient", "orientation": "horizontal",
                                      "reduceOptions": {"values": True, "calcs": [],
                                                        "fields": "/^non_browser$/"}},

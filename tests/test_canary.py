@@ -47,16 +47,25 @@ def _row(service: str, version: str, t: int, dur_ns: int, status: int, route: st
 
 
 def _version(rng: random.Random, service: str, version: str, n: int, err_rate: float, scale: float,
-             now: int, **kw: Any) -> list[dict[str, Any]]:
+             now: int, grpc_error: str = "", **kw: Any) -> list[dict[str, Any]]:
     """n requests over the last 10 minutes: latency lognormal around 5 ms times ``scale``, exactly
-    round(n * err_rate) of them 503 (at random places)."""
+    round(n * err_rate) of them 503 (at random places), or, with ``grpc_error``, gRPC calls (HTTP
+    status 200) of which that many ended with that grpc-status and the rest with 0 (OK)."""
     errors = set(rng.sample(range(n), round(n * err_rate)))
     rows = []
     for i in range(n):
         dur = int(rng.lognormvariate(math.log(5e6), 0.5) * scale)
-        rows.append(_row(service, version, now - rng.randrange(10, 600) * S + i, dur,
-                         503 if i in errors else 200, **kw))
+        if grpc_error:
+            grpc = {"protocol": "grpc", "grpc_status": grpc_error if i in errors else "0", "method": "POST"}
+            rows.append(_row(service, version, now - rng.randrange(10, 600) * S + i, dur, 200, **grpc, **kw))
+        else:
+            rows.append(_row(service, version, now - rng.randrange(10, 600) * S + i, dur,
+                             503 if i in errors else 200, **kw))
     return rows
+
+
+# gRPC codes that are the server's failure (as 5xx), and one that is the caller's (as 4xx).
+GRPC_FAILED, GRPC_CALLERS = "14", "5"  # UNAVAILABLE, NOT_FOUND
 
 
 def seeded_rows(now: int) -> list[dict[str, Any]]:
@@ -76,6 +85,11 @@ def seeded_rows(now: int) -> list[dict[str, Any]]:
     rows += _version(rng, "routes", "v2", 300, 0.2, 1.0, now, route="/a")
     rows += _version(rng, "routes", "v1", 600, 0.01, 1.0, now, route="/b")
     rows += _version(rng, "routes", "v2", 300, 0.01, 1.0, now, route="/b")
+    # gRPC canaries: 6 % UNAVAILABLE fails like 6 % 503s; 20 % NOT_FOUND (the caller's code) does not
+    rows += _version(rng, "grpc-failing", "v1", 1000, 0.01, 1.0, now, grpc_error=GRPC_FAILED, route="/shop.Cart/Get")
+    rows += _version(rng, "grpc-failing", "v2", 500, 0.06, 1.0, now, grpc_error=GRPC_FAILED, route="/shop.Cart/Get")
+    rows += _version(rng, "grpc-callers", "v1", 1000, 0.01, 1.0, now, grpc_error=GRPC_CALLERS, route="/shop.Cart/Get")
+    rows += _version(rng, "grpc-callers", "v2", 500, 0.20, 1.0, now, grpc_error=GRPC_CALLERS, route="/shop.Cart/Get")
     # outside the window (20 minutes ago): never counted with --since 15m
     rows += _version(rng, "equal", "v2", 100, 1.0, 1.0, now - 20 * 60 * S)
     return rows
@@ -163,7 +177,10 @@ def expected(seeded: dict[str, Any], service: str, route: str | None = None) -> 
     b = [r for r in rows if r["service_version"] == "v1"]
     c = [r for r in rows if r["service_version"] == "v2"]
     bm, cm = [r["duration_ns"] / 1e6 for r in b], [r["duration_ns"] / 1e6 for r in c]
-    eb, ec = sum(r["status"] >= 500 for r in b), sum(r["status"] >= 500 for r in c)
+    def failed(r: dict[str, Any]) -> bool:
+        return r["status"] >= 500 or r.get("grpc_status") in ("2", "4", "12", "13", "14", "15")
+
+    eb, ec = sum(map(failed, b)), sum(map(failed, c))
     p99 = q_exact(bm, 0.99)
     slow_b, slow_c = sum(x > p99 for x in bm), sum(x > p99 for x in cm)
     return {"requests_baseline": len(b), "requests_canary": len(c), "errors_baseline": eb, "errors_canary": ec,
@@ -213,6 +230,19 @@ def test_equal_passes(seeded: dict[str, Any]) -> None:
     check_numbers(n, expected(seeded, "equal"))
     assert (n["requests_baseline"], n["requests_canary"], n["errors_canary"]) == (1000, 500, 5)
     assert n["gray_leaks"] == 0 and n["intended_weight"] is None
+
+
+def test_grpc_canary_fails_on_server_errors_not_on_callers_codes(seeded: dict[str, Any]) -> None:
+    """The same rule for gRPC as for HTTP: UNAVAILABLE is the service's failure (6 % against 1 %: fail),
+    NOT_FOUND the caller's (20 % against 1 %: pass, with no error counted)."""
+    code, res = on_folder(seeded, "grpc-failing")
+    assert (code, res["verdict"], res["reasons"]) == (1, "fail", ["error rate higher"])
+    check_numbers(res["numbers"], expected(seeded, "grpc-failing"))
+    assert (res["numbers"]["errors_baseline"], res["numbers"]["errors_canary"]) == (10, 30)
+    code, res = on_folder(seeded, "grpc-callers")
+    assert (code, res["verdict"], res["reasons"]) == (0, "pass", [])
+    check_numbers(res["numbers"], expected(seeded, "grpc-callers"))
+    assert (res["numbers"]["errors_baseline"], res["numbers"]["errors_canary"]) == (0, 0)
 
 
 def test_too_little_traffic_is_not_enough_data(seeded: dict[str, Any]) -> None:
@@ -299,7 +329,8 @@ def test_on_a_clickhouse_server(seeded: dict[str, Any]) -> None:
         assert status == 200, body
         svc.close()
         url = f"http://default@127.0.0.1:{fake.port}/"
-        for service, code_want in (("errors-only", 1), ("latency-only", 1), ("equal", 0), ("little", 2)):
+        for service, code_want in (("errors-only", 1), ("latency-only", 1), ("equal", 0), ("little", 2),
+                                   ("grpc-failing", 1), ("grpc-callers", 0)):
             code, res, err = cli("--clickhouse", url, "--service", service, "--baseline", "v1", "--canary", "v2")
             assert (code, res["verdict"]) == (code_want, list(canary.EXIT)[code_want]), err
             check_numbers(res["numbers"], expected(seeded, service))
@@ -315,15 +346,25 @@ def test_dashboard_panel_gives_the_same_verdicts(seeded: dict[str, Any]) -> None
     (panel,) = [p for p in board["panels"] if p["title"].startswith("Canary verdict")]
     # the panel's statement is the CLI's, slot for slot apart from what it compares and the window
     assert canary.dashboard_sql(build_dashboards.CANARY_PAIRS, build_dashboards._CANARY_FROM,
-                                build_dashboards._CANARY_TO) in panel["targets"][0]["rawSql"]
-    ctx = gs.context_for(3600, variables={"service": gs.ALL, "version": gs.ALL, "host": gs.ALL},
-                         options={"service": ["errors-only", "latency-only", "equal", "little", "routes", "many"],
-                                  "version": ["v1", "v2"], "host": ["node-a"]})
-    svc = open_service(data_dir=seeded["data"])
-    try:
-        rows = svc.query_arrow(gs.expand(panel["targets"][0]["rawSql"], ctx)).to_pylist()
-    finally:
-        svc.close()
+                                build_dashboards._CANARY_TO, route=build_dashboards.CANARY_ROUTE
+                                ) in panel["targets"][0]["rawSql"]
+    options = {"service": ["errors-only", "latency-only", "equal", "little", "routes", "many", "grpc-failing",
+                           "grpc-callers"], "version": ["v1", "v2"], "host": ["node-a"], "route": ["/a", "/b"]}
+
+    def verdicts(**picked: list[str]) -> list[dict[str, Any]]:
+        ctx = gs.context_for(3600, variables={"service": gs.ALL, "version": gs.ALL, "host": gs.ALL,
+                                              "route": gs.ALL} | picked, options=options)
+        svc = open_service(data_dir=seeded["data"])
+        try:
+            return svc.query_arrow(gs.expand(panel["targets"][0]["rawSql"], ctx)).to_pylist()  # type: ignore[no-any-return]
+        finally:
+            svc.close()
+
+    # the route variable narrows the verdict as --route does: the canary of "routes" fails on /a only
+    for route, verdict in (("/a", "fail"), ("/b", "pass")):
+        (one,) = verdicts(service=["routes"], route=[route])
+        assert (one["verdict"], one["requests_canary"]) == (verdict, 300), route
+    rows = verdicts()
     got = {r["service"]: (r["baseline"], r["canary"], r["verdict"], r["why"]) for r in rows}
     assert got == {
         "errors-only": ("v1", "v2", "fail", "error rate higher"),
@@ -332,4 +373,6 @@ def test_dashboard_panel_gives_the_same_verdicts(seeded: dict[str, Any]) -> None
         "little": ("v1", "v2", "not-enough-data", "canary has fewer than the minimum requests"),
         "routes": ("v1", "v2", "fail", "error rate higher"),
         "many": ("v1", "v2", "fail", "error rate higher"),
+        "grpc-failing": ("v1", "v2", "fail", "error rate higher"),
+        "grpc-callers": ("v1", "v2", "pass", ""),
     }

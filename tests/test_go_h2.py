@@ -46,7 +46,7 @@ def _start_pair(cap: Capture, build: gobuild.GoBuild, kind: str) -> tuple[subpro
     assert line.startswith("LISTEN"), line
     addr = line.split()[1]
     cap.wait_traced(srv.pid)  # found from its exec event
-    argv = [str(build.bin("grpcapp")), "-mode", f"{kind}-client"] + (["-addr", addr] if kind == "grpc" else [])
+    argv = [str(build.bin("grpcapp")), "-mode", f"{kind}-client"] + (["-addr", addr] if kind != "h2c" else [])
     cli = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
     assert cli.stdout.readline().strip() == "READY"  # type: ignore[union-attr]
     cap.wait_traced(cli.pid)
@@ -211,6 +211,69 @@ def test_grpc_server_streaming_cancelled(cap: Capture, builds: list[tuple[gobuil
             assert srows[0]["local_port"] == crows[0]["remote_port"] == port
         finally:
             _stop(cli, srv)
+
+
+# Client and bidirectional streaming (tests/go_grpc/grpcapp/streams.go, a service written with grpc.ServiceDesc):
+# (method, names sent: one HealthCheckRequest each, gRPC code, what the client printed after the code,
+# response DATA bytes). The server reads every request to the client's end of stream, then answers: a
+# name "fail" makes it end with ABORTED (10). Collect answers once (SERVING: 5 + 2 bytes) when OK;
+# Echo answers every request (5 + 2 bytes each), also when it then fails.
+STREAM_CASES = [
+    ("Collect", ["a", "bb", "ccc"], 0, 1, 7),
+    ("Collect", ["x" * 40, "fail"], 10, -1, 0),
+    ("Echo", ["a", "bb", "ccc", "dddd"], 0, 4, 28),
+    ("Echo", ["x", "fail", "y"], 10, 3, 21),
+    ("Echo", ["y" * 20_000, "z" * 20_000], 0, 2, 14),  # calls past one 16 KiB capture (3-byte lengths)
+]
+
+
+def _grpc_msg(name: str) -> int:
+    """Bytes of one HealthCheckRequest{service: name} with its gRPC prefix: 5 + tag + varint length + name."""
+    return 5 + 1 + max(1, (len(name).bit_length() + 6) // 7) + len(name)
+
+
+def test_grpc_client_and_bidi_streaming_rows_exact(cap: Capture, builds: list[tuple[gobuild.GoBuild, str]]) -> None:
+    """Client streaming (Collect) and bidirectional streaming (Echo), OK and ABORTED, from both ends:
+    one row per stream per side; request/response bytes are the messages' bytes each way with their
+    5-byte prefixes; metadata from the allow-list stored, ``authorization`` not."""
+    for build, grpc_version in builds:
+        srv, cli, port = _start_pair(cap, build, "streams")
+        try:
+            for i, (method, names, code, printed, _) in enumerate(STREAM_CASES):
+                md = [f"x-request-id: {build.id}-s{i}", "authorization: Bearer s3cr3t"]
+                if i == 1:
+                    md.append(f"x-gray-version: {HOSTILE}")
+                out = _call(cli, "\t".join([method.lower(), ",".join(names), *md]))
+                assert out == ["RESULT", str(code), str(printed)], (build.id, method, out)
+            srows = cap.wait_rows(srv.pid, len(STREAM_CASES))
+            crows = cap.wait_rows(cli.pid, len(STREAM_CASES))
+            assert len(srows) == len(crows) == len(STREAM_CASES), (build.id, len(srows), len(crows))
+            for i, (method, names, code, _, resp_bytes) in enumerate(STREAM_CASES):
+                full = f"/blindspot.test.Streams/{method}"
+                for side, row, pid in (("server", srows[i], srv.pid), ("client", crows[i], cli.pid)):
+                    want = {
+                        **_common(row, build, pid), "side": side, "protocol": "grpc", "method": "POST",
+                        "path": full, "route": full, "route_source": "grpc", "status": 200, "grpc_status": str(code),
+                        "request_bytes": sum(_grpc_msg(n) for n in names),
+                        "response_bytes": resp_bytes,
+                        "x_request_id": f"{build.id}-s{i}", "x_gray_version": HOSTILE if i == 1 else "",
+                        "host_header": f"127.0.0.1:{port}",
+                        "upstream_host": "" if side == "server" else f"127.0.0.1:{port}",
+                    }
+                    assert {k: row[k] for k in want} == want, (build.id, grpc_version, side, method, names)
+                    assert row["user_agent"].startswith(f"grpc-go/{grpc_version[1:]}"), row["user_agent"]
+                    assert "s3cr3t" not in json.dumps(row)
+                    assert 0 < row["duration_ns"] < 5_000_000_000
+                s, c = srows[i], crows[i]
+                assert (s["local_port"], s["remote_port"]) == (port, c["local_port"])
+                assert c["remote_port"] == port
+                assert c["time"] <= s["time"] + 1_000_000 and s["end_time"] <= c["end_time"] + 1_000_000
+            assert len({r["request_id"] for r in srows + crows}) == 2 * len(STREAM_CASES)
+        finally:
+            _stop(cli, srv)
+    counters = cap.src.counters()
+    assert counters["h2_lost"] == 0 and counters["h2_hpack_errors"] == 0 and counters["lost_ringbuf"] == 0
+    assert counters["tls_chunks"] >= len(builds)  # the 40 KB calls went on past their first record
 
 
 def test_rows_store_in_chdb(cap: Capture, tmp_path) -> None:  # type: ignore[no-untyped-def]

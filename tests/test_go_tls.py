@@ -328,3 +328,77 @@ def test_https_server_started_before_agent_mid_connection(builds: list[gobuild.G
     finally:
         p.kill()
         p.wait()
+
+
+# gRPC over TLS (tests/go_grpc/grpcapp/streams.go: credentials.NewTLS, ALPN h2): (client line, full
+# method, gRPC code, what the client printed after the code, request and response DATA bytes).
+GRPC_TLS_CASES = [
+    ("check\tup", "/grpc.health.v1.Health/Check", 0, 1, 5 + 2 + 2, 7),
+    ("check\tnope", "/grpc.health.v1.Health/Check", 5, -1, 5 + 2 + 4, 0),
+    ("echo\ta,fail", "/blindspot.test.Streams/Echo", 10, 2, 5 + 3 + 5 + 6, 14),
+    ("collect\t" + "x" * 30_000, "/blindspot.test.Streams/Collect", 0, 1, 5 + 1 + 3 + 30_000, 7),  # past a record
+]
+GRPC_HOSTILE = HOSTILE.encode("ascii", "ignore").decode()  # gRPC metadata values are printable ASCII
+
+
+def test_grpc_over_tls_rows_exact() -> None:
+    """grpc-go with credentials.NewTLS at both ends (HTTP/2 by ALPN), both grpc-go versions: one row
+    per call from each end, protocol 'grpc', encrypted, grpc_status and exact message bytes."""
+    if not gobuild.go_available():
+        pytest.skip("no go command")
+    builds = gobuild_tls.grpc_builds()
+    cap = Capture(go_tls=True)
+    procs: list[subprocess.Popen] = []
+    try:
+        for build, grpc_version in (builds[0], builds[-1]):  # the old and the current grpc-go
+            srv = spawn([str(build.bin("grpcapp")), "-mode", "streams-tls-server"], stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL, text=True)
+            procs.append(srv)
+            addr = srv.stdout.readline().split()[1]  # type: ignore[union-attr]
+            port = int(addr.rsplit(":", 1)[1])
+            cap.wait_traced(srv.pid)
+            cli = spawn([str(build.bin("grpcapp")), "-mode", "streams-tls-client", "-addr", addr],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+            procs.append(cli)
+            assert cli.stdout.readline().strip() == "READY"  # type: ignore[union-attr]
+            cap.wait_traced(cli.pid)
+            for i, (line, _, code, printed, _, _) in enumerate(GRPC_TLS_CASES):
+                md = [f"x-request-id: {build.id}-t{i}", f"authorization: {SECRET}"]
+                if i == 1:
+                    md.append(f"x-gray-version: {GRPC_HOSTILE}")
+                cli.stdin.write("\t".join([line, *md]) + "\n")  # type: ignore[union-attr]
+                out = cli.stdout.readline().split()  # type: ignore[union-attr]
+                assert out == ["RESULT", str(code), str(printed)], (build.id, line[:20], out)
+            info = gobuild.read_build_info(build.bin("grpcapp"))
+            srows = cap.wait_rows(srv.pid, len(GRPC_TLS_CASES))
+            crows = cap.wait_rows(cli.pid, len(GRPC_TLS_CASES))
+            assert len(srows) == len(crows) == len(GRPC_TLS_CASES), (build.id, len(srows), len(crows))
+            for i, (_, full, code, _, req, resp) in enumerate(GRPC_TLS_CASES):
+                for side, row, pid in (("server", srows[i], srv.pid), ("client", crows[i], cli.pid)):
+                    want = {
+                        "side": side, "pid": pid, "protocol": "grpc", "encrypted": 1, "method": "POST",
+                        "path": full, "route": full, "route_source": "grpc", "status": 200, "grpc_status": str(code),
+                        "request_bytes": req, "response_bytes": resp, "x_request_id": f"{build.id}-t{i}",
+                        "x_gray_version": GRPC_HOSTILE if i == 1 else "", "host_header": f"127.0.0.1:{port}",
+                        "upstream_host": "" if side == "server" else f"127.0.0.1:{port}", "end_reason": "end",
+                        "service": "grpcapp", "service_version": gobuild.service_version(info),
+                        "go_version": info["go"], "family": 4, "local_addr": "127.0.0.1", "remote_addr": "127.0.0.1",
+                        "head_truncated": 0, "parent_request_id": 0,
+                    }
+                    assert {k: row[k] for k in want} == want, (build.id, grpc_version, side, full, code)
+                    assert row["user_agent"].startswith(f"grpc-go/{grpc_version[1:]}"), row["user_agent"]
+                    assert "s3cr3t" not in json.dumps(row, ensure_ascii=False)
+                    assert 0 < row["duration_ns"] < 5_000_000_000
+                s, c = srows[i], crows[i]
+                assert (s["local_port"], s["remote_port"], c["remote_port"]) == (port, c["local_port"], port)
+            for p in procs[-2:]:
+                p.kill()
+                p.wait()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        cap.close()
+    c = cap.src.counters()
+    assert c["h2_lost"] == 0 and c["h2_hpack_errors"] == 0 and c["lost_ringbuf"] == 0, c
+    assert c["tls_chunks"] >= 2, c  # the 30 KB Collect call went on past its first record, on both builds

@@ -10,7 +10,9 @@ uses the same rules by construction. The statistics and why they were chosen: do
 Checks, each one-sided ("is the canary worse?") at level ``alpha``, and each also needing an effect
 larger than a practical margin (a huge sample makes a harmless difference significant):
 
-* errors (5xx or no response): Fisher's exact test, or ``proportionsZTest`` past 10,000 errors;
+* errors (no response, 5xx, or a gRPC server-error status: ``blindspot_request_failed``, migration
+  0055, the rule the rollups' error counts use too): Fisher's exact test, or ``proportionsZTest`` past
+  10,000 errors;
 * latency, whole distribution: Mann-Whitney U (``mannWhitneyUTest``), with the median's increase;
 * latency, tail: the share of canary requests slower than the baseline's p99 (Fisher), with the
   p99's increase;
@@ -77,8 +79,8 @@ WITH
     obs AS (
         SELECT p.service AS service, p.baseline AS baseline, p.canary AS canary, p.weight AS weight,
                r.service_version = p.canary AS is_canary, r.duration_ns / 1e6 AS ms,
-               r.status >= 500 OR r.status = 0 AS err
-        FROM (SELECT service, service_version, route, duration_ns, status FROM blindspot.http_requests
+               blindspot_request_failed(r.status, r.grpc_status) AS err
+        FROM (SELECT service, service_version, route, duration_ns, status, grpc_status FROM blindspot.http_requests
               WHERE side = 'server' AND time >= <<t_from>> AND time <= <<t_to>>) AS r
         INNER JOIN pairs AS p ON r.service = p.service
         WHERE (r.service_version = p.baseline OR r.service_version = p.canary) AND <<route>>
@@ -174,10 +176,11 @@ def cli_sql() -> str:
                        {k: f"{{{k}:{t}}}" for k, t in RULE_TYPES.items()})
 
 
-def dashboard_sql(pairs: str, t_from: str, t_to: str, rules: Rules = Rules()) -> str:
-    """The dashboard's statement: the default rules as literals, every route."""
+def dashboard_sql(pairs: str, t_from: str, t_to: str, rules: Rules = Rules(), route: str = "1") -> str:
+    """The dashboard's statement: the default rules as literals; ``route`` a condition on ``r.route``
+    (the dashboard's route variable), every route by default."""
     lit = {k: repr(float(v)) if RULE_TYPES[k] == "Float64" else str(int(v)) for k, v in asdict(rules).items()}
-    return verdict_sql(pairs, t_from, t_to, "1", lit)
+    return verdict_sql(pairs, t_from, t_to, route, lit)
 
 
 def cli_params(service: str, baseline: str, canary: str, since_s: float, route: str = "",

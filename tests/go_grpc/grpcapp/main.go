@@ -176,6 +176,8 @@ func main() {
 		h2cServer(*addr)
 	case "h2c-client":
 		h2cClient()
+	case "streams-server", "streams-client", "streams-tls-server", "streams-tls-client":
+		streamsMode(*mode, *addr) // streams.go
 	case "grpc-gateway": // gateway.go
 		grpcGateway(*addr)
 	case "grpc-fanout":
