@@ -26,7 +26,8 @@ import logging
 import os
 import re
 import threading
-from collections import Counter, OrderedDict
+import time
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +44,13 @@ _T = "google.golang.org/grpc/internal/transport."
 # (tests/test_go_grpc_link.py builds v1.56.3 and v1.67.1): [low, high).
 GRPC_TESTED = ((1, 56), (1, 68))
 CACHE_SIZE = 256
+DWARF_S_PER_MIN = 20.0  # of DWARF reading for links (go_binary's own reading has a budget of its own)
 MAX_FUNC_BYTES = 64 << 10
 
 REJECTED: Counter[str] = Counter()
 _lock = threading.Lock()
 _cache: OrderedDict[tuple[int, int, int, int], LinkProbes | None] = OrderedDict()
+_spent: deque[tuple[float, float]] = deque()  # (monotonic end, seconds) of recent DWARF reads
 
 
 @dataclass(frozen=True)
@@ -170,10 +173,21 @@ def _read(path: str) -> LinkProbes:
         if not (elf.has_dwarf_info() and elf.get_section_by_name(".debug_info") is not None) and \
                 elf.get_section_by_name(".zdebug_info") is None:
             raise _NoLink("no_dwarf", "stripped: grpc-go struct offsets unknown")
+        # DWARF reading is slow (~2 s for a small grpc-go program here): at most DWARF_S_PER_MIN
+        # seconds of it a minute; a binary first seen while that is spent is not linked (counted).
+        t0 = time.monotonic()
+        with _lock:
+            while _spent and _spent[0][0] < t0 - 60:
+                _spent.popleft()
+            if sum(sec for _, sec in _spent) >= DWARF_S_PER_MIN:
+                raise _NoLink("dwarf_rate_limited", f"over {DWARF_S_PER_MIN:.0f} s of DWARF reading a minute")
         try:
             offsets = _offsets(elf)
         except go_binary.Rejected as e:
             raise _NoLink("dwarf", str(e)) from None
+        finally:
+            with _lock:
+                _spent.append((time.monotonic(), time.monotonic() - t0))
         start, end = ranges[FN_NEWSTREAM]
         if not 0 < end - start <= MAX_FUNC_BYTES:
             raise _NoLink("malformed", f"NewStream is {end - start} bytes")
