@@ -554,7 +554,8 @@ class GoTlsSource:
         rid = self._server_ids.get((pid, conn, sid))
         if rid is not None:
             return rid
-        for plain in (True, False):  # h2c (*net.TCPConn), or a *tls.Conn (grpc-go's own TLS wraps it: no match, docs/go-tls.md)
+        # h2c (*net.TCPConn), or a *tls.Conn (grpc-go's own TLS wraps it: no match, docs/go-tls.md)
+        for plain in (True, False):
             h = self._h2.get((pid, conn, plain))
             s = h.conn.streams.get(sid) if h is not None and h.conn.server else None
             if s is not None and s.start_ns:

@@ -13,7 +13,8 @@ says nothing about which call it serves. Two points do run on the handler's goro
 
 The connection is the data word of ``http2Server.conn`` / ``http2Client.conn`` (a ``net.Conn``): the
 ``*net.TCPConn`` whose ``net.(*conn).Read/Write`` the h2c probes key connections by (over TLS,
-grpc-go's wrapper of the ``*tls.Conn``: not linked, docs/go-tls.md). The goroutine id is ``runtime.g.goid`` (never reused, unlike the ``g``).
+grpc-go's wrapper of the ``*tls.Conn``: not linked, docs/go-tls.md). The goroutine id is
+``runtime.g.goid`` (never reused, unlike the ``g``).
 
 Offsets come from DWARF only, and only for the grpc-go versions whose code paths were checked
 (GRPC_TESTED): a stripped binary, another grpc-go, or a layout that does not match is not linked,
