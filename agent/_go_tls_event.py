@@ -19,6 +19,9 @@ STAT_EMITTED, STAT_LOST_RINGBUF, STAT_HITS, STAT_READ_LOST, STAT_AUX_FULL, STAT_
     _D["BS_TLS_STAT_EMITTED"], _D["BS_TLS_STAT_LOST_RINGBUF"], _D["BS_TLS_STAT_HITS"],
     _D["BS_TLS_STAT_READ_LOST"], _D["BS_TLS_STAT_AUX_FULL"], _D["BS_TLS_STAT_N"])
 STAT_H2C_CONNS, STAT_H2C_UNTRACKED = _D["BS_TLS_STAT_H2C_CONNS"], _D["BS_TLS_STAT_H2C_UNTRACKED"]
+KIND_GRPC_LINK, LINK_SIZE = _D["BS_TLS_GRPC_LINK"], _D["BS_TLS_LINK_SIZE"]
+STAT_GRPC_INBOUND, STAT_GRPC_NO_HANDLER, STAT_GRPC_LINKS = (
+    _D["BS_TLS_STAT_GRPC_INBOUND"], _D["BS_TLS_STAT_GRPC_NO_HANDLER"], _D["BS_TLS_STAT_GRPC_LINKS"])
 
 # struct tls_event without its data (which follows, data_len bytes).
 HEADER_FIELDS = [
@@ -32,3 +35,11 @@ HEADER_FIELDS = [
 HEADER_STRUCT = struct.Struct(struct_format(HEADER_FIELDS))
 assert HEADER_STRUCT.size == HEADER_SIZE
 FIELD_NAMES = tuple(n for n, _ in HEADER_FIELDS)
+
+# struct grpc_link_event (same ring buffer, told apart by kind).
+LINK_FIELDS = [
+    ("kind", C.c_uint32), ("pid", C.c_uint32), ("ts_ns", C.c_uint64), ("goid", C.c_uint64),
+    ("in_conn", C.c_uint64), ("out_conn", C.c_uint64), ("in_sid", C.c_uint32), ("out_sid", C.c_uint32),
+]
+LINK_STRUCT = struct.Struct(struct_format(LINK_FIELDS))
+assert LINK_STRUCT.size == LINK_SIZE

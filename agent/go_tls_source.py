@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from agent import _go_tls_event as tev
 from agent import _http_event as ev
-from agent import go_procs, go_tls_binary, h2_decode
+from agent import go_procs, go_tls_binary, grpc_link_binary, h2_decode
 from agent._bpf_abi import load_bpf
 from agent.config import HttpConfig
 from agent.errors import SourceErrors
@@ -52,6 +52,8 @@ REAP_INTERVAL_S = 5.0
 NO_RESPONSE_S = 30.0  # an exchange without any response is emitted after this long
 MAX_OWED = 16_384  # calls awaiting their continuation records (one per connection and direction)
 _END = {v: k for k, v in ev.END_REASONS.items()}
+MAX_LINKS = 16384  # gRPC link records waiting for their outbound row
+MAX_SERVER_IDS = 16384  # request ids of recent inbound gRPC rows, for links resolved after them
 
 
 @dataclass
@@ -299,6 +301,11 @@ class GoTlsSource:
         self._h2_rows: list[dict[str, Any]] = []
         self._h2_counts = {"h2_conns": 0, "h2_streams": 0, "h2_frames": 0, "h2_lost": 0, "h2_hpack_errors": 0,
                            "h2_streams_dropped": 0}
+        # gRPC linking: (pid, outbound conn, stream id) -> (ts, inbound conn, stream id), from link records
+        self._links: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+        self._server_ids: dict[tuple[int, int, int], int] = {}  # (pid, conn, stream id) -> request id
+        self._link_counts = {"grpc_link_records": 0, "grpc_linked": 0, "grpc_link_no_inbound": 0,
+                             "grpc_link_unused": 0, "grpc_link_dropped": 0, "grpc_link_procs": 0}
 
     # --- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -308,7 +315,7 @@ class GoTlsSource:
                   *_kernel_defines()]
         self.bpf = load_bpf(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
         for prog in ("uprobe_tls_read", "uprobe_tls_read_ret", "uprobe_tls_write", "uprobe_net_read",
-                     "uprobe_net_read_ret", "uprobe_net_write"):
+                     "uprobe_net_read_ret", "uprobe_net_write", "uprobe_grpc_handle", "uprobe_grpc_newstream_ret"):
             self.bpf.load_func(prog.encode(), BPF.KPROBE)
         self.bpf[b"tls_events"].open_ring_buffer(self._on_data)
         self.bpf[b"tls_procs"].open_ring_buffer(self._on_proc)
@@ -323,6 +330,7 @@ class GoTlsSource:
             self._detach(pid)
         self._x.expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC), 0, set(self._gone) | {0})
         self._h2_expire(0, everything=True)
+        self._links_expire(0, everything=True)
         self._decode()
         self.counters()
         self.bpf.cleanup()
@@ -342,10 +350,15 @@ class GoTlsSource:
                 "h2c_conns_seen": tot[tev.STAT_H2C_CONNS],
                 # a connection that began before the agent: its HPACK state is unknown, it is not decoded
                 "h2c_untracked_frames": tot[tev.STAT_H2C_UNTRACKED],
+                "grpc_link_inbound_streams": tot[tev.STAT_GRPC_INBOUND],
+                # an outbound gRPC stream opened on a goroutine no handleStream began (a plain client, or
+                # a handler's own child goroutine): not linked
+                "grpc_link_no_handler": tot[tev.STAT_GRPC_NO_HANDLER],
             }
         rejected = {f"go_tls_binary_rejected:{k}": v for k, v in go_tls_binary.REJECTED.items()}
-        return {**self._c, **self._x.counts, **self._h2_counts, **self._kernel, "procs_traced": len(self.procs),
-                **self._errors.counters(), **rejected}
+        rejected |= {f"grpc_link_binary_rejected:{k}": v for k, v in grpc_link_binary.REJECTED.items()}
+        return {**self._c, **self._x.counts, **self._h2_counts, **self._link_counts, **self._kernel,
+                "procs_traced": len(self.procs), **self._errors.counters(), **rejected}
 
     def poll(self, timeout_ms: int) -> None:
         assert self.bpf is not None
@@ -361,6 +374,7 @@ class GoTlsSource:
                 gone.add(pid)
         self._x.expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC), int(self.cfg.quiet_s * 1e9), gone)
         self._h2_expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC), gone=gone)
+        self._links_expire(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
         self._decode()
 
     def flush(self) -> None:
@@ -396,15 +410,19 @@ class GoTlsSource:
                if self.cfg.go_h2c else None)
         if tls is None and net is None:
             return
+        link = grpc_link_binary.find(p.exe) if net is not None else None
         try:
-            self._attach(p, tls, net)
+            self._attach(p, tls, net, link)
         except Exception as e:
             self._errors.record("attach", e, f"pid {pid}")
 
-    def _attach(self, p: GoProcess, tls: go_tls_binary.TlsProbes | None, net: go_tls_binary.TlsProbes | None) -> None:
+    def _attach(self, p: GoProcess, tls: go_tls_binary.TlsProbes | None, net: go_tls_binary.TlsProbes | None,
+                link: grpc_link_binary.LinkProbes | None = None) -> None:
         leaf = self.bpf[b"tls_pids"].Leaf()
         leaf.tcpconn_fd = p.binary.offsets.get("tcpconn_fd", -1)
         leaf.netfd_sysfd = p.binary.offsets.get("netfd_sysfd", -1)
+        for name in ("g_goid", "stream_id", "stream_ct", "h2s_conn", "h2c_conn"):
+            setattr(leaf, name, getattr(link, name) if link is not None else -1)
         if p.inode not in self._uprobes:
             names = []
             for probes, kind in ((tls, "tls"), (net, "net")):
@@ -413,11 +431,15 @@ class GoTlsSource:
                 names += [self._attach_uprobe(p.exe, probes.read, f"uprobe_{kind}_read"),
                           self._attach_uprobe(p.exe, probes.write, f"uprobe_{kind}_write")]
                 names += [self._attach_uprobe(p.exe, off, f"uprobe_{kind}_read_ret") for off in probes.read_rets]
+            if link is not None:
+                names.append(self._attach_uprobe(p.exe, link.handle, "uprobe_grpc_handle"))
+                names += [self._attach_uprobe(p.exe, off, "uprobe_grpc_newstream_ret") for off in link.newstream_rets]
             self._uprobes[p.inode] = names
         self._uprobe_users.setdefault(p.inode, set()).add(p.pid)
         self.bpf[b"tls_pids"][C.c_uint32(p.pid)] = leaf
         self.procs[p.pid] = p
         self._c["tls_procs_attached"] += 1
+        self._link_counts["grpc_link_procs"] += link is not None
 
     def _attach_uprobe(self, path: str, file_offset: int, prog: str) -> bytes:
         """Entry-style uprobe at a file offset (never a uretprobe: Go moves stacks)."""
@@ -440,7 +462,8 @@ class GoTlsSource:
         with contextlib.suppress(KeyError):
             del self.bpf[b"tls_pids"][C.c_uint32(pid)]
         self._owed = {k: v for k, v in self._owed.items() if k[0] != pid}
-        for table in (self.bpf[b"tls_reads"], self.bpf[b"h2c_conns"], self.bpf[b"h2_tls_conns"]):
+        for table in (self.bpf[b"tls_reads"], self.bpf[b"h2c_conns"], self.bpf[b"h2_tls_conns"],
+                      self.bpf[b"grpc_inbound"]):
             for k in [k for k in table.keys() if k.pid == pid]:
                 with contextlib.suppress(KeyError):
                     del table[k]
@@ -464,6 +487,9 @@ class GoTlsSource:
 
     def _on_data(self, _ctx, data, size) -> None:  # type: ignore[no-untyped-def]
         try:  # a ctypes callback: nothing may escape
+            if size == tev.LINK_SIZE and C.cast(data, C.POINTER(C.c_uint32)).contents.value == tev.KIND_GRPC_LINK:
+                self._on_link(tev.LINK_STRUCT.unpack(C.string_at(data, size)))
+                return
             if size < tev.HEADER_SIZE:
                 self._errors.record("short_record", None, f"{size} bytes")
                 return
@@ -555,6 +581,62 @@ class GoTlsSource:
                     self._h2_counts[k] = self._h2_counts.get(k, 0) + v
                 del self._h2[key]
 
+    # --- gRPC linking ---------------------------------------------------------------------------
+    def _on_link(self, f: tuple[int, ...]) -> None:
+        """A handler goroutine of inbound (in_conn, in_sid) opened outbound (out_conn, out_sid)."""
+        _, pid, ts, _goid, in_conn, out_conn, in_sid, out_sid = f
+        self._link_counts["grpc_link_records"] += 1
+        if len(self._links) >= MAX_LINKS:
+            del self._links[next(iter(self._links))]
+            self._link_counts["grpc_link_dropped"] += 1
+        self._links[(pid, out_conn, out_sid)] = (ts, in_conn, in_sid)
+
+    def _inbound_id(self, pid: int, conn: int, sid: int) -> int:
+        """The request id of inbound stream ``sid`` of connection ``conn`` (open or recently ended), 0
+        if its connection is not decoded (began before the agent, lost)."""
+        rid = self._server_ids.get((pid, conn, sid))
+        if rid is not None:
+            return rid
+        # h2c (*net.TCPConn), or a *tls.Conn (grpc-go's own TLS wraps it: no match, docs/go-tls.md)
+        for plain in (True, False):
+            h = self._h2.get((pid, conn, plain))
+            s = h.conn.streams.get(sid) if h is not None and h.conn.server else None
+            if s is not None and s.start_ns:
+                return self._h2_request_id(h, s)  # type: ignore[arg-type]
+        return 0
+
+    def _h2_request_id(self, h: _H2, s: h2_decode.Stream) -> int:
+        c = h.first
+        return int(request_ids(self._ctx.salt, np.array([c.pid]), np.array([c.fd]),
+                               np.array([s.start_ns + s.id], np.uint64),
+                               np.array([ev.ROLE_SERVER if h.conn.server else ev.ROLE_CLIENT]))[0])
+
+    def _parent(self, h: _H2, s: h2_decode.Stream, rid: int) -> int:
+        """Remember a server row's id; a client row's parent: the inbound row whose handler opened it."""
+        c = h.first
+        if h.conn.server:
+            if s.request.get("content-type", "").startswith("application/grpc"):
+                if len(self._server_ids) >= MAX_SERVER_IDS:
+                    del self._server_ids[next(iter(self._server_ids))]
+                self._server_ids[(c.pid, c.conn, s.id)] = rid
+            return 0
+        link = self._links.pop((c.pid, c.conn, s.id), None)
+        if link is None:
+            return 0
+        parent = self._inbound_id(c.pid, link[1], link[2])
+        if parent:
+            self._link_counts["grpc_linked"] += 1
+        else:
+            self._link_counts["grpc_link_no_inbound"] += 1
+        return parent
+
+    def _links_expire(self, now_ns: int, everything: bool = False) -> None:
+        """Link records whose outbound row never came (its connection not decoded, or lost)."""
+        idle = int(max(self.cfg.quiet_s, NO_RESPONSE_S) * 1e9) * 2
+        for k in [k for k, v in self._links.items() if everything or now_ns - v[0] > idle]:
+            del self._links[k]
+            self._link_counts["grpc_link_unused"] += 1
+
     def _h2_row(self, h: _H2, s: h2_decode.Stream) -> dict[str, Any]:
         c = h.first
         server = h.conn.server
@@ -570,8 +652,8 @@ class GoTlsSource:
         headers = {n: bounded(v[: self.cfg.max_value], self.cfg.max_value) for n, v in headers.items()}
         extra = [n for n in sorted(self._allow) if n not in HEADER_COLUMNS]
         self._h2_counts["h2_streams"] += 1
-        rid = request_ids(self._ctx.salt, np.array([c.pid]), np.array([c.fd]), np.array([start + s.id], np.uint64),
-                          np.array([ev.ROLE_SERVER if server else ev.ROLE_CLIENT]))[0]
+        rid = self._h2_request_id(h, s)
+        parent = self._parent(h, s, rid)
         p = self.procs.get(c.pid) or self._gone.get(c.pid)
         fam = c.family
         return {
@@ -593,7 +675,7 @@ class GoTlsSource:
             **{col: headers.get(n, "") for n, col in HEADER_COLUMNS.items()},
             "extra_headers": _extra_json(extra, [headers[n] for n in extra]) if extra else "",
             "head_truncated": int(s.cut), "end_reason": s.end_reason, "request_id": int(rid),
-            "parent_request_id": 0, "protocol": protocol, "encrypted": 0 if c.plain else 1,
+            "parent_request_id": parent, "protocol": protocol, "encrypted": 0 if c.plain else 1,
         }
 
     def _service(self, pid: int) -> tuple[str, str, str]:

@@ -15,6 +15,20 @@
 
 struct tls_proc {
 	__s16 tcpconn_fd, netfd_sysfd; // Go struct field offsets of this process's binary; -1 unknown
+	// gRPC linking (agent/grpc_link_binary.py, from DWARF); g_goid -1: not linked
+	__s16 g_goid, stream_id, stream_ct, h2s_conn, h2c_conn;
+	__s16 _pad;
+};
+
+struct grpc_g_key {
+	__u32 pid;
+	__u32 _pad;
+	__u64 goid;
+};
+
+struct grpc_inbound {
+	__u64 conn;
+	__u32 sid;
 	__u32 _pad;
 };
 
@@ -39,6 +53,7 @@ BPF_HASH(tls_pids, __u32, struct tls_proc, 4096);             // traced tgids (u
 BPF_HASH(tls_reads, struct read_key, struct read_arg, 16384);  // Read in progress, per goroutine
 BPF_TABLE("lru_hash", struct conn_key, __u8, h2c_conns, 16384); // cleartext conns that sent the preface
 BPF_TABLE("lru_hash", struct conn_key, __u8, h2_tls_conns, 16384); // TLS conns whose plaintext began with it
+BPF_TABLE("lru_hash", struct grpc_g_key, struct grpc_inbound, grpc_inbound, 16384); // handler goroutine -> stream
 BPF_PERCPU_ARRAY(tls_scratch, struct tls_event, 1);
 BPF_PERCPU_ARRAY(tls_stats, __u64, BS_TLS_STAT_N);
 BPF_RINGBUF_OUTPUT(tls_events, BS_TLS_RINGBUF_PAGES);
@@ -281,6 +296,78 @@ int uprobe_net_read_ret(struct pt_regs *ctx)
 	long n = read_return(ctx, tgid, 1, &tp, &arg);
 	if (n > 0 && tp && h2c_conn(tgid, arg.conn, (void *)arg.buf, n))
 		send(ctx, tp, arg.conn, (void *)arg.buf, n, BS_TLS_READ, 1);
+	return 0;
+}
+
+// gRPC linking (grpc-go; offsets from DWARF, agent/grpc_link_binary.py). The entry of
+// grpc.(*Server).handleStream(s, t ServerTransport, stream *Stream, ...) begins the goroutine grpc-go
+// starts for each inbound stream: RCX = t's data word (*http2Server), RDI = stream. Remember its
+// (connection, stream id) by (process, goroutine id); goroutine ids are never reused.
+static __always_inline __u64 go_goid(const struct tls_proc *tp, struct pt_regs *ctx)
+{
+	__u64 goid = 0;
+	bpf_probe_read_user(&goid, sizeof(goid), (char *)ctx->r14 + tp->g_goid);
+	return goid;
+}
+
+int uprobe_grpc_handle(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tls_proc *tp = tls_pids.lookup(&tgid);
+	if (!tp)
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	if (tp->g_goid < 0 || tp->h2s_conn < 0 || tp->stream_id < 0)
+		return 0;
+	struct grpc_g_key k = {.pid = tgid, .goid = go_goid(tp, ctx)};
+	struct grpc_inbound v = {};
+	bpf_probe_read_user(&v.conn, sizeof(v.conn), (char *)ctx->cx + tp->h2s_conn);
+	bpf_probe_read_user(&v.sid, sizeof(v.sid), (char *)ctx->di + tp->stream_id);
+	if (!k.goid || !v.conn)
+		return 0;
+	grpc_inbound.update(&k, &v);
+	count(BS_TLS_STAT_GRPC_INBOUND);
+	return 0;
+}
+
+// At a RET of transport.(*http2Client).NewStream (RAX = the new *Stream, nil on error; its id was
+// assigned on this goroutine): if this goroutine began at handleStream, the outbound stream is that
+// inbound stream's call. One record, in tls_events' order.
+int uprobe_grpc_newstream_ret(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tls_proc *tp = tls_pids.lookup(&tgid);
+	if (!tp)
+		return 0;
+	count(BS_TLS_STAT_HITS);
+	if (!ctx->ax || tp->g_goid < 0 || tp->stream_ct < 0 || tp->h2c_conn < 0 || tp->stream_id < 0)
+		return 0;
+	struct grpc_g_key k = {.pid = tgid, .goid = go_goid(tp, ctx)};
+	struct grpc_inbound *in = grpc_inbound.lookup(&k);
+	if (!in) {
+		count(BS_TLS_STAT_GRPC_NO_HANDLER);
+		return 0;
+	}
+	struct grpc_link_event *r = tls_events.ringbuf_reserve(sizeof(struct grpc_link_event));
+	if (!r) {
+		count(BS_TLS_STAT_LOST_RINGBUF);
+		return 0;
+	}
+	void *ct = 0;
+	r->kind = BS_TLS_GRPC_LINK;
+	r->pid = tgid;
+	r->ts_ns = bpf_ktime_get_ns();
+	r->goid = k.goid;
+	r->in_conn = in->conn;
+	r->in_sid = in->sid;
+	r->out_conn = 0;
+	r->out_sid = 0;
+	bpf_probe_read_user(&r->out_sid, sizeof(r->out_sid), (char *)ctx->ax + tp->stream_id);
+	bpf_probe_read_user(&ct, sizeof(ct), (char *)ctx->ax + tp->stream_ct);
+	if (ct)
+		bpf_probe_read_user(&r->out_conn, sizeof(r->out_conn), (char *)ct + tp->h2c_conn);
+	tls_events.ringbuf_submit(r, 0);
+	count(BS_TLS_STAT_GRPC_LINKS);
 	return 0;
 }
 

@@ -12,6 +12,7 @@
 
 #define BS_TLS_DATA 1 /* struct tls_event: the plaintext of one crypto/tls.(*Conn).Read or Write */
 #define BS_TLS_PROC_EXEC 2 /* struct tls_proc_event: a process called exec */
+#define BS_TLS_GRPC_LINK 3 /* struct grpc_link_event: a gRPC handler's goroutine opened an outbound stream */
 
 /* tls_event.dir */
 #define BS_TLS_READ 1  /* (*Conn).Read returned len bytes (probe at its RET instructions) */
@@ -36,7 +37,10 @@
 #define BS_TLS_STAT_AUX_FULL 4     /* read-in-flight table full: a Read is missed */
 #define BS_TLS_STAT_H2C_CONNS 5   /* cleartext connections that began with the HTTP/2 preface */
 #define BS_TLS_STAT_H2C_UNTRACKED 6 /* net reads/writes that look like HTTP/2 frames on a connection not seen from its start */
-#define BS_TLS_STAT_N 7
+#define BS_TLS_STAT_GRPC_INBOUND 7 /* handleStream entries: an inbound gRPC stream's handler goroutine */
+#define BS_TLS_STAT_GRPC_NO_HANDLER 8 /* outbound gRPC streams opened on a goroutine no handleStream began */
+#define BS_TLS_STAT_GRPC_LINKS 9 /* link records submitted */
+#define BS_TLS_STAT_N 10
 
 struct tls_event {
 	__u32 kind;      /* BS_TLS_DATA */
@@ -67,5 +71,21 @@ struct tls_proc_event {
 	__u32 kind; /* BS_TLS_PROC_EXEC */
 	__u32 pid;
 };
+
+/* Through tls_events too (first field kind = BS_TLS_GRPC_LINK), so that it comes after the read of the
+ * inbound stream's HEADERS and before the outbound stream's response, in the one ring buffer's order. */
+struct grpc_link_event {
+	__u32 kind;     /* BS_TLS_GRPC_LINK */
+	__u32 pid;      /* tgid */
+	__u64 ts_ns;    /* CLOCK_MONOTONIC ns */
+	__u64 goid;     /* runtime.g.goid of the handler goroutine */
+	__u64 in_conn;  /* the inbound stream's connection (the net.Conn data word of http2Server.conn) */
+	__u64 out_conn; /* the outbound stream's connection (http2Client.conn) */
+	__u32 in_sid;   /* inbound HTTP/2 stream id */
+	__u32 out_sid;  /* outbound HTTP/2 stream id */
+};
+
+#define BS_TLS_LINK_SIZE 48
+_Static_assert(sizeof(struct grpc_link_event) == BS_TLS_LINK_SIZE, "shared with user space");
 
 #endif /* BLINDSPOT_GO_TLS_EVENT_H */

@@ -178,5 +178,9 @@ func main() {
 		h2cClient()
 	case "streams-server", "streams-client", "streams-tls-server", "streams-tls-client":
 		streamsMode(*mode, *addr) // streams.go
+	case "grpc-gateway": // gateway.go
+		grpcGateway(*addr)
+	case "grpc-fanout":
+		grpcFanout(*addr)
 	}
 }
