@@ -73,10 +73,11 @@ class HttpConfig(Section):
 
 class PipelineConfig(Section):
     poll_ms: int = Field(50, ge=1)  # drain interval: ring buffers must hold this long's worth of records
-    batch_max_rows: int = Field(20_000, ge=1)
-    # None: the component's own (DEFAULT_BATCH_AGE_S in agent/pipeline.py: 5 s into the embedded store,
-    # whose every insert costs its rollup views ~80 ms of CPU and 7 new parts; 1 s to Kafka)
+    # Batches: None is the component's own (COMPONENT_DEFAULTS in agent/pipeline.py): into the embedded
+    # store, whose every insert costs its rollup views ~80 ms of CPU and 7 new parts, 100,000 rows or
+    # 5 s, 16 queued; to Kafka, 20,000 rows or 1 s, 64 queued.
+    batch_max_rows: int | None = Field(None, ge=1)
     batch_max_age_s: float | None = Field(None, gt=0)
-    queue_batches: int = Field(64, ge=1)
+    queue_batches: int | None = Field(None, ge=1)  # hand-off bound; beyond it, records are dropped and counted
     snapshot_interval_s: float = Field(10.0, gt=0)
     counters_interval_s: float = Field(60.0, gt=0)

@@ -32,11 +32,15 @@ from contract.records import KINDS, PIPELINE_COUNTER, TCP_CONNECTION, RecordKind
 
 log = logging.getLogger(__name__)
 
-# Batch age by component when the config leaves it unset. Into the embedded store every insert has a
+# Batching by component, where the config leaves it unset. Into the embedded store every insert has a
 # fixed cost (its rollup views: ~80 ms of CPU and 7 new parts per insert of tcp_connections, whatever
-# its size; docs/tcp-cost.md), so batches wait longer there; a query through the running agent flushes
-# them first (flush_pending), so it still sees what was captured. Kafka messages are cheap: 1 s.
-DEFAULT_BATCH_AGE_S = {"embedded": 5.0, "agent": 1.0}
+# its size; docs/tcp-cost.md), so batches are larger and wait longer there (and fewer may queue: the
+# same memory bound); a query through the running agent flushes them first (flush_pending), so it
+# still sees what was captured. Kafka messages are cheap: small batches, soon.
+COMPONENT_DEFAULTS: dict[str, dict[str, float]] = {
+    "embedded": {"batch_max_rows": 100_000, "batch_max_age_s": 5.0, "queue_batches": 16},
+    "agent": {"batch_max_rows": 20_000, "batch_max_age_s": 1.0, "queue_batches": 64},
+}
 FORCED_FLUSH_MIN_INTERVAL_S = 1.0  # flush_pending inserts at most this often (a query waits for its turn)
 
 
@@ -86,10 +90,11 @@ class Pipeline:
         self.host = host
         self.component = component  # pipeline_counters.component: agent, embedded
         self.metrics = metrics or AgentMetrics.on()
-        age = config.batch_max_age_s or DEFAULT_BATCH_AGE_S.get(component, 1.0)
-        self.batcher = Batcher(config.batch_max_rows, age)
+        own = COMPONENT_DEFAULTS.get(component, COMPONENT_DEFAULTS["agent"])
+        self.batcher = Batcher(int(config.batch_max_rows or own["batch_max_rows"]),
+                               config.batch_max_age_s or own["batch_max_age_s"])
         self.handoff: queue.Queue[tuple[RecordKind, Batch] | _Flushed | None] = queue.Queue(
-            config.queue_batches
+            int(config.queue_batches or own["queue_batches"])
         )
         self._flush_lock = threading.Lock()
         self._flush_waiters: list[threading.Event] = []

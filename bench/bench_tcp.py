@@ -39,11 +39,14 @@ from tests.procs import spawn
 
 COUNT_SQL = """SELECT count() AS n FROM blindspot.tcp_connections
 WHERE (local_port = {p:UInt16} OR remote_port = {p:UInt16}) AND end_time >= fromUnixTimestamp64Nano({t:Int64})"""
-LOSS_SQL = """SELECT toUInt64(sumIf(value, counter IN ('lost_ringbuf', 'lost_map_full'))) AS lost
+LOSS_SQL = """SELECT toUInt64(sumIf(value, counter IN ('lost_ringbuf', 'lost_map_full'))) AS lost,
+       toUInt64(sumIf(value, counter = 'lost_ringbuf')) AS ringbuf
 FROM blindspot.pipeline_counters"""
 MODES = ("untraced", "tcplife", "no-http", "default")
 BPF_STATS = False
-AGENT_ENV = {"BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "1"}  # batch age: the product's unless --batch-age
+# Batch age: the product's unless --batch-age (None removes tests/embedded_agent.py's 0.2 s).
+AGENT_ENV: dict[str, str | None] = {"BLINDSPOT_PIPELINE_COUNTERS_INTERVAL_S": "1",
+                                    "BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S": None}
 
 
 def load(tool: str, port: int, seconds: float, rate: int = 0) -> dict:
@@ -86,7 +89,8 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
         rows = agent.wait_rows(COUNT_SQL, lambda rs, want=want: int(rs[0]["n"]) >= want, timeout_s=20,
                                p=port, t=t0)[0]["n"]
         r["rows"], r["want_rows"] = int(rows), want
-        r["lost"] = int(agent.rows(LOSS_SQL)[0]["lost"])
+        loss = agent.rows(LOSS_SQL)[0]
+        r["lost"], r["lost_ringbuf"] = int(loss["lost"]), int(loss["ringbuf"])
         r["exact"] = r["rows"] == want and r["lost"] == 0 and r["failed"] == 0
     # blindspot: once every row is stored, so the last insert (a longer batch age puts it after the
     # load) is in the count; it also counts the agent's idle polling while the query waits
@@ -115,7 +119,8 @@ def line(rnd: int, mode: str, r: dict, base: float) -> str:
     if "bpf_ns" in r:
         out += f"  BPF {r['bpf_ns'] / max(r['connections'], 1):6.0f} ns/conn"
     if "rows" in r:
-        out += f"  rows {r['rows']}/{r['want_rows']} lost {r['lost']} {'EXACT' if r['exact'] else 'LOSS'}"
+        out += f"  rows {r['rows']}/{r['want_rows']} lost {r['lost']} (ring {r['lost_ringbuf']}) "
+        out += "EXACT" if r["exact"] else "LOSS"
     return out
 
 

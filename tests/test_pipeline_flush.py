@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.pipeline import DEFAULT_BATCH_AGE_S, FORCED_FLUSH_MIN_INTERVAL_S, Pipeline, PipelineConfig
+from agent.pipeline import COMPONENT_DEFAULTS, FORCED_FLUSH_MIN_INTERVAL_S, Pipeline, PipelineConfig
 from contract.batch import Batch
 from contract.records import PIPELINE_COUNTER, RecordKind
 from tests.embedded_agent import running_agent
@@ -36,10 +36,13 @@ def test_batch_age_by_component_and_a_query_flushes_first() -> None:
     sink = Timed()
     embedded = Pipeline([], sink, PipelineConfig(poll_ms=10, counters_interval_s=3600), host="h",
                         component="embedded")
-    assert embedded.batcher.max_age_s == DEFAULT_BATCH_AGE_S["embedded"] == 5.0
-    assert Pipeline([], sink, PipelineConfig(), host="h", component="agent").batcher.max_age_s == 1.0
-    assert Pipeline([], sink, PipelineConfig(batch_max_age_s=0.3), host="h",
-                    component="embedded").batcher.max_age_s == 0.3  # a configured age wins
+    assert (embedded.batcher.max_age_s, embedded.batcher.max_rows, embedded.handoff.maxsize) == (5.0, 100_000, 16)
+    assert COMPONENT_DEFAULTS["embedded"]["batch_max_age_s"] == 5.0
+    agent = Pipeline([], sink, PipelineConfig(), host="h", component="agent")
+    assert (agent.batcher.max_age_s, agent.batcher.max_rows, agent.handoff.maxsize) == (1.0, 20_000, 64)
+    configured = Pipeline([], sink, PipelineConfig(batch_max_age_s=0.3, batch_max_rows=7, queue_batches=3), host="h",
+                          component="embedded")  # a configured value wins
+    assert (configured.batcher.max_age_s, configured.batcher.max_rows, configured.handoff.maxsize) == (0.3, 7, 3)
 
     stop = threading.Event()
     runner = threading.Thread(target=embedded.run, args=(stop,))
@@ -68,7 +71,7 @@ def test_batch_age_by_component_and_a_query_flushes_first() -> None:
 
 @pytest.mark.root
 def test_blindspot_run_default_age_one_query_sees_a_connection(tmp_path: Path) -> None:
-    """`blindspot run` as installed (batch age unset: 5 s): one query, 1.5 s after a connection closed
+    """`blindspot run` as installed (batches unset: 5 s, 100,000 rows): one query, 1.5 s after a connection closed
     (the TCP source decodes every second), has both its rows."""
     with running_agent(tmp_path / "data", BLINDSPOT_PIPELINE_BATCH_MAX_AGE_S=None) as agent:
         srv = socket.socket()
