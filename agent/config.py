@@ -50,6 +50,9 @@ class HttpConfig(Section):
     # Cleartext HTTP/2 and gRPC (h2c) of Go programs: uprobes on every net.Conn Read and Write, at ~19 us
     # per hit here: off by default (docs/go-tls.md).
     go_h2c: bool = False
+    # With go_h2c: link a gRPC call a grpc-go handler makes to its inbound call (parent_request_id): one
+    # more probe hit per inbound stream of every traced grpc-go server and per outbound stream.
+    grpc_link: bool = True
     headers: CommaList = tuple(http_parse.HEADER_COLUMNS)  # allow-list (lower-case names)
     # Stored paths go through http_parse.redact_path (tokens, ;matrix params); False keeps them raw.
     # Userinfo and query strings are never stored either way; routes are always templated.

@@ -410,7 +410,7 @@ class GoTlsSource:
                if self.cfg.go_h2c else None)
         if tls is None and net is None:
             return
-        link = grpc_link_binary.find(p.exe) if net is not None else None
+        link = grpc_link_binary.find(p.exe) if net is not None and self.cfg.grpc_link else None
         try:
             self._attach(p, tls, net, link)
         except Exception as e:

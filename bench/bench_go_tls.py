@@ -9,7 +9,7 @@ Per scenario (HTTPS HTTP/1.1 GET /hello; gRPC unary Health.Check over h2c), prin
 The agent runs in a child process (this file with --agent) so its CPU time is its own; the load
 generator is a copy of the server's binary at another path, so the server's uprobes (which belong to
 the file) do not fire in it. Needs root. On a 2-CPU machine run it alone (others' work skews it).
-Usage: python -m bench.bench_go_tls [--rate 2000] [--n 20000] [--scenario https|grpc|both]
+Usage: python -m bench.bench_go_tls [--rate 2000] [--n 20000] [--scenario https|grpc|grpc-nolink|both]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tests.procs import spawn  # noqa: E402
 GO = os.environ.get("BLINDSPOT_BENCH_GO", "go1.26.8")
 
 
-def agent_main(pid: int, h2c: bool) -> None:
+def agent_main(pid: int, h2c: bool, link: bool = True) -> None:
     """Child: trace ``pid``; on each stdin line print {"rows": n, **counters}."""
     from agent.config import HttpConfig
     from agent.go_tls_source import GoTlsSource
@@ -48,7 +48,7 @@ def agent_main(pid: int, h2c: bool) -> None:
         wire.ipc_bytes(table)  # what the fleet agent does with a batch besides publishing it
         rows[0] += table.num_rows
 
-    src = GoTlsSource(HttpConfig(go_tls=not h2c, go_h2c=h2c, pids=(pid,), quiet_s=0.3), emit,
+    src = GoTlsSource(HttpConfig(go_tls=not h2c, go_h2c=h2c, grpc_link=link, pids=(pid,), quiet_s=0.3), emit,
                       host=socket.gethostname())
     src.open()
     assert src.traced(pid)
@@ -76,8 +76,9 @@ def agent_main(pid: int, h2c: bool) -> None:
 
 
 class Agent:
-    def __init__(self, pid: int, h2c: bool) -> None:
+    def __init__(self, pid: int, h2c: bool, link: bool = True) -> None:
         args = [sys.executable, "-m", "bench.bench_go_tls", "--agent", str(pid)] + (["--h2c"] if h2c else [])
+        args += [] if link else ["--no-link"]
         self.p = spawn(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                        text=True)
         assert json.loads(self.p.stdout.readline())["ready"]  # type: ignore[union-attr]
@@ -127,7 +128,7 @@ def scenario(name: str, n: int, rate: float) -> None:
         fixed_n = max(int(rate * 4), 200)
         for _ in range(2):  # A B A B
             base_sat, base_fixed = load(n, 0), load(fixed_n, rate)
-            ag = Agent(srv.pid, h2c=name == "grpc")
+            ag = Agent(srv.pid, h2c=name != "https", link=name != "grpc-nolink")
             r0 = ag.report()
             sat = load(n, 0)
             r1 = ag.report()
@@ -161,12 +162,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--agent", type=int)
     ap.add_argument("--h2c", action="store_true")
+    ap.add_argument("--no-link", action="store_true", help="child: [http] grpc_link = false")
     ap.add_argument("--rate", type=float, default=2000)
     ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--scenario", choices=("https", "grpc", "both"), default="both")
+    ap.add_argument("--scenario", choices=("https", "grpc", "grpc-nolink", "both"), default="both",
+                    help="both: https and grpc; grpc-nolink: gRPC with [http] grpc_link = false")
     a = ap.parse_args()
     if a.agent:
-        agent_main(a.agent, a.h2c)
+        agent_main(a.agent, a.h2c, link=not a.no_link)
         return
     for name in ("https", "grpc") if a.scenario == "both" else (a.scenario,):
         scenario(name, a.n, a.rate)
