@@ -41,7 +41,7 @@ COMPONENT_DEFAULTS: dict[str, dict[str, float]] = {
     "embedded": {"batch_max_rows": 100_000, "batch_max_age_s": 5.0, "queue_batches": 16},
     "agent": {"batch_max_rows": 20_000, "batch_max_age_s": 1.0, "queue_batches": 64},
 }
-FORCED_FLUSH_MIN_INTERVAL_S = 1.0  # flush_pending inserts at most this often (a query waits for its turn)
+FORCED_FLUSH_MIN_INTERVAL_S = 0.25  # flush_pending inserts at most this often (a query waits for its turn)
 
 
 class _Flushed:
@@ -149,8 +149,9 @@ class Pipeline:
 
     def flush_pending(self, timeout_s: float = 5.0) -> bool:
         """Hand on every batch the pipeline holds and wait until the writer has written them (a query
-        then sees every record the sources have emitted). At most one such flush per
-        FORCED_FLUSH_MIN_INTERVAL_S: a call within it waits for the next one. False if the pipeline
+        then sees every record the sources have emitted). At most one such insert per
+        FORCED_FLUSH_MIN_INTERVAL_S: a call within it waits for the next one (with nothing batched,
+        it only waits for the writer). False if the pipeline
         did not finish it within ``timeout_s`` (not running, or the sink is behind)."""
         done = threading.Event()
         with self._flush_lock:
@@ -160,14 +161,17 @@ class Pipeline:
         return done.wait(timeout_s)
 
     def _forced_flush(self, now: float) -> None:
-        """The run loop's half of flush_pending: every batch, then the marker the writer answers."""
+        """The run loop's half of flush_pending: every batch, then the marker the writer answers. With
+        nothing batched, only the marker (no insert: no turn to wait for)."""
+        empty = self.batcher.pending() == 0
         with self._flush_lock:
-            if not self._flush_waiters or now < self._next_forced_flush:
+            if not self._flush_waiters or (not empty and now < self._next_forced_flush):
                 return
             waiters, self._flush_waiters = self._flush_waiters, []
-        self._next_forced_flush = now + FORCED_FLUSH_MIN_INTERVAL_S
-        for kind_name, rows in self.batcher.drain():
-            self._hand_off(kind_name, rows)
+        if not empty:
+            self._next_forced_flush = now + FORCED_FLUSH_MIN_INTERVAL_S
+            for kind_name, rows in self.batcher.drain():
+                self._hand_off(kind_name, rows)
         try:
             self.handoff.put(_Flushed(waiters), timeout=1.0)
         except queue.Full:  # the sink is behind: the queries go on without waiting for it

@@ -19,6 +19,8 @@ from tests.traffic import CLIENT_COMM, SERVER_COMM, reply_size
 
 pytestmark = pytest.mark.root
 
+# The test's own connections: its server's port, closed after the server started. A port alone matches
+# earlier connections of the session that had the same number (the agent keeps every row of the run).
 ROWS_BY_PORT = """
 SELECT role, family, local_ip AS local_addr, local_port, remote_ip AS remote_addr, remote_port, pid, comm,
        toUInt64(bytes_sent) AS bytes_sent, toUInt64(bytes_received) AS bytes_received,
@@ -26,16 +28,18 @@ SELECT role, family, local_ip AS local_addr, local_port, remote_ip AS remote_add
        close_reason, owner_source, started_before_agent, toString(conn_id) AS conn_id,
        toUnixTimestamp64Nano(start_time) AS start_ns, toUnixTimestamp64Nano(end_time) AS end_ns
 FROM blindspot.tcp_connections
-WHERE local_port = {port:UInt16} OR remote_port = {port:UInt16}
+WHERE (local_port = {port:UInt16} OR remote_port = {port:UInt16}) AND end_time >= fromUnixTimestamp64Nano({since:Int64})
 ORDER BY role, local_port
 """
 
 
 def start_server(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """The server and what it printed (its port), with ``since``: a time before it started."""
+    since = time.time_ns()
     proc = spawn([sys.executable, "-m", "tests.traffic", "server", *args],
                             stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout is not None
-    return proc, json.loads(proc.stdout.readline())
+    return proc, {**json.loads(proc.stdout.readline()), "since": since}
 
 
 def run_client(port: int, *args: str) -> dict[str, Any]:
@@ -56,7 +60,7 @@ def test_client_and_server_rows_exact(agent: Agent) -> None:
     client = run_client(info["port"], "--sizes", ",".join(map(str, sizes)))
     t1 = time.time_ns()
     server.wait(timeout=30)
-    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2 * n, port=info["port"])
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2 * n, port=info["port"], since=info["since"])
 
     clients = {_int(r, "local_port"): r for r in rows if r["role"] == "client"}
     servers = {_int(r, "remote_port"): r for r in rows if r["role"] == "server"}
@@ -86,7 +90,7 @@ def test_refused_connect_is_a_row(agent: Agent) -> None:
     server.wait(timeout=10)
     client = run_client(info["port"], "--sizes", "10")
     assert client["conns"] == [{"refused": True, "local_port": client["conns"][0]["local_port"]}]
-    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 1, port=info["port"])
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 1, port=info["port"], since=info["since"])
     assert len(rows) == 1, rows
     r = rows[0]
     assert (r["role"], r["close_reason"], _int(r, "remote_port")) == ("client", "refused", info["port"])
@@ -99,7 +103,7 @@ def test_reset_by_peer(agent: Agent) -> None:
     server, info = start_server("--count", "1", "--reset")
     client = run_client(info["port"], "--sizes", "321", "--expect-reset")
     server.wait(timeout=10)
-    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2, port=info["port"])
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2, port=info["port"], since=info["since"])
     by_role = {r["role"]: r for r in rows}
     assert len(rows) == 2 and set(by_role) == {"client", "server"}, rows
     assert by_role["client"]["close_reason"] == "reset_received"
@@ -113,7 +117,7 @@ def test_ipv6_connection(agent: Agent) -> None:
     server, info = start_server("--family", "6", "--count", "1")
     client = run_client(info["port"], "--family", "6", "--sizes", "4096")
     server.wait(timeout=10)
-    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2, port=info["port"])
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2, port=info["port"], since=info["since"])
     assert len(rows) == 2, rows
     for r in rows:
         assert r["family"] == 6
@@ -137,7 +141,7 @@ def test_long_lived_connection_visible_while_open(agent: Agent) -> None:
     seen_open = agent.wait_rows(open_sql, lambda r: len(r) >= 2 and int(r[0]["bytes_sent"]) > 0,
                                 timeout_s=hold_s - 0.5, p=local_port)
     still_running = proc.poll() is None
-    closed_before = agent.rows(ROWS_BY_PORT, port=info["port"])
+    closed_before = agent.rows(ROWS_BY_PORT, port=info["port"], since=info["since"])
     client = json.loads(proc.communicate(timeout=30)[0].strip().splitlines()[-1])
     server.wait(timeout=10)
 
@@ -148,7 +152,7 @@ def test_long_lived_connection_visible_while_open(agent: Agent) -> None:
     assert int(by_role["client"]["bytes_sent"]) == 777
     assert by_role["server"]["comm"] == SERVER_COMM
 
-    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2, port=info["port"])
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2, port=info["port"], since=info["since"])
     assert len(rows) == 2, "exactly one row per connection after it closes"
     closed = {r["role"]: r for r in rows}
     for role in ("client", "server"):
@@ -190,7 +194,7 @@ def test_connections_and_listeners_older_than_the_agent(tmp_path: Path) -> None:
         old_client = json.loads(old.communicate(timeout=30)[0].strip().splitlines()[-1])
         new_client = json.loads(new.communicate(timeout=30)[0].strip().splitlines()[-1])
         server.wait(timeout=10)
-        rows = late.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 4, port=info["port"])
+        rows = late.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 4, port=info["port"], since=info["since"])
 
     assert waiting and (int(waiting[0]["pid"]), waiting[0]["comm"], waiting[0]["role"]) == (
         info["pid"], SERVER_COMM, "server")
