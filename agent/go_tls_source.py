@@ -32,6 +32,7 @@ from agent import _go_tls_event as tev
 from agent import _http_event as ev
 from agent import go_procs, go_tls_binary, grpc_link_binary, h2_decode
 from agent._bpf_abi import load_bpf
+from agent.bpf_maps import all_keys
 from agent.config import HttpConfig
 from agent.errors import SourceErrors
 from agent.go_procs import GoProcess
@@ -464,7 +465,7 @@ class GoTlsSource:
         self._owed = {k: v for k, v in self._owed.items() if k[0] != pid}
         for table in (self.bpf[b"tls_reads"], self.bpf[b"h2c_conns"], self.bpf[b"h2_tls_conns"],
                       self.bpf[b"grpc_inbound"]):
-            for k in [k for k in table.keys() if k.pid == pid]:
+            for k in [k for k in all_keys(table) if k.pid == pid]:
                 with contextlib.suppress(KeyError):
                     del table[k]
         users = self._uprobe_users.get(p.inode)

@@ -34,6 +34,7 @@ import pyarrow as pa
 from agent import _http_event as ev
 from agent import btf, go_binary, go_procs, http_parse
 from agent._bpf_abi import load_bpf
+from agent.bpf_maps import all_keys
 from agent.config import HttpConfig
 from agent.errors import SourceErrors
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
@@ -618,7 +619,7 @@ class HttpSource:
         assert self.bpf is not None
         for name in ("conns", "flushed", "client_marks", "inflight_io"):
             table = self.bpf[name]
-            for k in [k for k in table.keys() if k.value >> 32 == pid]:
+            for k in [k for k in all_keys(table) if k.value >> 32 == pid]:
                 with contextlib.suppress(KeyError):
                     del table[k]
 

@@ -11,7 +11,7 @@ import logging
 import mmap
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ import pyarrow as pa
 from agent import _tcp_event as ev
 from agent import packet_drops, procfs
 from agent._bpf_abi import load_bpf
+from agent.bpf_maps import lookup_batch
 from agent.btf import BTFUnavailable, FieldRef, offset_of
 from agent.config import TcpSourceConfig
 from agent.errors import SourceErrors
@@ -209,7 +210,7 @@ class TcpSource:
         stale_before = time.monotonic_ns() - int(self.config.closed_grace_s * 1e9)
         conns = self._bpf["conns"]
         open_rows: list[dict[str, Any]] = []
-        for k, leaf in conns.items():
+        for k, leaf in self._walk(conns):
             c = ev.unpack(bytes(leaf))
             if c.flags & ev.F_CLOSED:
                 if c.end_ns < stale_before:
@@ -235,6 +236,21 @@ class TcpSource:
             self._emit(TCP_OPEN_CONNECTION.name, rows_table(TCP_OPEN_CONNECTION, open_rows, self._errors))
         self.report_drops()
         return len(open_rows)
+
+    def _walk(self, table: Any) -> Iterator[tuple[Any, Any]]:
+        """The map's entries in batches (agent/bpf_maps.py: a key-by-key walk restarts whenever the
+        key it stands on closes, for seconds under churn); key by key where the kernel refuses."""
+        seen = 0
+        try:
+            for pair in lookup_batch(table):
+                seen += 1
+                yield pair
+        except OSError as e:
+            if seen:  # refused midway: this snapshot is partial, the next one is whole again
+                self._errors.record("snapshot", e, f"batch lookup stopped after {seen} entries")
+                return
+            self._errors.record("snapshot", e, "batch lookup refused: walking the map key by key")
+            yield from table.items()
 
     def report_drops(self) -> int:
         """Emit one ``packet_drops`` row per (reason, netns) whose kernel counts moved since the last
