@@ -92,6 +92,10 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
         loss = agent.rows(LOSS_SQL)[0]
         r["lost"], r["lost_ringbuf"] = int(loss["lost"]), int(loss["ringbuf"])
         r["exact"] = r["rows"] == want and r["lost"] == 0 and r["failed"] == 0
+        if not r["exact"]:  # kept for a look: the agent's own account of the round
+            keep = Path(tempfile.gettempdir()) / f"blindspot-bench-tcp-loss-{agent.log_path.name}"
+            shutil.copy(agent.log_path, keep)
+            r["log"] = str(keep)
     # blindspot: once every row is stored, so the last insert (a longer batch age puts it after the
     # load) is in the count; it also counts the agent's idle polling while the query waits
     r["cpu_s"] = cpu_seconds(pid) - cpu0
@@ -120,7 +124,7 @@ def line(rnd: int, mode: str, r: dict, base: float) -> str:
         out += f"  BPF {r['bpf_ns'] / max(r['connections'], 1):6.0f} ns/conn"
     if "rows" in r:
         out += f"  rows {r['rows']}/{r['want_rows']} lost {r['lost']} (ring {r['lost_ringbuf']}) "
-        out += "EXACT" if r["exact"] else "LOSS"
+        out += "EXACT" if r["exact"] else f"LOSS (agent log: {r['log']})"
     return out
 
 
