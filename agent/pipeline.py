@@ -151,8 +151,8 @@ class Pipeline:
         """Hand on every batch the pipeline holds and wait until the writer has written them (a query
         then sees every record the sources have emitted). At most one such insert per
         FORCED_FLUSH_MIN_INTERVAL_S: a call within it waits for the next one (with nothing batched,
-        it only waits for the writer). False if the pipeline
-        did not finish it within ``timeout_s`` (not running, or the sink is behind)."""
+        it only waits for the writer). False if that did not happen within ``timeout_s`` (the
+        pipeline not running yet, or the sink far behind)."""
         done = threading.Event()
         with self._flush_lock:
             if self._stopped:  # everything it held is written
@@ -173,8 +173,8 @@ class Pipeline:
             for kind_name, rows in self.batcher.drain():
                 self._hand_off(kind_name, rows)
         try:
-            self.handoff.put(_Flushed(waiters), timeout=1.0)
-        except queue.Full:  # the sink is behind: the queries go on without waiting for it
+            self.handoff.put_nowait(_Flushed(waiters))
+        except queue.Full:  # the sink is behind (the loop never waits for it): the queries go on
             for w in waiters:
                 w.set()
 
