@@ -135,11 +135,16 @@ def test_long_lived_connection_visible_while_open(agent: Agent) -> None:
                              "--sizes", "777", "--hold", str(hold_s)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout is not None
     local_port = json.loads(proc.stdout.readline())["connected"]
+    # This connection's two ends (both ports: the session's other snapshots hold other connections that
+    # had one of these numbers), snapshots taken since the server started.
     open_sql = """SELECT role, pid, comm, toUInt64(bytes_sent) AS bytes_sent, toString(conn_id) AS conn_id
-                  FROM blindspot.tcp_connections_open WHERE local_port = {p:UInt16} OR remote_port = {p:UInt16}
+                  FROM blindspot.tcp_connections_open
+                  WHERE ((local_port = {p:UInt16} AND remote_port = {s:UInt16})
+                         OR (local_port = {s:UInt16} AND remote_port = {p:UInt16}))
+                    AND snapshot_time >= fromUnixTimestamp64Nano({since:Int64})
                   ORDER BY snapshot_time DESC LIMIT 2 BY role"""
     seen_open = agent.wait_rows(open_sql, lambda r: len(r) >= 2 and int(r[0]["bytes_sent"]) > 0,
-                                timeout_s=hold_s - 0.5, p=local_port)
+                                timeout_s=hold_s - 0.5, p=local_port, s=info["port"], since=info["since"])
     still_running = proc.poll() is None
     closed_before = agent.rows(ROWS_BY_PORT, port=info["port"], since=info["since"])
     client = json.loads(proc.communicate(timeout=30)[0].strip().splitlines()[-1])
@@ -189,7 +194,8 @@ def test_connections_and_listeners_older_than_the_agent(tmp_path: Path) -> None:
         # only the seeded listener can name its owner.
         waiting = late.wait_rows(
             "SELECT pid, comm, role FROM blindspot.tcp_connections_open WHERE remote_port = {p:UInt16} "
-            "ORDER BY snapshot_time DESC LIMIT 1", lambda r: bool(r), p=new_port)
+            "AND local_port = {s:UInt16} ORDER BY snapshot_time DESC LIMIT 1", lambda r: bool(r), p=new_port,
+            s=info["port"])
         go.touch()
         old_client = json.loads(old.communicate(timeout=30)[0].strip().splitlines()[-1])
         new_client = json.loads(new.communicate(timeout=30)[0].strip().splitlines()[-1])
