@@ -71,6 +71,26 @@ def _common(row: dict[str, Any], build: gobuild.GoBuild, pid: int) -> dict[str, 
             "local_addr": "127.0.0.1", "remote_addr": "127.0.0.1", "parent_request_id": 0, "head_truncated": 0}
 
 
+def _check_grpc_call(s: dict[str, Any], c: dict[str, Any], build: gobuild.GoBuild, grpc_version: str,
+                     pids: tuple[int, int], port: int, path: str, call: dict[str, Any]) -> None:
+    """Both ends of one gRPC call over h2c: every column against the call the test made (``call``: its
+    status, bytes and metadata), the two rows on one connection, the server's span inside the client's."""
+    for side, row, pid in (("server", s, pids[0]), ("client", c, pids[1])):
+        want = {
+            **_common(row, build, pid), "side": side, "protocol": "grpc", "method": "POST",
+            "path": path, "route": path, "route_source": "grpc", "status": 200, **call,
+            "host_header": f"127.0.0.1:{port}",
+            "upstream_host": "" if side == "server" else f"127.0.0.1:{port}",
+        }
+        assert {k: row[k] for k in want} == want, (build.id, grpc_version, side, path, call)
+        assert row["user_agent"].startswith(f"grpc-go/{grpc_version[1:]}"), row["user_agent"]
+        assert "s3cr3t" not in json.dumps(row)
+        assert 0 < row["duration_ns"] < 5_000_000_000
+    assert (s["local_port"], s["remote_port"]) == (port, c["local_port"])
+    assert c["remote_port"] == port
+    assert c["time"] <= s["time"] + 1_000_000 and s["end_time"] <= c["end_time"] + 1_000_000
+
+
 def test_connection_begun_before_agent_counted_not_guessed(builds: list[tuple[gobuild.GoBuild, str]]) -> None:
     """A gRPC connection that began before the agent: its HPACK state is unknown, so none of its calls
     becomes a row (no method or status guessed); they are counted in h2c_untracked_frames. A new
@@ -122,23 +142,9 @@ def test_grpc_unary_rows_exact(cap: Capture, builds: list[tuple[gobuild.GoBuild,
             crows = cap.wait_rows(cli.pid, len(GRPC_CASES))
             assert len(srows) == len(crows) == len(GRPC_CASES), build.id
             for i, (svc, code, _, resp_bytes) in enumerate(GRPC_CASES):
-                for side, row, pid in (("server", srows[i], srv.pid), ("client", crows[i], cli.pid)):
-                    want = {
-                        **_common(row, build, pid), "side": side, "protocol": "grpc", "method": "POST",
-                        "path": METHOD, "route": METHOD, "route_source": "grpc", "status": 200,
-                        "grpc_status": str(code), "request_bytes": 5 + 2 + len(svc), "response_bytes": resp_bytes,
-                        "x_request_id": f"{build.id}-{i}", "x_gray_version": HOSTILE if i == 0 else "",
-                        "host_header": f"127.0.0.1:{port}",
-                        "upstream_host": "" if side == "server" else f"127.0.0.1:{port}",
-                    }
-                    assert {k: row[k] for k in want} == want, (build.id, grpc_version, side, svc)
-                    assert row["user_agent"].startswith(f"grpc-go/{grpc_version[1:]}"), row["user_agent"]
-                    assert "s3cr3t" not in json.dumps(row)
-                    assert 0 < row["duration_ns"] < 5_000_000_000
-                s, c = srows[i], crows[i]
-                assert (s["local_port"], s["remote_port"]) == (port, c["local_port"])
-                assert c["remote_port"] == port
-                assert c["time"] <= s["time"] + 1_000_000 and s["end_time"] <= c["end_time"] + 1_000_000
+                _check_grpc_call(srows[i], crows[i], build, grpc_version, (srv.pid, cli.pid), port, METHOD, {
+                    "grpc_status": str(code), "request_bytes": 5 + 2 + len(svc), "response_bytes": resp_bytes,
+                    "x_request_id": f"{build.id}-{i}", "x_gray_version": HOSTILE if i == 0 else ""})
         finally:
             _stop(cli, srv)
     counters = cap.src.counters()
@@ -249,25 +255,11 @@ def test_grpc_client_and_bidi_streaming_rows_exact(cap: Capture, builds: list[tu
             crows = cap.wait_rows(cli.pid, len(STREAM_CASES))
             assert len(srows) == len(crows) == len(STREAM_CASES), (build.id, len(srows), len(crows))
             for i, (method, names, code, _, resp_bytes) in enumerate(STREAM_CASES):
-                full = f"/blindspot.test.Streams/{method}"
-                for side, row, pid in (("server", srows[i], srv.pid), ("client", crows[i], cli.pid)):
-                    want = {
-                        **_common(row, build, pid), "side": side, "protocol": "grpc", "method": "POST",
-                        "path": full, "route": full, "route_source": "grpc", "status": 200, "grpc_status": str(code),
-                        "request_bytes": sum(_grpc_msg(n) for n in names),
-                        "response_bytes": resp_bytes,
-                        "x_request_id": f"{build.id}-s{i}", "x_gray_version": HOSTILE if i == 1 else "",
-                        "host_header": f"127.0.0.1:{port}",
-                        "upstream_host": "" if side == "server" else f"127.0.0.1:{port}",
-                    }
-                    assert {k: row[k] for k in want} == want, (build.id, grpc_version, side, method, names)
-                    assert row["user_agent"].startswith(f"grpc-go/{grpc_version[1:]}"), row["user_agent"]
-                    assert "s3cr3t" not in json.dumps(row)
-                    assert 0 < row["duration_ns"] < 5_000_000_000
-                s, c = srows[i], crows[i]
-                assert (s["local_port"], s["remote_port"]) == (port, c["local_port"])
-                assert c["remote_port"] == port
-                assert c["time"] <= s["time"] + 1_000_000 and s["end_time"] <= c["end_time"] + 1_000_000
+                _check_grpc_call(srows[i], crows[i], build, grpc_version, (srv.pid, cli.pid), port,
+                                 f"/blindspot.test.Streams/{method}", {
+                                     "grpc_status": str(code), "request_bytes": sum(_grpc_msg(n) for n in names),
+                                     "response_bytes": resp_bytes, "x_request_id": f"{build.id}-s{i}",
+                                     "x_gray_version": HOSTILE if i == 1 else ""})
             assert len({r["request_id"] for r in srows + crows}) == 2 * len(STREAM_CASES)
         finally:
             _stop(cli, srv)
