@@ -138,6 +138,11 @@ HTTP_COLUMNS: dict[str, pa.DataType] = {
 LATER = {"protocol": "http/1.1", "encrypted": 0, "grpc_status": ""}
 
 
+def blank_http_row() -> dict[str, Any]:
+    """Every column of HTTP_COLUMNS, empty: '' for strings, 0 for the rest (tests set what they check)."""
+    return {c: "" if pa.types.is_string(t) else 0 for c, t in HTTP_COLUMNS.items()}
+
+
 def http_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table({c: pa.array([r[c] if c in r or c not in LATER else LATER[c] for r in rows], type=t)
                      for c, t in HTTP_COLUMNS.items()})

@@ -30,7 +30,7 @@ except ImportError:
 from ingest.clickhouse_sink import ServerService, open_service
 from ingest.schema import migrate
 from tests.clickhouse_fake import FakeClickHouse
-from tests.grafana_seed import HTTP_COLUMNS, http_table
+from tests.grafana_seed import blank_http_row, http_table
 
 BLINDSPOT = Path(sys.executable).with_name("blindspot")
 S = 1_000_000_000
@@ -38,8 +38,7 @@ S = 1_000_000_000
 
 def _row(service: str, version: str, t: int, dur_ns: int, status: int, route: str = "/api/items/{id}",
          **kw: Any) -> dict[str, Any]:
-    row = {c: 0 if not pa.types.is_string(t_) and not pa.types.is_timestamp(t_) else "" for c, t_ in
-           HTTP_COLUMNS.items()}
+    row = blank_http_row()
     return row | {"time": t, "end_time": t + dur_ns, "duration_ns": dur_ns, "host": "node-a", "service": service,
                   "service_version": version, "side": "server", "method": "GET", "route": route, "path": route,
                   "status": status, "family": 4, "local_addr": "::ffff:10.0.0.1", "remote_addr": "::ffff:10.0.0.2",

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 
 from ingest.clickhouse_sink import open_service
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT / "grafana"))
 
 import build_dashboards  # noqa: E402
 
-from tests.grafana_seed import HTTP_COLUMNS, http_table, seed  # noqa: E402
+from tests.grafana_seed import blank_http_row, http_table, seed  # noqa: E402
 
 DASH_DIR = ROOT / "grafana" / "dashboards"
 DS_UID = "blindspot-clickhouse"
@@ -244,9 +243,7 @@ def test_retried_batch_does_not_double_rollups(engine: Any) -> None:
            for i in range(50)]
     ctr = [{"time": now, "host": "retry", "component": "agent", "counter": "captured", "value": 7}]
     drops = [{"time": now, "host": "retry", "netns": 1, "reason": "NO_SOCKET", "drops": 9, "conn_drops": 4}]
-    http = [{c: 0 if not pa.types.is_string(t) else "" for c, t in
-             HTTP_COLUMNS.items()} | {"time": now, "end_time": now,
-                                                                  "service": "retry", "side": "server"}]
+    http = [blank_http_row() | {"time": now, "end_time": now, "service": "retry", "side": "server"}]
     sink = ClickHouseSink(engine)
     before = totals()
     for _ in range(2):  # the second is a retry of the same batch, same token

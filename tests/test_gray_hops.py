@@ -11,12 +11,11 @@ import itertools
 import time
 from typing import Any
 
-import pyarrow as pa
 import pytest
 
 from ingest.clickhouse_sink import open_service
 from ingest.schema import migrate
-from tests.grafana_seed import HTTP_COLUMNS, http_table
+from tests.grafana_seed import blank_http_row, http_table
 
 MS = 1_000_000
 W = "t_from = now() - INTERVAL 1 HOUR, t_to = now()"
@@ -31,7 +30,7 @@ class World:
         self.addr = {"gw": "10.0.0.1", "bff": "10.0.0.2", "pay": "10.0.0.3", "stock": "10.0.0.4"}
 
     def row(self, **kw: Any) -> dict[str, Any]:
-        base = {c: "" if pa.types.is_string(t) else 0 for c, t in HTTP_COLUMNS.items()}
+        base = blank_http_row()
         r = base | {"family": 4, "method": "GET", "path": "/x", "route": "/x", "status": 200,
                     "end_reason": "complete", "host": "h1"} | kw
         r["duration_ns"] = r["end_time"] - r["time"]

@@ -17,7 +17,7 @@ import ingest.schema
 from ingest.clickhouse_sink import open_service
 from ingest.schema import migrate
 from tests import grafana_sql as gs
-from tests.grafana_seed import HTTP_COLUMNS, http_table
+from tests.grafana_seed import blank_http_row, http_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "grafana"))
 import build_dashboards
@@ -27,7 +27,7 @@ TABLES = ("http_1m", "http_1h", "http_fleet_1m", "http_fleet_1h")
 
 
 def _row(t: int, status: int, **kw: Any) -> dict[str, Any]:
-    row = {c: ("" if str(typ) == "string" else 0) for c, typ in HTTP_COLUMNS.items()}
+    row = blank_http_row()
     return row | {"time": t, "end_time": t + 2_000_000, "duration_ns": 2_000_000, "host": "h1", "service": "cart",
                   "service_version": "v1", "side": "server", "method": "POST", "route": "/shop.Cart/Get",
                   "path": "/shop.Cart/Get", "status": status, "local_addr": "::ffff:127.0.0.1",
