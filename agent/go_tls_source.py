@@ -514,9 +514,12 @@ class GoTlsSource:
                 self._seq += 1
                 self._owed[side] = (max(f["len"] - n, 0), self._seq, call)
             if f["flags"] & tev.F_CONT:  # only the HTTP/2 decoder wants the rest of a call (HTTP/1: its head)
-                if owed is None:  # its start was lost: the bytes before it are unknown
+                if owed is None:  # its start was lost: how many bytes before it is unknown
                     self._c["tls_chunks_orphaned"] += 1
-                    self._h2_gap(call, f["len"] + 1)
+                    h = self._h2.get((call.pid, call.conn, call.plain))
+                    if h is not None:
+                        h.conn.lose_framing()
+                        self._h2_take(h)
                 elif (call.pid, call.conn, call.plain) in self._h2:
                     self._feed_h2(call, more)
                 return

@@ -247,6 +247,11 @@ class H2Conn:
             self.done.append(s)
         self.streams.clear()
 
+    def lose_framing(self) -> None:
+        """Bytes of unknown length were moved but never seen: the framing is lost (``h2_lost``)."""
+        if not self.lost:
+            self._lose("h2_lost")
+
     def close(self, reason: str = "quiet") -> None:
         """The connection is over (or quiet): its open streams end with ``reason``."""
         for s in self.streams.values():

@@ -121,3 +121,26 @@ def test_a_lost_continuation_record_is_a_gap_not_a_shift() -> None:
         (row,) = rows
         assert (row["path"], row["request_bytes"], row["status"], row["end_reason"]) == ("/big", 40_000, 204, "end")
         assert (counts["tls_chunks"], counts["tls_chunks_lost"]) == ((2, 0) if lose == "none" else (0, 1))
+
+
+def test_an_orphaned_continuation_loses_the_framing_never_shifts_it() -> None:
+    """A call whose first record was lost (only its continuation arrived) moved an unknown number of
+    bytes before it: the connection's framing is lost (its open stream ends h2_lost), even inside a
+    DATA payload that a gap of the continuation's own size would seem to fit."""
+    import hpack
+
+    from agent import _go_tls_event as tev
+    from agent.config import HttpConfig
+    from agent.go_tls_source import GoTlsSource
+    from agent.h2_decode import PREFACE
+    from tests.test_h2_unit import frame
+
+    src = GoTlsSource(HttpConfig(go_h2c=True), lambda *_: None, host="h")
+    h = hpack.Encoder().encode([(":method", "POST"), (":path", "/big"), (":scheme", "http"), (":authority", "x")])
+    big = frame(0, 1, 1, b"q" * 100_000)  # one DATA frame over several calls
+    first = PREFACE + frame(1, 4, 1, h) + big[:1000]
+    _record(src, wrote=False, data=first, length=len(first), flags=0, ts=1)
+    # the next call (40,000 bytes of the payload) lost its first record; its continuation arrives
+    _record(src, wrote=False, data=big[1000 + 16384 : 1000 + 32768], length=40_000 - 16384, flags=tev.F_CONT, ts=2)
+    (row,) = src._h2_rows
+    assert (row["path"], row["end_reason"], src._c["tls_chunks_orphaned"]) == ("/big", "h2_lost", 1)
