@@ -33,13 +33,14 @@ from agent import _http_event as ev
 from agent import go_procs, go_tls_binary, grpc_link_binary, h2_decode
 from agent._bpf_abi import load_bpf
 from agent.bpf_maps import all_keys
+from agent.clock import system_clock
 from agent.config import HttpConfig
 from agent.errors import SourceErrors
 from agent.go_procs import GoProcess
 from agent.http_decode import DecodeContext, _extra_json, decode, request_ids
 from agent.http_parse import HEADER_COLUMNS, MAX_PATH, METHODS, redact_path, template_path
 from agent.http_source import _kernel_defines
-from agent.tcp_decode import Clock, address, bounded, comm_text
+from agent.tcp_decode import address, bounded, comm_text
 from contract.records import HTTP_REQUEST
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,7 @@ class GoTlsSource:
         self._allow = frozenset(h.lower() for h in self.cfg.headers)
         self._errors = SourceErrors(self.name, log)
         self._x = Exchanges(self.cfg.head_max, self.cfg.max_conns)
-        self._clock = Clock()
+        self._clock = system_clock()
         salt = int.from_bytes(hashlib.blake2b(self.host.encode(), digest_size=8).digest(), "little")
         # request ids: the plaintext path's, over (pid, fd, start): another salt keeps the two apart
         self._ctx = DecodeContext(self.host, salt ^ 0x7F5A, tuple(sorted(self._allow)), self.cfg.max_value,
@@ -696,7 +697,7 @@ class GoTlsSource:
             return
         try:
             events = records(done, self.cfg.head_max)
-            dec = decode(events, self._ctx, self._clock.offset_ns)
+            dec = decode(events, self._ctx, self._clock)
         except Exception as e:  # a decoder bug loses these rows, counted
             self._c["rejected"] += len(done)
             self._errors.record("decode", e, f"{len(done)} exchanges lost", n=len(done))

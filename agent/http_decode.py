@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from agent import _http_event as ev
+from agent.clock import Clock
 from agent.http_parse import (
     HEADER_COLUMNS,
     MAX_PATH,
@@ -375,7 +376,7 @@ def _heads_of(events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows, lengths, cut
 
 
-def decode(events: np.ndarray, ctx: DecodeContext, wall_offset_ns: int) -> Decoded:
+def decode(events: np.ndarray, ctx: DecodeContext, clock: Clock) -> Decoded:
     """http_request rows for ``events`` (a numpy array of ev.event_dtype); heads that are not HTTP/1
     requests are left out and counted in ``parse_errors``."""
     if len(events) == 0:
@@ -417,8 +418,8 @@ def decode(events: np.ndarray, ctx: DecodeContext, wall_offset_ns: int) -> Decod
     infos = [ctx.service(int(p)) for p in pids]
     pid_row = pa.array(pid_row.ravel())
     service, version, go_version = (pa.array([i[k] for i in infos], pa.string()).take(pid_row) for k in range(3))
-    wall_start = start_ns + wall_offset_ns
-    wall_end = np.where(end_ns > 0, end_ns + wall_offset_ns, wall_start)
+    wall_start = start_ns + clock.offsets_at(start_ns)
+    wall_end = np.where(end_ns > 0, end_ns + clock.offsets_at(end_ns), wall_start)
     duration = np.where(end_ns > 0, np.maximum(end_ns - start_ns, 0), 0).astype(np.uint64)
     family = events["family"]
     request_id = request_ids(ctx.salt, pid, fd, events["start_ns"], role)

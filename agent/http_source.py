@@ -35,6 +35,7 @@ from agent import _http_event as ev
 from agent import btf, go_binary, go_procs, http_parse
 from agent._bpf_abi import load_bpf
 from agent.bpf_maps import all_keys
+from agent.clock import system_clock
 from agent.config import HttpConfig
 from agent.errors import SourceErrors
 from agent.go_binary import FN_FINISH_REQUEST, FN_PC_ROUNDTRIP
@@ -43,7 +44,6 @@ from agent.go_procs import GoProcess
 from agent.http_decode import DecodeContext, Decoded, decode
 from agent.inspect_worker import InspectWorker
 from agent.ringbuf import FixedRingReader
-from agent.tcp_decode import Clock
 from contract.records import HTTP_REQUEST
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class HttpSource:
         # Go linking: recent server rows by (pid, goroutine), outbound rows waiting for theirs.
         self._servers: dict[tuple[int, int], list[tuple[int, int, int, float]]] = {}
         self._waiting: deque = deque()
-        self._clock = Clock()
+        self._clock = system_clock()
         # Salt for request ids: unique per host; a tuple of ints hashes the same in every run.
         self._salt = int.from_bytes(hashlib.blake2b(self.host.encode(), digest_size=8).digest(), "little")
         self._last_sweep = 0.0
@@ -795,7 +795,7 @@ class HttpSource:
         meant to be total), the batch in halves down to single records: the bad ones are counted in
         ``rejected`` and logged once, the rest decode as usual."""
         try:
-            return [decode(events, self._ctx, self._clock.offset_ns)]
+            return [decode(events, self._ctx, self._clock)]
         except Exception as e:
             if len(events) > 1:
                 half = len(events) // 2

@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from agent import _tcp_event as ev
+from agent.clock import Clock
 from agent.drop_reasons import reason_name
-from agent.tcp_decode import ROLE_NAMES, Clock, _boot_salt, address, close_reason, comm_text, decode_closed
+from agent.tcp_decode import ROLE_NAMES, _boot_salt, address, close_reason, comm_text, decode_closed
 from contract.records import TCP_CONNECTION
 
 
@@ -78,8 +79,8 @@ def _splitmix(sk: np.ndarray, start: np.ndarray, salt: int) -> np.ndarray:
     return x ^ (x >> _M64(31))
 
 
-def _wall(mono: np.ndarray, offset: int) -> np.ndarray:
-    return np.where(mono == 0, 0, mono.astype(np.int64) + np.int64(offset))
+def _wall(mono: np.ndarray, clock: Clock) -> np.ndarray:
+    return np.where(mono == 0, 0, mono.astype(np.int64) + clock.offsets_at(mono))
 
 
 def decode_closed_batch(
@@ -89,13 +90,10 @@ def decode_closed_batch(
     """One ``tcp_connections`` row per record of ``recs`` (``DTYPE``), as ``decode_closed`` makes it,
     in one table of TCP_CONNECTION's schema. The caller keeps only closed records."""
     recs = np.ascontiguousarray(recs, DTYPE)
-    offset = clock.offset_ns
     odd = np.zeros(len(recs), bool)
-    if not -(1 << 62) < offset < (1 << 62):
-        odd[:] = True
-    else:
-        for f in ("start_ns", "established_ns", "end_ns"):
-            odd |= recs[f] >= _TIME_LIMIT
+    for f in ("start_ns", "end_ns"):
+        odd |= (recs[f] >= _TIME_LIMIT) | (np.abs(clock.offsets_at(recs[f])) >= _TIME_LIMIT.astype(np.int64))
+    odd |= recs["established_ns"] >= _TIME_LIMIT
     tables = []
     if odd.any():  # corrupt times: the one-row path, which clamps them as it always has
         rows = [decode_closed(ev.unpack(r.tobytes()), clock=clock, host=host, boot_id=boot_id,
@@ -103,11 +101,11 @@ def decode_closed_batch(
                 for r in recs[odd]]
         tables.append(TCP_CONNECTION.to_arrow(rows))
         recs = recs[~odd]
-    tables.insert(0, _decode(recs, offset, host, boot_id, agent_start_ns, app_bytes, drop_names))
+    tables.insert(0, _decode(recs, clock, host, boot_id, agent_start_ns, app_bytes, drop_names))
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
-def _decode(r: np.ndarray, offset: int, host: str, boot_id: str, agent_start_ns: int, app_bytes: bool,
+def _decode(r: np.ndarray, clock: Clock, host: str, boot_id: str, agent_start_ns: int, app_bytes: bool,
             drop_names: Mapping[int, str]) -> pa.Table:
     n = len(r)
     flags = r["flags"]
@@ -142,8 +140,8 @@ def _decode(r: np.ndarray, offset: int, host: str, boot_id: str, agent_start_ns:
     columns = {
         "host": pa.array([host], pa.string()).take(pa.array(np.zeros(n, np.int32))),
         "conn_id": conn,
-        "start_time": pa.array(_wall(start, offset), TCP_CONNECTION.arrow_schema.field("start_time").type),
-        "end_time": pa.array(_wall(end, offset), TCP_CONNECTION.arrow_schema.field("end_time").type),
+        "start_time": pa.array(_wall(start, clock), TCP_CONNECTION.arrow_schema.field("start_time").type),
+        "end_time": pa.array(_wall(end, clock), TCP_CONNECTION.arrow_schema.field("end_time").type),
         "duration_ns": duration,
         "handshake_ns": handshake,
         "role": _ROLE_TEXT.take(pa.array(r["role"].astype(np.int32))),

@@ -6,38 +6,15 @@ import errno
 import functools
 import hashlib
 import socket
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent import _tcp_event as ev
+from agent.clock import Clock
 from agent.drop_reasons import reason_name
 
 TCP_SYN_SENT, TCP_SYN_RECV = 2, 3
 ROLE_NAMES = {ev.ROLE_CLIENT: "client", ev.ROLE_SERVER: "server", ev.ROLE_UNKNOWN: "unknown"}
-
-
-@dataclass
-class Clock:
-    """Converts the kernel's CLOCK_MONOTONIC ns (bpf_ktime_get_ns) to wall-clock ns since the epoch."""
-
-    offset_ns: int = field(default_factory=lambda: _offset_sample() or time.time_ns() - time.monotonic_ns())
-
-    def refresh(self) -> None:
-        """Follow real wall-clock adjustments (NTP steps and slews add up), but not the jitter of
-        reading two clocks one after the other: rows converted in one run must order as the kernel
-        saw them, to the nanosecond."""
-        offset = _offset_sample()
-        if offset is not None and abs(offset - self.offset_ns) > 100_000:
-            self.offset_ns = offset
-
-    def wall(self, mono_ns: int) -> int:
-        # Clamped to int64 (timestamp[ns]): only a corrupt record gets near it, and it must not fail the batch.
-        return min(mono_ns + self.offset_ns, _I64_MAX) if mono_ns else 0
-
-
-_I64_MAX = (1 << 63) - 1
 COMM_MAX = 16  # bytes of the comm columns: a kernel comm is at most 15, but U+FFFD takes 3 bytes
 
 
@@ -51,18 +28,6 @@ def comm_text(raw: bytes) -> str:
     """A task comm (NUL-padded bytes, not always UTF-8) as the comm column's text."""
     text = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
     return text if len(text) < COMM_MAX and text.isascii() else bounded(text, COMM_MAX)
-
-
-def _offset_sample() -> int | None:
-    """wall - monotonic, from reads not split by a preemption: a thread descheduled between its two
-    clock reads (a busy host) would otherwise look like a wall-clock step of milliseconds."""
-    for _ in range(5):
-        m1 = time.monotonic_ns()
-        w = time.time_ns()
-        m2 = time.monotonic_ns()
-        if 0 <= m2 - m1 < 20_000:
-            return w - (m1 + m2) // 2
-    return None
 
 
 def address(family: int, raw: bytes) -> str:

@@ -22,11 +22,12 @@ from agent import packet_drops, procfs
 from agent._bpf_abi import load_bpf
 from agent.bpf_maps import lookup_batch
 from agent.btf import BTFUnavailable, FieldRef, offset_of
+from agent.clock import system_clock
 from agent.config import TcpSourceConfig
 from agent.errors import SourceErrors
 from agent.ringbuf import FixedRingReader
 from agent.tcp_bulk import DTYPE, decode_closed_batch
-from agent.tcp_decode import Clock, decode_closed, decode_open
+from agent.tcp_decode import decode_closed, decode_open
 from contract.records import PACKET_DROP, TCP_CONNECTION, TCP_OPEN_CONNECTION, RecordKind
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class TcpSource:
         self.config = config
         self._emit = emit
         self._bpf: Any = None
-        self.clock = Clock()
+        self.clock = system_clock()
         self.host = host
         self.boot_id = procfs.boot_id()
         self.start_ns = time.time_ns()

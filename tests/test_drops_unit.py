@@ -9,8 +9,9 @@ import pytest
 
 from agent import _tcp_event as ev
 from agent import drop_reasons as dr
+from agent.clock import Clock
 from agent.packet_drops import DropTally
-from agent.tcp_decode import Clock, decode_closed, decode_open
+from agent.tcp_decode import decode_closed, decode_open
 from tests.fuzz.corpus import tcp_record
 
 # This project's kernel (6.18) as tracefs shows it, shortened; 5.17 numbered NOT_SPECIFIED 0.

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from agent import _http_event as ev
+from agent.clock import Clock
 from agent.http_decode import DecodeContext, decode, parse_request_head, request_ids
 from agent.http_parse import HEADER_COLUMNS
 from contract.records import HTTP_REQUEST
+from tests.clocks import stepped
 
 HEAD_MAX = 256
 SERVICES = {100: ("checkout", "v2", "go1.23.12"), 200: ("router", "", "go1.26.8")}
@@ -50,8 +52,8 @@ def record(head: bytes, *, pid: int = 100, fd: int = 7, role: int = ev.ROLE_SERV
 CTX = DecodeContext("host-a", 42, tuple(sorted(HEADER_COLUMNS)), 256, lambda p: SERVICES.get(p, ("", "", "")))
 
 
-def rows_of(*records: np.ndarray, ctx: DecodeContext = CTX, offset: int = 10**18) -> tuple[list[dict], int]:
-    dec = decode(np.concatenate(records), ctx, offset)
+def rows_of(*records: np.ndarray, ctx: DecodeContext = CTX, clock: Clock | None = None) -> tuple[list[dict], int]:
+    dec = decode(np.concatenate(records), ctx, clock or Clock(10**18))
     return HTTP_REQUEST.to_rows(dec.table), dec.parse_errors
 
 
@@ -84,6 +86,16 @@ def test_batch_rows_match_their_records() -> None:
     assert (c["user_agent"], c["x_request_id"], c["method"], c["status"]) == ("tëst", "\ufffd\ufffd", "DELETE", 0)
     assert c["end_time"] == c["time"] and c["duration_ns"] == 0
     assert len({r["request_id"] for r in rows}) == 3 and all(r["request_id"] for r in rows)
+
+
+def test_each_time_by_the_wall_clock_of_its_moment() -> None:
+    """An exchange read after the wall clock was stepped keeps the times it had: its start before the
+    step, its end after it."""
+    clock = stepped(10**18, (3_000, 7_000_000))
+    rows, _ = rows_of(record(b"GET /a HTTP/1.1\r\n\r\n", start=1_000, end=5_000),
+                      record(b"GET /b HTTP/1.1\r\n\r\n", start=4_000, end=0, status=b""), clock=clock)
+    assert [(r["time"], r["end_time"], r["duration_ns"]) for r in rows] == [
+        (10**18 + 1_000, 10**18 + 7_005_000, 4_000), (10**18 + 7_004_000, 10**18 + 7_004_000, 0)]
 
 
 def test_each_row_decodes_as_it_would_alone() -> None:

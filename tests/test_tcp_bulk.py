@@ -11,10 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import _tcp_event as ev
+from agent.clock import Clock
 from agent.tcp_bulk import DTYPE, decode_closed_batch, records
-from agent.tcp_decode import Clock, decode_closed
+from agent.tcp_decode import decode_closed
 from contract.records import TCP_CONNECTION
 from ingest.validate import build_batch
+from tests.clocks import stepped
 from tests.fuzz.corpus import seeds, tcp_record
 
 NAMES = {2: "NO_SOCKET", 5: "NETFILTER_DROP"}
@@ -33,8 +35,8 @@ def _key(row: dict) -> tuple:
     return tuple(sorted(row.items()))
 
 
-def check_same(data: bytes, offset: int = 1_700_000_000 * 10**9) -> None:
-    clock = Clock(offset_ns=offset)
+def check_same(data: bytes, offset: int = 1_700_000_000 * 10**9, clock: Clock | None = None) -> None:
+    clock = clock or Clock(offset_ns=offset)
     for app_bytes in (True, False):
         want = _rows_one_by_one(data, clock, app_bytes, NAMES)
         table = decode_closed_batch(records(data), clock=clock, host="h", boot_id="b", agent_start_ns=5,
@@ -67,6 +69,19 @@ def test_known_row_values() -> None:
     assert (row["bytes_sent"], row["bytes_received"], row["pid"], row["comm"]) == (100, 50, 42, "curl")
     assert (row["owner_source"], row["close_reason"], row["drops"], row["drop_reason"]) == (
         "exact", "closed", 3, "NETFILTER_DROP")
+
+
+def test_start_and_end_by_the_wall_clock_of_their_moment() -> None:
+    """A connection open across a step of the wall clock: its start keeps the offset it had, its end
+    has the new one; both decoders agree on the corpus under many steps."""
+    clock = stepped(10**18, (5_000, -3_000_000))
+    data = tcp_record(start_ns=1_000, established_ns=1_500, end_ns=9_000, flags=ev.F_ESTABLISHED | ev.F_CLOSED,
+                      kind=ev.KIND_CLOSED)
+    [row] = TCP_CONNECTION.to_rows(decode_closed_batch(records(data), clock=clock, host="h", boot_id="b",
+                                                       agent_start_ns=0, app_bytes=True, drop_names=NAMES))
+    assert (row["start_time"], row["end_time"], row["duration_ns"]) == (10**18 + 1_000, 10**18 - 2_991_000, 8_000)
+    many = stepped(1_700_000_000 * 10**9, *[(t, (-1) ** t * 1_000_000) for t in (1, 10**3, 10**6, 10**9, 10**12)])
+    check_same(b"".join(s for _, s in seeds("tcp_event") if len(s) % ev.TCP_EVENT_SIZE == 0), clock=many)
 
 
 def test_empty_drain() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,6 +164,35 @@ def test_long_lived_connection_visible_while_open(agent: Agent) -> None:
     for role in ("client", "server"):
         assert closed[role]["conn_id"] == by_role[role]["conn_id"], "open and closed rows share conn_id"
     assert _int(closed["client"], "duration_ns") >= hold_s * 1e9
+
+
+def test_times_kept_across_a_step_of_the_wall_clock(agent: Agent) -> None:
+    """A connection open while the wall clock is stepped (NTP, a VM's time sync after a pause) starts
+    when it started and ends when it ended, each by the wall clock of its moment: its start is decoded
+    only at its close, after the step."""
+    step = 20_000_000
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        since = time.time_ns()
+        cli = socket.create_connection(("127.0.0.1", port))
+        t0b = time.time_ns()
+        peer, _ = srv.accept()
+        time.sleep(0.5)  # the agent's clock sampled after the connect, before the step
+        time.clock_settime_ns(time.CLOCK_REALTIME, time.time_ns() + step)
+        try:
+            time.sleep(0.5)  # and again after the step, before the close
+            t1 = time.time_ns()
+            cli.close()
+            peer.close()
+            t1b = time.time_ns()
+        finally:
+            time.clock_settime_ns(time.CLOCK_REALTIME, time.time_ns() - step)
+    rows = agent.wait_rows(ROWS_BY_PORT, lambda r: len(r) >= 2, port=port, since=since)
+    assert len(rows) == 2, rows
+    for r in rows:
+        start, end, duration = _int(r, "start_ns"), _int(r, "end_ns"), _int(r, "duration_ns")
+        assert since <= start <= t0b and t1 <= end <= t1b, (since, start, t0b, t1, end, t1b)
+        assert abs(end - start - duration - step) < 100_000
 
 
 def test_kernel_loss_counters_are_stored(agent: Agent) -> None:

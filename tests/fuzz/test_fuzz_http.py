@@ -13,6 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent import _http_event as ev
+from agent.clock import Clock
 from agent.http_decode import DecodeContext, decode, parse_heads
 from agent.http_parse import _SCHEME, HEADER_COLUMNS, MAX_PATH, METHODS, _secret
 from contract.records import HTTP_REQUEST
@@ -144,7 +145,7 @@ def _ctx(redact: bool = True, headers: tuple[str, ...] = tuple(NAMES), max_value
 
 
 def _check_decoded(events: np.ndarray, ctx: DecodeContext) -> None:
-    dec = decode(events, ctx, 10**18)
+    dec = decode(events, ctx, Clock(10**18))
     table = dec.table
     assert table.schema.equals(HTTP_REQUEST.arrow_schema)
     assert table.num_rows + dec.parse_errors == len(events)

@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import _tcp_event as ev
+from agent.clock import Clock
 from agent.tcp_bulk import decode_closed_batch, records
-from agent.tcp_decode import Clock, decode_closed, decode_open
+from agent.tcp_decode import decode_closed, decode_open
 from contract.records import TCP_CONNECTION, TCP_OPEN_CONNECTION
 from ingest.validate import build_batch
 from tests.fuzz.corpus import seeds
