@@ -36,6 +36,11 @@ class AgentMetrics(MetricSet):
                                             **kw)
         self.packet_drops = Counter("blindspot_packet_drops", "Packets the kernel dropped, by its reason "
                                     "(skb:kfree_skb; rows in packet_drops)", ["reason"], **kw)
+        self.loop_step = Histogram(
+            "blindspot_loop_step_seconds",
+            "Time of one step of the agent's loop (a source's poll, the snapshot, ...): no ring buffer is "
+            "drained while one runs", ["step"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), **kw)
         self.queue_batches = Gauge("blindspot_handoff_queue_batches", "Batches waiting for the writer", **kw)
         self.exec_to_traced = Histogram(
             "blindspot_http_exec_to_traced_seconds",

@@ -14,12 +14,15 @@ from the sources and carried the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
+import traceback
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -41,6 +44,7 @@ COMPONENT_DEFAULTS: dict[str, dict[str, float]] = {
     "embedded": {"batch_max_rows": 100_000, "batch_max_age_s": 5.0, "queue_batches": 16},
     "agent": {"batch_max_rows": 20_000, "batch_max_age_s": 1.0, "queue_batches": 64},
 }
+SLOW_STEP_S = 1.0  # a loop step this long is logged: a ring buffer holds ~4 s of records at 14,000 conns/s
 FORCED_FLUSH_MIN_INTERVAL_S = 0.25  # flush_pending inserts at most this often (a query waits for its turn)
 
 
@@ -75,8 +79,9 @@ REPORTED = ("captured", "lost_ringbuf", "lost_map_full", "dropped_queue_full", "
             "rejected")  # rejected: records a source refused (HTTP: decoder failures, counted per record)
 # ... and every counter with one of these prefixes (failures counted by kind: agent/errors.py, Go binaries
 # refused by reason: agent/go_binary.py; HTTP exchanges before their process was fully traced, and those of
-# processes traced from exec that proved not ours: agent/http_source.py), once it is non-zero.
-REPORTED_PREFIXES = ("source_errors:", "go_binary_", "requests_before_traced", "untraced_records")
+# processes traced from exec that proved not ours: agent/http_source.py; loop steps over SLOW_STEP_S: a
+# ring buffer went undrained that long), once it is non-zero.
+REPORTED_PREFIXES = ("source_errors:", "slow_loop_steps:", "go_binary_", "requests_before_traced", "untraced_records")
 # A source's counters of refused records -> the reason label of blindspot_rejected_records_total.
 REJECTION_REASONS = {"rejected": "decode_error", "parse_errors": "not_http"}
 
@@ -109,6 +114,8 @@ class Pipeline:
         self._writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self._write_errors_logged: set[type] = set()
         self._poll_errors_logged: set[tuple[str, type]] = set()
+        self._slow_logged: dict[str, float] = {}
+        self._step: tuple[str, float, int] | None = None  # the loop step running: (name, start, thread)
 
     # --- source side ---------------------------------------------------------------------
     def emit(self, kind_name: str, table: pa.Table) -> None:
@@ -223,28 +230,77 @@ class Pipeline:
         next_snapshot = time.monotonic() + self.config.snapshot_interval_s
         next_counters = time.monotonic() + self.config.counters_interval_s
         next_metrics = time.monotonic()
+        loop_done = threading.Event()
+        threading.Thread(target=self._watch_loop, args=(loop_done,), name="blindspot-loop-watchdog",
+                         daemon=True).start()
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 # Drain every source without blocking, then sleep: waking up per record (epoll on
                 # each ring buffer) cost twice the CPU per record of draining in batches.
                 for s in self.sources:
-                    self._poll(s)
+                    with self._timed(s.name):
+                        self._poll(s)
                 now = time.monotonic()
                 if now >= next_snapshot:
-                    self.snapshot()
+                    with self._timed("snapshot"):
+                        self.snapshot()
                     next_snapshot = now + self.config.snapshot_interval_s
                 if now >= next_counters:
-                    self.report_counters()
+                    with self._timed("counters"):
+                        self.report_counters()
                     next_counters = now + self.config.counters_interval_s
-                for kind_name, rows in self.batcher.due(now):
-                    self._hand_off(kind_name, rows)
-                self._forced_flush(now)
+                with self._timed("batch"):
+                    for kind_name, rows in self.batcher.due(now):
+                        self._hand_off(kind_name, rows)
+                    self._forced_flush(now)
                 if now >= next_metrics:
-                    self.export_metrics()
+                    with self._timed("metrics"):
+                        self.export_metrics()
                     next_metrics = now + 1.0
                 stop.wait(self.config.poll_ms / 1000)
         finally:
+            loop_done.set()
             self.shutdown()
+
+    @contextlib.contextmanager
+    def _timed(self, step: str) -> Iterator[None]:
+        """Time one step of the loop: while any step runs, no ring buffer is drained, and a ring holds
+        only seconds of records under churn. A step over ``SLOW_STEP_S`` is logged (once a minute per
+        step) with its time, and the watchdog logs where it stands while it runs; every step's time
+        is in ``blindspot_loop_step_seconds``."""
+        t0 = time.perf_counter()
+        self._step = (step, t0, threading.get_ident())
+        try:
+            yield
+        finally:
+            self._step = None
+            took = time.perf_counter() - t0
+            self.metrics.loop_step.labels(step).observe(took)
+            if took >= SLOW_STEP_S:
+                self.counts[f"slow_loop_steps:{step}"] += 1
+                now = time.monotonic()
+                if now - self._slow_logged.get(step, -60.0) >= 60.0:
+                    self._slow_logged[step] = now
+                    log.warning("loop step %s took %.2f s: no ring buffer was drained meanwhile "
+                                "(counted as slow_loop_steps:%s; logged once a minute)", step, took, step)
+
+    def _watch_loop(self, stop: threading.Event) -> None:
+        """Log the loop's stack when one step has run for ``SLOW_STEP_S`` (once a minute per step): a
+        stall is then found where it happens, not guessed at from its time."""
+        dumped: dict[str, float] = {}
+        while not stop.wait(SLOW_STEP_S / 4):
+            current = self._step
+            if current is None:
+                continue
+            step, t0, ident = current
+            now = time.perf_counter()
+            if now - t0 < SLOW_STEP_S or now - dumped.get(step, -60.0) < 60.0:
+                continue
+            frame = sys._current_frames().get(ident)
+            if frame is not None and self._step is current:
+                dumped[step] = now
+                stack = "".join(traceback.format_stack(frame, limit=12))
+                log.warning("loop step %s running for %.2f s, at:\n%s", step, now - t0, stack)
 
     def _poll(self, s: Source) -> None:
         """One source's poll; what it raises is counted and logged once per exception type, and the

@@ -42,6 +42,8 @@ WHERE (local_port = {p:UInt16} OR remote_port = {p:UInt16}) AND end_time >= from
 LOSS_SQL = """SELECT toUInt64(sumIf(value, counter IN ('lost_ringbuf', 'lost_map_full'))) AS lost,
        toUInt64(sumIf(value, counter = 'lost_ringbuf')) AS ringbuf
 FROM blindspot.pipeline_counters"""
+SLOW_SQL = """SELECT counter, toUInt64(sum(value)) AS n FROM blindspot.pipeline_counters
+WHERE counter LIKE 'slow_loop_steps:%' GROUP BY counter ORDER BY counter"""
 MODES = ("untraced", "tcplife", "no-http", "default")
 BPF_STATS = False
 # Batch age: the product's unless --batch-age (None removes tests/embedded_agent.py's 0.2 s).
@@ -92,6 +94,8 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
         loss = agent.rows(LOSS_SQL)[0]
         r["lost"], r["lost_ringbuf"] = int(loss["lost"]), int(loss["ringbuf"])
         r["exact"] = r["rows"] == want and r["lost"] == 0 and r["failed"] == 0
+        # loop steps over 1 s (agent/pipeline.py SLOW_STEP_S): no ring was drained meanwhile
+        r["slow"] = {s["counter"].split(":", 1)[1]: int(s["n"]) for s in agent.rows(SLOW_SQL)}
         if not r["exact"]:  # kept for a look: the agent's own account of the round
             keep = Path(tempfile.gettempdir()) / f"blindspot-bench-tcp-loss-{agent.log_path.name}"
             shutil.copy(agent.log_path, keep)
@@ -125,6 +129,8 @@ def line(rnd: int, mode: str, r: dict, base: float) -> str:
     if "rows" in r:
         out += f"  rows {r['rows']}/{r['want_rows']} lost {r['lost']} (ring {r['lost_ringbuf']}) "
         out += "EXACT" if r["exact"] else f"LOSS (agent log: {r['log']})"
+        if r.get("slow"):
+            out += "  slow loop steps: " + " ".join(f"{k}={v}" for k, v in r["slow"].items())
     return out
 
 
