@@ -64,23 +64,29 @@ def test_history_is_bounded() -> None:
 @pytest.mark.root
 def test_a_step_is_seen_as_it_happens() -> None:
     """The watcher (a timerfd the kernel cancels when the wall clock is set) records a step within a few
-    ms of it, with no poll calling refresh: only events in those ms could take the old offset."""
-    c = Clock()
-    c.watch_steps()
-    first, step = c.offset_ns, 20_000_000
-    time.clock_settime_ns(time.CLOCK_REALTIME, time.time_ns() + step)
-    stepped_at = time.monotonic_ns()
-    try:
+    ms of it, with no poll calling refresh: only events in those ms could take the old offset. Tried
+    up to three times: a step of the host's own (a VM's time sync) in the window is not ours to judge."""
+    for _ in range(3):
+        c = Clock()
+        c.watch_steps()
+        first, step = c.offset_ns, 20_000_000
+        time.clock_settime_ns(time.CLOCK_REALTIME, time.time_ns() + step)
+        stepped_at = time.monotonic_ns()
+        try:
+            deadline = time.monotonic() + 5
+            while c.steps < 1 and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            time.sleep(0.1)
+        finally:
+            time.clock_settime_ns(time.CLOCK_REALTIME, time.time_ns() - step)
         deadline = time.monotonic() + 5
-        while c.steps < 1 and time.monotonic() < deadline:
+        while c.steps < 2 and time.monotonic() < deadline:
             time.sleep(0.0005)
-        time.sleep(0.1)
-    finally:
-        time.clock_settime_ns(time.CLOCK_REALTIME, time.time_ns() - step)
-    deadline = time.monotonic() + 5
-    while c.steps < 2 and time.monotonic() < deadline:
-        time.sleep(0.0005)
-    assert c.steps == 2
-    assert c.offset_at(stepped_at - 1_000_000) == first
-    assert abs(c.offset_at(stepped_at + 10_000_000) - first - step) < STEP_NS
-    assert abs(c.offset_ns - first) < STEP_NS
+        time.sleep(0.01)
+        if c.steps != 2:  # someone else stepped the clock meanwhile (or the watcher saw nothing: fails)
+            continue
+        assert c.offset_at(stepped_at - 1_000_000) == first
+        assert abs(c.offset_at(stepped_at + 5_000_000) - first - step) < STEP_NS
+        assert abs(c.offset_ns - first) < STEP_NS
+        return
+    pytest.fail(f"the watcher did not see exactly our two steps in three tries (last: {c.steps})")
