@@ -15,6 +15,7 @@ from the sources and carried the same way.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import queue
 import sys
@@ -225,6 +226,10 @@ class Pipeline:
     def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
         for s in self.sources:
             s.open()
+        # What start-up made (bcc's compiled programs and tables, the engine, every module) lives as
+        # long as the process: out of the collector's sight, a full collection no longer walks it all
+        # (it was most of an idle agent's CPU)
+        gc.freeze()
         self._writer.start()
         deadline = None if duration_s is None else time.monotonic() + duration_s
         next_snapshot = time.monotonic() + self.config.snapshot_interval_s
