@@ -70,7 +70,10 @@ def test_a_step_is_seen_as_it_happens() -> None:
         c = Clock()
         c.watch_steps()
         first, step = c.offset_ns, 20_000_000
-        time.clock_settime_ns(time.CLOCK_REALTIME, time.time_ns() + step)
+        try:
+            time.clock_settime_ns(time.CLOCK_REALTIME, time.time_ns() + step)
+        except PermissionError:  # root without CAP_SYS_TIME (a container)
+            pytest.skip("setting the wall clock needs CAP_SYS_TIME")
         stepped_at = time.monotonic_ns()
         try:
             deadline = time.monotonic() + 5
