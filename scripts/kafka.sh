@@ -31,6 +31,7 @@ if [[ -z ${BLINDSPOT_CACHE:-} ]]; then
 fi
 LIBS=$BLINDSPOT_CACHE/kafka/$VERSION/libs
 PIDFILE=$STATE/kafka.pid
+WATCHFILE=$STATE/watch.pid  # the owner watcher's pid (and process group: it runs under setsid)
 LOG=$STATE/kafka.log
 log() { printf '\033[1m[kafka]\033[0m %s\n' "$*" >&2; }
 
@@ -118,19 +119,29 @@ start() {
     setsid bash -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done
                     kill -TERM "$2" 2>/dev/null; for _ in $(seq 60); do kill -0 "$2" 2>/dev/null || exit 0; sleep 0.5; done
                     kill -KILL "$2" 2>/dev/null' _ "$KAFKA_WATCH_PID" "$pid" </dev/null >/dev/null 2>&1 &
+    echo "$!" >"$WATCHFILE"
   fi
   wait_ready
   log "ready on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"), state $STATE)"
 }
 
 stop() {
-  if ! pid_alive; then rm -f "$PIDFILE"; log "not running"; return 0; fi
+  if ! pid_alive; then rm -f "$PIDFILE"; stop_watcher; log "not running"; return 0; fi
   local pid; pid=$(cat "$PIDFILE")
   kill -TERM "$pid"
   for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   if kill -0 "$pid" 2>/dev/null; then log "no exit after 30 s: SIGKILL"; kill -KILL "$pid"; fi
   rm -f "$PIDFILE"
+  stop_watcher
   log "stopped"
+}
+
+# The watcher would notice the broker gone within a second; ended now, with its `sleep`, so nothing
+# of ours outlives a stop (test-fresh looks right after the run).
+stop_watcher() {
+  [[ -f $WATCHFILE ]] || return 0
+  kill -TERM -- "-$(cat "$WATCHFILE")" 2>/dev/null || true
+  rm -f "$WATCHFILE"
 }
 
 case ${1:-} in
