@@ -523,10 +523,7 @@ class GoTlsSource:
             if f["flags"] & tev.F_CONT:  # only the HTTP/2 decoder wants the rest of a call (HTTP/1: its head)
                 if owed is None:  # its start was lost: how many bytes before it is unknown
                     self._c["tls_chunks_orphaned"] += 1
-                    h = self._h2.get((call.pid, call.conn, call.plain))
-                    if h is not None:
-                        h.conn.lose_framing()
-                        self._h2_take(h)
+                    self._h2_gap(call, None)
                 elif (call.pid, call.conn, call.plain) in self._h2:
                     self._feed_h2(call, more)
                 return
@@ -552,11 +549,15 @@ class GoTlsSource:
         self._settled_seq = self._seq
 
     # --- HTTP/2 ----------------------------------------------------------------------------------
-    def _h2_gap(self, c: Call, n: int) -> None:
-        """``n`` bytes of ``c``'s connection and direction were moved but never seen."""
+    def _h2_gap(self, c: Call, n: int | None) -> None:
+        """``n`` bytes of ``c``'s connection and direction were moved but never seen; None: a number
+        unknown, so the connection's framing is lost."""
         h = self._h2.get((c.pid, c.conn, c.plain))
         if h is not None:
-            h.conn.feed(c.is_write, b"", n, c.ts_ns)
+            if n is None:
+                h.conn.lose_framing()
+            else:
+                h.conn.feed(c.is_write, b"", n, c.ts_ns)
             self._h2_take(h)
 
     def _feed_h2(self, c: Call, more: bool = False) -> None:
