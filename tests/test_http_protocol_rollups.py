@@ -56,7 +56,7 @@ def test_upgrade_keeps_old_rollups_and_rolls_up_grpc(tmp_path: Path, monkeypatch
         assert "protocol" not in {c["name"] for c in svc.query_arrow(
             "SELECT name FROM system.columns WHERE database = 'blindspot' AND table = 'http_1m'").to_pylist()}
         monkeypatch.undo()
-        assert [m.version for m in migrate(svc)] == [55]
+        assert [m.version for m in migrate(svc)] == [m.version for m in every if m.version >= 55]  # 0060 too
 
         # gRPC calls: OK x4, UNAVAILABLE x2 and DEADLINE_EXCEEDED x1 (the server's failures), NOT_FOUND x3
         # and CANCELLED x1 (the caller's), one h2 request answered 502 and one plaintext HTTP/1.1 request.

@@ -5,6 +5,7 @@ span several hours; a retried batch is counted once in both tiers; a tier placeh
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -108,9 +109,10 @@ def test_retried_batch_counts_once_in_both_tiers(service: ChdbService) -> None:
 
 def test_every_rollup_pair_is_one_template() -> None:
     text = "\n".join(m.path.read_text() for m in migrations())
-    for name in PAIRS:
-        assert f"blindspot.{name}_{{tier}}\n" in text
-        assert f"blindspot.{name}_1m" not in text and f"blindspot.{name}_1h" not in text
+    for name in PAIRS:  # a coarser tier's view may read the finer tier, by name; its table is the template's
+        assert f"CREATE TABLE IF NOT EXISTS blindspot.{name}_{{tier}}\n" in text
+        assert f"TABLE IF NOT EXISTS blindspot.{name}_1m" not in text
+        assert f"TABLE IF NOT EXISTS blindspot.{name}_1h" not in text
     expanded = [s for m in migrations() for s in m.templates()]
     made = [s.split()[5] for s in expanded if s.startswith("CREATE TABLE")]
     for name in PAIRS:
@@ -125,3 +127,22 @@ def test_tier_placeholder_outside_a_tier_statement_is_refused() -> None:
         "SELECT 1"]
     with pytest.raises(SchemaError):
         expand_tiers(["SELECT {start_of_bucket}(now())"])
+
+
+def test_only_the_finest_rollups_read_raw_rows(service: ChdbService) -> None:
+    """Every view over a raw table costs CPU per raw row on every insert (docs/tcp-cost.md): only the
+    per-host minute tiers and the hourly peers read tcp_connections and http_requests; the other tiers
+    read the rollup below them (0060)."""
+    rows = service.query_arrow(
+        "SELECT name, as_select AS q FROM system.tables WHERE database = 'blindspot' AND engine = 'MaterializedView' "
+        "ORDER BY name").to_pylist()
+    reads = {r["name"]: re.findall(r"FROM blindspot\.(\w+)", r["q"]) for r in rows}
+    raw = {"tcp_connections", "http_requests"}
+    assert sorted(v for v, src in reads.items() if raw & set(src)) == [
+        "http_1m_mv", "http_peers_1h_mv", "tcp_conn_1m_mv", "tcp_peers_1h_mv"]
+    assert {v: src for v, src in reads.items() if v.startswith(("tcp_", "http_")) and not raw & set(src)} == {
+        "http_1h_mv": ["http_1m"], "http_fleet_1m_mv": ["http_1m"], "http_fleet_1h_mv": ["http_fleet_1m"],
+        "http_peers_1d_mv": ["http_peers_1h"], "tcp_conn_1h_mv": ["tcp_conn_1m"],
+        "tcp_conn_fleet_1m_mv": ["tcp_conn_1m"], "tcp_conn_fleet_1h_mv": ["tcp_conn_fleet_1m"],
+        "tcp_peers_1d_mv": ["tcp_peers_1h"]}
+
