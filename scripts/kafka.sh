@@ -77,6 +77,8 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 # Tests start consumers often; waiting for more members to join only slows them down.
 group.initial.rebalance.delay.ms=0
+# Tests kill consumers on purpose: a short session (their own setting) lets the group drop a dead one sooner.
+group.min.session.timeout.ms=1000
 log.retention.hours=24
 EOF
 }

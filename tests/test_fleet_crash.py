@@ -47,6 +47,12 @@ def prepare(data_dir: Path) -> None:
                    capture_output=True)
 
 
+# A killed worker stays in its group until its session times out (30 s by default): every worker started
+# after it would wait that long for its partitions. The tests' broker allows sessions this short
+# (scripts/kafka.sh group.min.session.timeout.ms).
+SHORT_SESSION = {"BLINDSPOT_RDKAFKA_SESSION_TIMEOUT_MS": "3000", "BLINDSPOT_RDKAFKA_HEARTBEAT_INTERVAL_MS": "1000"}
+
+
 class WorkerProc:
     def __init__(self, bootstrap: str, prefix: str, data_dir: Path, log: Path, group: str) -> None:
         self.log = log
@@ -55,7 +61,7 @@ class WorkerProc:
                 [sys.executable, "-m", "blindspot", "ingest", "--kafka", bootstrap, "--data-dir", str(data_dir),
                  "--topic-prefix", prefix, "--group", group, "--batch-rows", "300", "--batch-age", "0.2",
                  "--metrics-address", "off"],
-                stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+                stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **SHORT_SESSION})
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -18,7 +18,7 @@ from ingest._crash import STEPS as CRASH_STEPS
 from ingest.clickhouse_sink.service import open_service
 from ingest.schema import migrate
 from tests.kafka_fixture import REPO, consume_all, create_topics, make_rows, prefix, query_dir
-from tests.test_fleet_crash import committed_everything, prepare, wait_committed
+from tests.test_fleet_crash import SHORT_SESSION, committed_everything, prepare, wait_committed
 from tests.test_fleet_pipeline import publish
 
 __all__ = ["prefix"]
@@ -33,7 +33,7 @@ ROLLUPS = {  # rollup table -> SQL giving the number of closed connections it ho
 
 def _worker(bootstrap: str, prefix: str, data: Path, log: Path, crash_at: str | None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "BLINDSPOT_TEST_CRASH_AT"}
-    env["BLINDSPOT_RDKAFKA_SESSION_TIMEOUT_MS"] = "6000"  # the crashed member leaves the group sooner
+    env.update(SHORT_SESSION)  # the crashed member leaves the group sooner
     if crash_at:
         env["BLINDSPOT_TEST_CRASH_AT"] = crash_at
     with log.open("ab") as f:
