@@ -81,8 +81,10 @@ REPORTED = ("captured", "lost_ringbuf", "lost_map_full", "dropped_queue_full", "
 # ... and every counter with one of these prefixes (failures counted by kind: agent/errors.py, Go binaries
 # refused by reason: agent/go_binary.py; HTTP exchanges before their process was fully traced, and those of
 # processes traced from exec that proved not ours: agent/http_source.py; loop steps over SLOW_STEP_S: a
-# ring buffer went undrained that long), once it is non-zero.
-REPORTED_PREFIXES = ("source_errors:", "slow_loop_steps:", "go_binary_", "requests_before_traced", "untraced_records")
+# ring buffer went undrained that long; drains that found a ring half full: agent/tcp_source.py), once
+# it is non-zero.
+REPORTED_PREFIXES = ("source_errors:", "slow_loop_steps:", "ring_half_full:", "go_binary_", "requests_before_traced",
+                     "untraced_records")
 # A source's counters of refused records -> the reason label of blindspot_rejected_records_total.
 REJECTION_REASONS = {"rejected": "decode_error", "parse_errors": "not_http"}
 

@@ -31,6 +31,10 @@ from agent.tcp_decode import decode_closed, decode_open
 from contract.records import PACKET_DROP, TCP_CONNECTION, TCP_OPEN_CONNECTION, RecordKind
 
 log = logging.getLogger(__name__)
+# A drain that finds the ring this full, or this long after the previous one, is a warning: the ring
+# loses records once full (a second's churn fills ~a quarter of the default ring).
+RING_WARN_FILL = 0.5
+RING_WARN_GAP_S = 1.0
 
 Emit = Callable[[str, pa.Table], None]  # (record kind, its rows): one record form, Arrow
 
@@ -93,6 +97,9 @@ class TcpSource:
         self._pending: list[np.ndarray] = []  # records read from the ring, not decoded yet
         self._pending_n = 0
         self._last_decode = time.monotonic()
+        self._last_drain = time.monotonic()
+        self._ring_late = 0  # drains that found the ring RING_WARN_FILL full
+        self._ring_late_logged = -60.0
         self._errors = SourceErrors(self.name, log)
 
     def open(self) -> None:
@@ -119,6 +126,7 @@ class TcpSource:
         self._seed_listeners()
         # Read in bulk straight from the ring's mmap (no callback per record): agent/ringbuf.py.
         self._ring = FixedRingReader(self._bpf["events"].map_fd, self.config.ringbuf_pages * mmap.PAGESIZE, DTYPE)
+        self._last_drain = time.monotonic()  # recording from here: the sources opened after us take time too
 
     def _seed_listeners(self) -> None:
         listeners = self._bpf["listeners"]
@@ -183,6 +191,7 @@ class TcpSource:
         timer); decode it once ``decode_interval_s`` has passed or ``decode_max_rows`` are waiting."""
         assert self._ring is not None
         self.clock.refresh()
+        self._check_ring()
         try:
             recs = self._ring.read()
             if len(recs):
@@ -193,6 +202,22 @@ class TcpSource:
                 self._decode()
         finally:
             self._emit_closed_rows()
+
+    def _check_ring(self) -> None:
+        """How close the ring came to losing records since the last drain: counted when it is half
+        full, logged (once a minute) with the time since that drain, which says where to look: a long
+        gap is the agent's loop or process held up, a short one a burst larger than the ring."""
+        assert self._ring is not None
+        now = time.monotonic()
+        gap, self._last_drain = now - self._last_drain, now
+        fill = self._ring.pending_bytes() / self._ring.size
+        if fill >= RING_WARN_FILL:
+            self._ring_late += 1
+        if (fill >= RING_WARN_FILL or gap >= RING_WARN_GAP_S) and now - self._ring_late_logged >= 60.0:
+            self._ring_late_logged = now
+            log.warning("tcp ring buffer %.0f%% full, %.2f s after the previous drain (it loses records when "
+                        "full; drains over half full are counted as ring_half_full:tcp; logged once a minute)",
+                        100 * fill, gap)
 
     def flush(self) -> None:
         """Read and hand on everything the kernel has submitted so far, now."""
@@ -213,6 +238,10 @@ class TcpSource:
         open_rows: list[dict[str, Any]] = []
         for k, leaf in self._walk(conns):
             c = ev.unpack(bytes(leaf))
+            if c.flags & ev.F_SENT:
+                # Sent already; its delete was refused (bpf/tcp_lifecycle.c). The kernel replaces it when
+                # the address is reused: deleting it here could delete the new connection instead.
+                continue
             if c.flags & ev.F_CLOSED:
                 if c.end_ns < stale_before:
                     try:
@@ -283,7 +312,11 @@ class TcpSource:
             "lost_map_full": per_slot[ev.STAT_LOST_MAP_FULL],
             "source_errors:tcp:kernel_listeners_full": per_slot[ev.STAT_LISTENERS_FULL],
             "source_errors:tcp:kernel_drop_keys_full": per_slot[ev.STAT_DROP_KEYS_FULL],
+            # locks refused once (6.15+ rqspinlocks, bpf/tcp_lifecycle.c), retried: records saved, not lost
+            "source_errors:tcp:kernel_ringbuf_retried": per_slot[ev.STAT_RINGBUF_RETRIED],
+            "source_errors:tcp:kernel_map_refused": per_slot[ev.STAT_MAP_REFUSED],
             "decoded": self.decoded,
+            "ring_half_full:tcp": self._ring_late,
         }
         return {**self._last_counters, **self._errors.counters(), **drops}
 

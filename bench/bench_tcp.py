@@ -40,10 +40,13 @@ from tests.procs import spawn
 COUNT_SQL = """SELECT count() AS n FROM blindspot.tcp_connections
 WHERE (local_port = {p:UInt16} OR remote_port = {p:UInt16}) AND end_time >= fromUnixTimestamp64Nano({t:Int64})"""
 LOSS_SQL = """SELECT toUInt64(sumIf(value, counter IN ('lost_ringbuf', 'lost_map_full'))) AS lost,
-       toUInt64(sumIf(value, counter = 'lost_ringbuf')) AS ringbuf
+       toUInt64(sumIf(value, counter = 'lost_ringbuf')) AS ringbuf,
+       toUInt64(sumIf(value, counter = 'source_errors:tcp:kernel_ringbuf_retried')) AS retried
 FROM blindspot.pipeline_counters"""
 SLOW_SQL = """SELECT counter, toUInt64(sum(value)) AS n FROM blindspot.pipeline_counters
-WHERE counter LIKE 'slow_loop_steps:%' GROUP BY counter ORDER BY counter"""
+WHERE counter LIKE 'slow_loop_steps:%' OR counter LIKE 'ring_half_full:%'
+   OR counter = 'source_errors:tcp:kernel_map_refused'
+GROUP BY counter ORDER BY counter"""
 MODES = ("untraced", "tcplife", "no-http", "default")
 BPF_STATS = False
 # Batch age: the product's unless --batch-age (None removes tests/embedded_agent.py's 0.2 s).
@@ -92,7 +95,7 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
                                p=port, t=t0)[0]["n"]
         r["rows"], r["want_rows"] = int(rows), want
         loss = agent.rows(LOSS_SQL)[0]
-        r["lost"], r["lost_ringbuf"] = int(loss["lost"]), int(loss["ringbuf"])
+        r["lost"], r["lost_ringbuf"], r["ring_retried"] = int(loss["lost"]), int(loss["ringbuf"]), int(loss["retried"])
         r["exact"] = r["rows"] == want and r["lost"] == 0 and r["failed"] == 0
         if r["rows"] < want and r["lost"] == 0:
             # Rows missing and no loss counted: late (a socket its owner has not closed yet is emitted by
@@ -101,8 +104,11 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
             r["cpu_s"] = cpu_seconds(pid) - cpu0
             r["rows_after_sweep"] = int(agent.wait_rows(COUNT_SQL, lambda rs, want=want: int(rs[0]["n"]) >= want,
                                                         timeout_s=40, p=port, t=t0)[0]["n"])
-        # loop steps over 1 s (agent/pipeline.py SLOW_STEP_S): no ring was drained meanwhile
-        r["slow"] = {s["counter"].split(":", 1)[1]: int(s["n"]) for s in agent.rows(SLOW_SQL)}
+        # loop steps over 1 s (agent/pipeline.py SLOW_STEP_S): no ring was drained meanwhile; drains that
+        # found the TCP ring half full (agent/tcp_source.py)
+        r["slow"] = {s["counter"]: int(s["n"]) for s in agent.rows(SLOW_SQL)}
+        r["late_drain"] = [line.split("WARNING", 1)[1].strip() for line in agent.log().splitlines()
+                           if "tcp ring buffer" in line and "WARNING" in line]
         if not r["exact"]:  # kept for a look: the agent's own account of the round
             keep = Path(tempfile.gettempdir()) / f"blindspot-bench-tcp-loss-{agent.log_path.name}"
             shutil.copy(agent.log_path, keep)
@@ -138,8 +144,12 @@ def line(rnd: int, mode: str, r: dict, base: float) -> str:
         out += "EXACT" if r["exact"] else f"LOSS (agent log: {r['log']})"
         if "rows_after_sweep" in r:
             out += f"  rows after 40 s more: {r['rows_after_sweep']}/{r['want_rows']}"
+        if r.get("ring_retried"):  # reservations refused once with room to spare, saved by a second try
+            out += f"  ring reservations retried: {r['ring_retried']}"
         if r.get("slow"):
-            out += "  slow loop steps: " + " ".join(f"{k}={v}" for k, v in r["slow"].items())
+            out += "  " + " ".join(f"{k}={v}" for k, v in r["slow"].items())
+        for warning in r.get("late_drain", []):
+            out += f"\n    {warning[:160]}"
     return out
 
 

@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--http", action="store_true", help="HTTP source on (default: --no-http)")
     ap.add_argument("--batch-age", type=float, default=1.0,
                     help="pipeline batch_max_age_s (blindspot run's default: 5)")
+    ap.add_argument("--gil", action="store_true",
+                    help="py-spy samples only while holding the GIL (a thread waiting for it is not working)")
     ap.add_argument("--tree", type=Path, help="run this checkout's code instead of this one's")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "blindspot-profile-tcp.txt")
     a = ap.parse_args()
@@ -126,8 +128,8 @@ def main() -> None:
             time.sleep(1)
             k0, cpu0, t0 = bpf_times(pid), cpu_seconds(pid), thread_cpu(pid)
             rec = spawn([pyspy, "record", "-p", str(pid), "--format", "raw", "-o", str(a.out), "-r", "250",
-                         "--nonblocking", "-d", str(int(a.seconds + 3))], stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
+                         "--nonblocking", "-d", str(int(a.seconds + 3)), *(["--gil"] if a.gil else [])],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
             r = json.loads(subprocess.run([tool, "-addr", f"127.0.0.1:{port}", "-duration", f"{a.seconds}s",
                                            "-rate", str(a.rate)], capture_output=True, text=True,

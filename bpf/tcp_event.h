@@ -25,6 +25,7 @@
 #define BS_F_OWNER_EXACT (1u << 4)    /* pid/comm seen in the owner's process context */
 #define BS_F_OWNER_LISTENER (1u << 5) /* pid/comm taken from the listening socket's owner */
 #define BS_F_CLOSED (1u << 6)         /* reached TCP_CLOSE; emitted when the socket is destroyed */
+#define BS_F_SENT (1u << 7)           /* its record is sent; left in the map only because its delete was refused */
 
 /* stats array slots (per-CPU u64 counters, read by the agent) */
 #define BS_STAT_EMITTED 0       /* records submitted to the ring buffer */
@@ -32,7 +33,9 @@
 #define BS_STAT_LOST_MAP_FULL 2 /* connection table full: a connection is not tracked */
 #define BS_STAT_LISTENERS_FULL 3 /* listener table full: that port's accepted connections have no owner */
 #define BS_STAT_DROP_KEYS_FULL 4 /* drop table full: a packet drop of a new (reason, netns) not counted */
-#define BS_STAT_N 5
+#define BS_STAT_RINGBUF_RETRIED 5 /* a reservation refused once, then made: not lost */
+#define BS_STAT_MAP_REFUSED 6     /* a map update or delete refused although it could be made (6.15+ locks) */
+#define BS_STAT_N 7
 
 struct tcp_event {
 	__u64 sk;             /* kernel address of struct sock: identity while open */

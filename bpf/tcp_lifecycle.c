@@ -67,26 +67,55 @@ static __always_inline void set_owner_from_current(struct tcp_event *c)
 	c->flags = (c->flags & ~BS_F_OWNER_LISTENER) | BS_F_OWNER_EXACT;
 }
 
+// Since 6.15 a map's bucket lock and the ring's lock are rqspinlocks: taking one can fail (a timeout,
+// a suspected deadlock) where it used to wait. Such a refusal is retried once, and counted.
+static __always_inline long delete_conn(__u64 sk)
+{
+	long err = conns.delete(&sk);
+	if (err && err != -ENOENT) {
+		count(BS_STAT_MAP_REFUSED);
+		err = conns.delete(&sk);
+	}
+	return err;
+}
+
 // Send the record of `sk` and drop it from the map. Whoever deletes the entry emits it: user space
 // sweeps closed entries whose owner never closes its fd, and must not race us into a duplicate.
 static __always_inline void emit_and_delete(__u64 sk, struct tcp_event *c)
 {
+	if (c->flags & BS_F_SENT) { // sent before; only its delete was refused then
+		delete_conn(sk);
+		return;
+	}
 	if (!(c->flags & BS_F_CLOSED)) { // destroyed without a TCP_CLOSE we saw
 		c->end_ns = bpf_ktime_get_ns();
 		c->flags |= BS_F_CLOSED;
 	}
 	struct tcp_event *e = events.ringbuf_reserve(sizeof(struct tcp_event));
 	if (!e) {
+		// Full (user space fell behind), or refused with room to spare: since 6.15 the ring's lock
+		// is an rqspinlock, whose acquisition can fail. A second try tells them apart and saves
+		// the record in the second case; a full ring refuses it again.
+		e = events.ringbuf_reserve(sizeof(struct tcp_event));
+		if (e)
+			count(BS_STAT_RINGBUF_RETRIED);
+	}
+	if (!e) {
 		count(BS_STAT_LOST_RINGBUF);
-		conns.delete(&sk);
+		long err = delete_conn(sk);
+		if (err && err != -ENOENT) // left in the map (counted lost): nobody may send it later
+			c->flags |= BS_F_SENT;
 		return;
 	}
 	__builtin_memcpy(e, c, sizeof(*e));
 	e->kind = BS_TCP_CLOSED;
-	if (conns.delete(&sk)) {
+	long err = delete_conn(sk);
+	if (err == -ENOENT) { // user space swept it first, and emits it
 		events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		return;
 	}
+	if (err) // refused twice: the entry stays, marked so that nobody sends it again
+		c->flags |= BS_F_SENT;
 	// No wake-up: user space reads the ring in bulk on a timer (agent/ringbuf.py), never sleeps on it.
 	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	count(BS_STAT_EMITTED);
@@ -95,8 +124,10 @@ static __always_inline void emit_and_delete(__u64 sk, struct tcp_event *c)
 // A new record for `sk` in the map; NULL (and counted) if the map is full.
 static __always_inline struct tcp_event *new_conn(__u64 sk, __u8 role, __u32 flags)
 {
+	// The socket connects again after a failed attempt (that attempt was a connection too), or a
+	// destroyed socket's address is reused while its entry stayed (its delete was refused).
 	struct tcp_event *prev = conns.lookup(&sk);
-	if (prev) // the socket connects again after a failed attempt: that attempt was a connection too
+	if (prev)
 		emit_and_delete(sk, prev);
 	int zero = 0;
 	struct tcp_event *tmpl = scratch.lookup(&zero);
@@ -110,8 +141,11 @@ static __always_inline struct tcp_event *new_conn(__u64 sk, __u8 role, __u32 fla
 	if (role != BS_ROLE_UNKNOWN)
 		tmpl->start_ns = bpf_ktime_get_ns();
 	if (conns.update(&sk, tmpl)) {
-		count(BS_STAT_LOST_MAP_FULL);
-		return 0;
+		if (conns.update(&sk, tmpl)) { // refused twice: full, as a rule
+			count(BS_STAT_LOST_MAP_FULL);
+			return 0;
+		}
+		count(BS_STAT_MAP_REFUSED);
 	}
 	return conns.lookup(&sk);
 }

@@ -269,6 +269,49 @@ def test_ring_buffer_overflow_is_counted_not_silent(tmp_path: Path) -> None:
         lost = a.wait_rows(
             "SELECT toUInt64(sum(value)) AS v FROM blindspot.pipeline_counters WHERE counter = 'lost_ringbuf'",
             lambda r: bool(r) and int(r[0]["v"]) >= 2 * n - rows, timeout_s=10)
+        # A full ring refuses the second try too: nothing saved by it, every miss counted as lost.
+        retried = a.rows("SELECT count() AS n FROM blindspot.pipeline_counters "
+                         "WHERE counter = 'source_errors:tcp:kernel_ringbuf_retried'")
+    assert int(retried[0]["n"]) == 0
     assert rows < 2 * n, "a 4 KiB ring buffer cannot hold 600 records of 160 bytes"
     assert int(lost[0]["v"]) >= 2 * n - rows > 0
     assert "kernel-side loss so far" in a.log()
+
+
+def test_sweep_sends_a_stale_closed_entry_once_and_never_one_already_sent() -> None:
+    """The open-connection sweep emits a closed entry whose owner still holds the fd (once, deleting
+    it), but never an entry marked sent: the kernel sent that record already and only its delete was
+    refused (6.15+ lock refusals, bpf/tcp_lifecycle.c); the kernel replaces it when the address is
+    reused, so the sweep must not delete it either."""
+    from agent import _tcp_event as tev
+    from agent.config import TcpSourceConfig
+    from agent.tcp_source import TcpSource
+    from contract.records import TCP_CONNECTION
+
+    emitted: list[dict[str, Any]] = []
+    src = TcpSource(TcpSourceConfig(closed_grace_s=0.5),
+                    lambda kind, t: emitted.extend(t.to_pylist() if kind == TCP_CONNECTION.name else []), host="h")
+    src.open()
+    try:
+        conns = src._bpf["conns"]
+        end = time.monotonic_ns() - 2 * 10**9  # closed 2 s ago: past the grace
+        fake = {0xB5000001: (b"bs-stale", 0), 0xB5000002: (b"bs-sent", tev.F_SENT)}
+        for sk, (comm, extra) in fake.items():
+            leaf = conns.Leaf()
+            leaf.sk, leaf.kind, leaf.role, leaf.family = sk, tev.KIND_OPEN, tev.ROLE_CLIENT, socket.AF_INET
+            leaf.flags = tev.F_ESTABLISHED | tev.F_OWNER_EXACT | tev.F_CLOSED | extra
+            leaf.start_ns, leaf.established_ns, leaf.end_ns = end - 5000, end - 4000, end
+            leaf.pid, leaf.comm = 4_000_001, comm
+            conns[conns.Key(sk)] = leaf
+        for _ in range(2):  # a second sweep finds nothing more to send
+            src.snapshot_open()
+        left = {k.value for k, _ in src._walk(conns)} & set(fake)
+        ours = [r["comm"] for r in emitted if r["comm"].startswith("bs-s")]
+        assert ours == ["bs-stale"] and left == {0xB5000002}
+    finally:
+        for sk in (0xB5000001, 0xB5000002):
+            try:
+                del src._bpf["conns"][src._bpf["conns"].Key(sk)]
+            except KeyError:
+                pass
+        src.close()
