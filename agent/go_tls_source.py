@@ -350,6 +350,8 @@ class GoTlsSource:
                 "uprobe_hits": tot[tev.STAT_HITS],
                 "source_errors:go_tls:read_return_unmatched": tot[tev.STAT_READ_LOST],
                 "source_errors:go_tls:kernel_aux_map_full": tot[tev.STAT_AUX_FULL],
+                # saved by a second try (bpf/go_tls.c output): not lost
+                "source_errors:go_tls:kernel_ringbuf_retried": tot[tev.STAT_RINGBUF_RETRIED],
                 "h2c_conns_seen": tot[tev.STAT_H2C_CONNS],
                 # a connection that began before the agent: its HPACK state is unknown, it is not decoded
                 "h2c_untracked_frames": tot[tev.STAT_H2C_UNTRACKED],

@@ -234,6 +234,8 @@ class HttpSource:
                 "uprobe_hits": tot[ev.STAT_UPROBE_HITS],
                 "source_errors:http:kernel_aux_map_full": tot[ev.STAT_AUX_MAP_FULL],
                 "source_errors:http:kernel_pids_map_full": tot[ev.STAT_PIDS_FULL],
+                # saved by a second try (bpf/http_trace.c): not lost
+                "source_errors:http:kernel_ringbuf_retried": tot[ev.STAT_RINGBUF_RETRIED],
             }
         exes = self._exes.c if self._exes is not None else {}
         return {**self._c, **self._kernel, "procs_traced": len(self.procs), **exes, **self._errors.counters(),

@@ -98,6 +98,19 @@ static __always_inline void read_addrs(struct tls_event *e, int fd)
 	e->flags |= BS_TLS_F_ADDR;
 }
 
+// One data record into the ring. Refused: full, or (6.15+) the ring's rqspinlock not taken; a second
+// try tells them apart and saves the record then.
+static __always_inline void output(void *e, __u64 size)
+{
+	long err = tls_events.ringbuf_output(e, size, 0);
+	if (err) {
+		err = tls_events.ringbuf_output(e, size, 0);
+		if (!err)
+			count(BS_TLS_STAT_RINGBUF_RETRIED);
+	}
+	count(err ? BS_TLS_STAT_LOST_RINGBUF : BS_TLS_STAT_EMITTED);
+}
+
 static __always_inline void send(struct pt_regs *ctx, const struct tls_proc *tp, __u64 conn, const void *buf,
 				 __u64 len, __u8 dir, int plain)
 {
@@ -145,10 +158,7 @@ static __always_inline void send(struct pt_regs *ctx, const struct tls_proc *tp,
 		e->flags |= BS_TLS_F_MORE;
 	__u64 size = BS_TLS_HEADER_SIZE + n;
 	BOUND(size, sizeof(*e));
-	if (tls_events.ringbuf_output(e, size, 0) == 0)
-		count(BS_TLS_STAT_EMITTED);
-	else
-		count(BS_TLS_STAT_LOST_RINGBUF);
+	output(e, size);
 	for (int i = 1; i < BS_TLS_CHUNKS; i++) {
 		if (!more)
 			break;
@@ -168,10 +178,7 @@ static __always_inline void send(struct pt_regs *ctx, const struct tls_proc *tp,
 		e->data_len = n;
 		size = BS_TLS_HEADER_SIZE + n;
 		BOUND(size, sizeof(*e));
-		if (tls_events.ringbuf_output(e, size, 0) == 0)
-			count(BS_TLS_STAT_EMITTED);
-		else
-			count(BS_TLS_STAT_LOST_RINGBUF);
+		output(e, size);
 	}
 }
 
