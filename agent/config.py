@@ -32,6 +32,8 @@ class Section(BaseModel):
 class TcpSourceConfig(Section):
     max_conns: int = Field(262_144, ge=1)  # open connections tracked at once; beyond: counted as lost
     ringbuf_pages: int = Field(4096, ge=1)  # 16 MiB: ~100k records, ~4 s of the highest churn measured (bench_tcp)
+    # 256 KiB, ~1,600 records: where a record goes when the main ring refuses it (bpf/tcp_lifecycle.c)
+    rescue_ringbuf_pages: int = Field(64, ge=1)
     # A closed connection is emitted when its owner closes the fd; one whose owner keeps the fd
     # this long after TCP_CLOSE is emitted by the snapshot sweep instead.
     closed_grace_s: float = Field(30.0, ge=0)

@@ -94,6 +94,7 @@ class TcpSource:
         self._last_counters: dict[str, int] = {}
         self._closed: list[dict[str, Any]] = []  # decoded one by one (snapshot sweeps)
         self._ring: FixedRingReader | None = None
+        self._rescue: FixedRingReader | None = None
         self._pending: list[np.ndarray] = []  # records read from the ring, not decoded yet
         self._pending_n = 0
         self._last_decode = time.monotonic()
@@ -113,6 +114,7 @@ class TcpSource:
             f"-I{ev.BPF_DIR}",
             f"-DBS_MAX_CONNS={self.config.max_conns}",
             f"-DBS_RINGBUF_PAGES={self.config.ringbuf_pages}",
+            f"-DBS_RESCUE_RINGBUF_PAGES={self.config.rescue_ringbuf_pages}",
             *kernel_field_defines(),
         ]
         if self.app_bytes:
@@ -126,6 +128,8 @@ class TcpSource:
         self._seed_listeners()
         # Read in bulk straight from the ring's mmap (no callback per record): agent/ringbuf.py.
         self._ring = FixedRingReader(self._bpf["events"].map_fd, self.config.ringbuf_pages * mmap.PAGESIZE, DTYPE)
+        self._rescue = FixedRingReader(self._bpf["events_rescue"].map_fd,
+                                       self.config.rescue_ringbuf_pages * mmap.PAGESIZE, DTYPE)
         self._last_drain = time.monotonic()  # recording from here: the sources opened after us take time too
 
     def _seed_listeners(self) -> None:
@@ -193,10 +197,7 @@ class TcpSource:
         self.clock.refresh()
         self._check_ring()
         try:
-            recs = self._ring.read()
-            if len(recs):
-                self._pending.append(recs)
-                self._pending_n += len(recs)
+            self._read_rings()
             if (self._pending_n >= self.config.decode_max_rows
                     or time.monotonic() - self._last_decode >= self.config.decode_interval_s):
                 self._decode()
@@ -223,11 +224,17 @@ class TcpSource:
         """Read and hand on everything the kernel has submitted so far, now."""
         assert self._ring is not None
         self.clock.refresh()
-        recs = self._ring.read()
-        if len(recs):
-            self._pending.append(recs)
+        self._read_rings()
         self._decode()
         self._emit_closed_rows()
+
+    def _read_rings(self) -> None:
+        assert self._ring is not None and self._rescue is not None
+        for ring in (self._ring, self._rescue):
+            recs = ring.read()
+            if len(recs):
+                self._pending.append(recs)
+                self._pending_n += len(recs)
 
     def snapshot_open(self) -> int:
         """Emit one ``tcp_connections_open`` row per open connection; return how many. Also emits
@@ -312,8 +319,9 @@ class TcpSource:
             "lost_map_full": per_slot[ev.STAT_LOST_MAP_FULL],
             "source_errors:tcp:kernel_listeners_full": per_slot[ev.STAT_LISTENERS_FULL],
             "source_errors:tcp:kernel_drop_keys_full": per_slot[ev.STAT_DROP_KEYS_FULL],
-            # locks refused once (6.15+ rqspinlocks, bpf/tcp_lifecycle.c), retried: records saved, not lost
-            "source_errors:tcp:kernel_ringbuf_retried": per_slot[ev.STAT_RINGBUF_RETRIED],
+            # refused by the ring and taken by the rescue ring, or map operations refused once and retried
+            # (bpf/tcp_lifecycle.c): records saved, not lost
+            "source_errors:tcp:kernel_ringbuf_rescued": per_slot[ev.STAT_RINGBUF_RESCUED],
             "source_errors:tcp:kernel_map_refused": per_slot[ev.STAT_MAP_REFUSED],
             "decoded": self.decoded,
             "ring_half_full:tcp": self._ring_late,
@@ -325,8 +333,9 @@ class TcpSource:
             self.flush()  # drain what the kernel already submitted
             self.report_drops()
             self.counters()
-            if self._ring is not None:
-                self._ring.close()
-                self._ring = None
+            for ring in (self._ring, self._rescue):
+                if ring is not None:
+                    ring.close()
+            self._ring = self._rescue = None
             self._bpf.cleanup()
             self._bpf = None

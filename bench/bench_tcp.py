@@ -41,7 +41,7 @@ COUNT_SQL = """SELECT count() AS n FROM blindspot.tcp_connections
 WHERE (local_port = {p:UInt16} OR remote_port = {p:UInt16}) AND end_time >= fromUnixTimestamp64Nano({t:Int64})"""
 LOSS_SQL = """SELECT toUInt64(sumIf(value, counter IN ('lost_ringbuf', 'lost_map_full'))) AS lost,
        toUInt64(sumIf(value, counter = 'lost_ringbuf')) AS ringbuf,
-       toUInt64(sumIf(value, counter = 'source_errors:tcp:kernel_ringbuf_retried')) AS retried
+       toUInt64(sumIf(value, counter = 'source_errors:tcp:kernel_ringbuf_rescued')) AS rescued
 FROM blindspot.pipeline_counters"""
 SLOW_SQL = """SELECT counter, toUInt64(sum(value)) AS n FROM blindspot.pipeline_counters
 WHERE counter LIKE 'slow_loop_steps:%' OR counter LIKE 'ring_half_full:%'
@@ -95,7 +95,7 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
                                p=port, t=t0)[0]["n"]
         r["rows"], r["want_rows"] = int(rows), want
         loss = agent.rows(LOSS_SQL)[0]
-        r["lost"], r["lost_ringbuf"], r["ring_retried"] = int(loss["lost"]), int(loss["ringbuf"]), int(loss["retried"])
+        r["lost"], r["lost_ringbuf"], r["rescued"] = int(loss["lost"]), int(loss["ringbuf"]), int(loss["rescued"])
         r["exact"] = r["rows"] == want and r["lost"] == 0 and r["failed"] == 0
         if r["rows"] < want and r["lost"] == 0:
             # Rows missing and no loss counted: late (a socket its owner has not closed yet is emitted by
@@ -144,8 +144,8 @@ def line(rnd: int, mode: str, r: dict, base: float) -> str:
         out += "EXACT" if r["exact"] else f"LOSS (agent log: {r['log']})"
         if "rows_after_sweep" in r:
             out += f"  rows after 40 s more: {r['rows_after_sweep']}/{r['want_rows']}"
-        if r.get("ring_retried"):  # reservations refused once with room to spare, saved by a second try
-            out += f"  ring reservations retried: {r['ring_retried']}"
+        if r.get("rescued"):  # records the main ring refused and the rescue ring took
+            out += f"  rescued: {r['rescued']}"
         if r.get("slow"):
             out += "  " + " ".join(f"{k}={v}" for k, v in r["slow"].items())
         for warning in r.get("late_drain", []):

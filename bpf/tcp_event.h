@@ -33,7 +33,7 @@
 #define BS_STAT_LOST_MAP_FULL 2 /* connection table full: a connection is not tracked */
 #define BS_STAT_LISTENERS_FULL 3 /* listener table full: that port's accepted connections have no owner */
 #define BS_STAT_DROP_KEYS_FULL 4 /* drop table full: a packet drop of a new (reason, netns) not counted */
-#define BS_STAT_RINGBUF_RETRIED 5 /* a reservation refused once, then made: not lost */
+#define BS_STAT_RINGBUF_RESCUED 5 /* records the main ring refused and the rescue ring took: not lost */
 #define BS_STAT_MAP_REFUSED 6     /* a map update or delete refused although it could be made (6.15+ locks) */
 #define BS_STAT_N 7
 

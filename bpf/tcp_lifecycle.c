@@ -9,7 +9,8 @@
 // be read) the record goes to the ring buffer, exactly once. Losses are counted in `stats`.
 //
 // Options come as -D defines from agent/tcp_source.py:
-//   BS_MAX_CONNS, BS_RINGBUF_PAGES              sizes
+//   BS_MAX_CONNS, BS_RINGBUF_PAGES,             sizes
+//   BS_RESCUE_RINGBUF_PAGES
 //   BS_OFF_SRTT_US, BS_OFF_BYTES_RECEIVED,       byte offsets into struct tcp_sock / struct sock,
 //   BS_OFF_BYTES_ACKED, BS_OFF_TOTAL_RETRANS,    read from the running kernel's BTF (the headers
 //   BS_OFF_SK_ERR                                bcc compiles against may be another kernel's)
@@ -52,6 +53,8 @@ BPF_HASH(listeners, __u16, struct owner, 4096);         // local port -> owner o
 BPF_PERCPU_ARRAY(stats, __u64, BS_STAT_N);
 BPF_PERCPU_ARRAY(scratch, struct tcp_event, 1); // a zeroed record, too big for the 512-byte stack
 BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES);
+// Where a record goes when `events` refuses it: a ring with a lock of its own (see emit_and_delete).
+BPF_RINGBUF_OUTPUT(events_rescue, BS_RESCUE_RINGBUF_PAGES);
 
 static __always_inline void count(int slot)
 {
@@ -67,8 +70,8 @@ static __always_inline void set_owner_from_current(struct tcp_event *c)
 	c->flags = (c->flags & ~BS_F_OWNER_LISTENER) | BS_F_OWNER_EXACT;
 }
 
-// Since 6.15 a map's bucket lock and the ring's lock are rqspinlocks: taking one can fail (a timeout,
-// a suspected deadlock) where it used to wait. Such a refusal is retried once, and counted.
+// Since 6.15 a hash map's bucket locks are rqspinlocks: taking one can fail (a timeout, a suspected
+// deadlock) where it used to wait. Such a refusal is retried once, and counted.
 static __always_inline long delete_conn(__u64 sk)
 {
 	long err = conns.delete(&sk);
@@ -91,14 +94,14 @@ static __always_inline void emit_and_delete(__u64 sk, struct tcp_event *c)
 		c->end_ns = bpf_ktime_get_ns();
 		c->flags |= BS_F_CLOSED;
 	}
+	// A reservation is refused when the ring is full (user space fell behind), but also, rarely, with
+	// room to spare (seen under churn on 6.18; the ring's lock is an rqspinlock there, which may give up):
+	// then the record goes to the rescue ring, which has its own lock and space. Both refusing is a loss.
+	int rescued = 0;
 	struct tcp_event *e = events.ringbuf_reserve(sizeof(struct tcp_event));
 	if (!e) {
-		// Full (user space fell behind), or refused with room to spare: since 6.15 the ring's lock
-		// is an rqspinlock, whose acquisition can fail. A second try tells them apart and saves
-		// the record in the second case; a full ring refuses it again.
-		e = events.ringbuf_reserve(sizeof(struct tcp_event));
-		if (e)
-			count(BS_STAT_RINGBUF_RETRIED);
+		e = events_rescue.ringbuf_reserve(sizeof(struct tcp_event));
+		rescued = e != 0;
 	}
 	if (!e) {
 		count(BS_STAT_LOST_RINGBUF);
@@ -116,9 +119,12 @@ static __always_inline void emit_and_delete(__u64 sk, struct tcp_event *c)
 	}
 	if (err) // refused twice: the entry stays, marked so that nobody sends it again
 		c->flags |= BS_F_SENT;
-	// No wake-up: user space reads the ring in bulk on a timer (agent/ringbuf.py), never sleeps on it.
+	// No wake-up: user space reads the rings in bulk on a timer (agent/ringbuf.py), never sleeps on them.
+	// (Submit and discard find a record's ring from the record itself, whichever map names them.)
 	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	count(BS_STAT_EMITTED);
+	if (rescued)
+		count(BS_STAT_RINGBUF_RESCUED);
 }
 
 // A new record for `sk` in the map; NULL (and counted) if the map is full.

@@ -16,10 +16,11 @@ pytestmark = pytest.mark.root
 def test_program_loads(use_btf: bool) -> None:
     from bcc import BPF
 
-    cflags = [f"-I{ev.BPF_DIR}", "-DBS_MAX_CONNS=1024", "-DBS_RINGBUF_PAGES=16", "-DBS_HAVE_SOCK_LENGTH"]
+    cflags = [f"-I{ev.BPF_DIR}", "-DBS_MAX_CONNS=1024", "-DBS_RINGBUF_PAGES=16", "-DBS_RESCUE_RINGBUF_PAGES=1",
+              "-DBS_HAVE_SOCK_LENGTH"]
     if use_btf:
         cflags += kernel_field_defines()
-        assert len(cflags) == 4 + len(KERNEL_FIELDS)
+        assert len(cflags) == 5 + len(KERNEL_FIELDS)
     b = BPF(src_file=str(ev.BPF_DIR / "tcp_lifecycle.c").encode(), cflags=cflags)
     try:
         assert b.num_open_tracepoints() >= 3  # bcc attached the TRACEPOINT_PROBEs
@@ -48,8 +49,8 @@ def test_program_loads_with_packet_drops(rx_sk: bool) -> None:
     assert tp.has_rx_sk and tp.names[tp.first] == "NOT_SPECIFIED"
     if not rx_sk:
         drop_flags = [f for f in drop_flags if f != "-DBS_HAVE_RX_SK"]
-    cflags = [f"-I{ev.BPF_DIR}", "-DBS_MAX_CONNS=1024", "-DBS_RINGBUF_PAGES=16", *kernel_field_defines(),
-              *drop_flags]
+    cflags = [f"-I{ev.BPF_DIR}", "-DBS_MAX_CONNS=1024", "-DBS_RINGBUF_PAGES=16", "-DBS_RESCUE_RINGBUF_PAGES=1",
+              *kernel_field_defines(), *drop_flags]
     b = BPF(src_file=str(ev.BPF_DIR / "tcp_lifecycle.c").encode(), cflags=cflags)
     try:
         assert b.get_table(b"drops") is not None
