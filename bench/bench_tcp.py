@@ -47,6 +47,16 @@ SLOW_SQL = """SELECT counter, toUInt64(sum(value)) AS n FROM blindspot.pipeline_
 WHERE counter LIKE 'slow_loop_steps:%' OR counter LIKE 'ring_half_full:%'
    OR counter = 'source_errors:tcp:kernel_map_refused'
 GROUP BY counter ORDER BY counter"""
+ROLE_SQL = """SELECT role, count() AS n, countIf(started_before_agent = 1) AS preexisting,
+       groupUniqArray(close_reason) AS reasons
+FROM blindspot.tcp_connections
+WHERE (local_port = {p:UInt16} OR remote_port = {p:UInt16}) AND end_time >= fromUnixTimestamp64Nano({t:Int64})
+GROUP BY role ORDER BY role"""
+OPEN_SQL = """SELECT count() AS n FROM blindspot.tcp_connections_open
+WHERE (local_port = {p:UInt16} OR remote_port = {p:UInt16})
+  AND snapshot_time = (SELECT max(snapshot_time) FROM blindspot.tcp_connections_open)"""
+COUNTERS_SQL = """SELECT counter, toUInt64(sum(value)) AS n FROM blindspot.pipeline_counters
+WHERE counter NOT LIKE 'packet_drops%' GROUP BY counter ORDER BY counter"""
 MODES = ("untraced", "tcplife", "no-http", "default")
 BPF_STATS = False
 # Batch age: the product's unless --batch-age (None removes tests/embedded_agent.py's 0.2 s).
@@ -104,6 +114,11 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
             r["cpu_s"] = cpu_seconds(pid) - cpu0
             r["rows_after_sweep"] = int(agent.wait_rows(COUNT_SQL, lambda rs, want=want: int(rs[0]["n"]) >= want,
                                                         timeout_s=40, p=port, t=t0)[0]["n"])
+            if r["rows_after_sweep"] < want:  # where it went missing: which end, and the agent's own counts
+                r["missing"] = {
+                    "by_role": agent.rows(ROLE_SQL, p=port, t=t0),
+                    "open_now": agent.rows(OPEN_SQL, p=port)[0]["n"],
+                    "counters": {c["counter"]: int(c["n"]) for c in agent.rows(COUNTERS_SQL)}}
         # loop steps over 1 s (agent/pipeline.py SLOW_STEP_S): no ring was drained meanwhile; drains that
         # found the TCP ring half full (agent/tcp_source.py)
         r["slow"] = {s["counter"]: int(s["n"]) for s in agent.rows(SLOW_SQL)}
@@ -148,6 +163,8 @@ def line(rnd: int, mode: str, r: dict, base: float) -> str:
             out += f"  rescued: {r['rescued']}"
         if r.get("slow"):
             out += "  " + " ".join(f"{k}={v}" for k, v in r["slow"].items())
+        if "missing" in r:
+            out += f"\n    missing: {r['missing']}"
         for warning in r.get("late_drain", []):
             out += f"\n    {warning[:160]}"
     return out
