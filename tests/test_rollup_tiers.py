@@ -141,8 +141,8 @@ def test_only_the_finest_rollups_read_raw_rows(service: ChdbService) -> None:
     assert sorted(v for v, src in reads.items() if raw & set(src)) == [
         "http_1m_mv", "http_peers_1h_mv", "tcp_conn_1m_mv", "tcp_peers_1h_mv"]
     assert {v: src for v, src in reads.items() if v.startswith(("tcp_", "http_")) and not raw & set(src)} == {
-        "http_1h_mv": ["http_1m"], "http_fleet_1m_mv": ["http_1m"], "http_fleet_1h_mv": ["http_fleet_1m"],
+        "http_1h_mv": ["http_1m"], "http_fleet_1m_mv": ["http_1m"], "http_fleet_1h_mv": ["http_1h"],
         "http_peers_1d_mv": ["http_peers_1h"], "tcp_conn_1h_mv": ["tcp_conn_1m"],
-        "tcp_conn_fleet_1m_mv": ["tcp_conn_1m"], "tcp_conn_fleet_1h_mv": ["tcp_conn_fleet_1m"],
+        "tcp_conn_fleet_1m_mv": ["tcp_conn_1m"], "tcp_conn_fleet_1h_mv": ["tcp_conn_1h"],
         "tcp_peers_1d_mv": ["tcp_peers_1h"]}
 

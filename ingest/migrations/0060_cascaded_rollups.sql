@@ -2,8 +2,8 @@
 -- coarser rollup reads the rollup below it. Each view over tcp_connections or http_requests costs CPU
 -- per raw row on every insert (on chDB: ~0.6-1.0 µs a row each, docs/tcp-cost.md), and an insert fed
 -- six of them; a view over a rollup reads that rollup's inserted block, a few rows per minute and key.
---   tcp_connections -> tcp_conn_1m -> tcp_conn_1h          http_requests -> http_1m -> http_1h
---                                  -> tcp_conn_fleet_1m -> tcp_conn_fleet_1h      http_1m -> http_fleet_1m -> http_fleet_1h
+--   tcp_connections -> tcp_conn_1m -> tcp_conn_1h        http_requests -> http_1m -> http_1h
+--   tcp_conn_{tier} -> tcp_conn_fleet_{tier}              http_{tier} -> http_fleet_{tier}   (one template per tier)
 --   tcp_connections -> tcp_peers_1h -> tcp_peers_1d       http_requests -> http_peers_1h -> http_peers_1d
 -- Same rows as before: every column is a sum (or a sumForEach state, merged here), so summing the
 -- finer tier's rows per coarser key gives what the raw rows gave; tests/test_rollup_tiers.py checks it
@@ -22,27 +22,16 @@ SELECT toStartOfHour(minute) AS hour, host, service, role,
 FROM blindspot.tcp_conn_1m
 GROUP BY hour, host, service, role;
 
-DROP VIEW IF EXISTS blindspot.tcp_conn_fleet_1m_mv;
+DROP VIEW IF EXISTS blindspot.tcp_conn_fleet_{tier}_mv;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.tcp_conn_fleet_1m_mv TO blindspot.tcp_conn_fleet_1m AS
-SELECT minute, service, role,
+CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.tcp_conn_fleet_{tier}_mv TO blindspot.tcp_conn_fleet_{tier} AS
+SELECT {bucket}, service, role,
        sum(opened) AS opened, sum(closed) AS closed, sum(failed) AS failed, sum(resets) AS resets,
        sum(retransmits) AS retransmits, sum(bytes_sent) AS bytes_sent, sum(bytes_received) AS bytes_received,
        sumForEachMergeState(handshake_hist) AS handshake_hist,
        sumForEachMergeState(duration_hist) AS duration_hist
-FROM blindspot.tcp_conn_1m
-GROUP BY minute, service, role;
-
-DROP VIEW IF EXISTS blindspot.tcp_conn_fleet_1h_mv;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.tcp_conn_fleet_1h_mv TO blindspot.tcp_conn_fleet_1h AS
-SELECT toStartOfHour(minute) AS hour, service, role,
-       sum(opened) AS opened, sum(closed) AS closed, sum(failed) AS failed, sum(resets) AS resets,
-       sum(retransmits) AS retransmits, sum(bytes_sent) AS bytes_sent, sum(bytes_received) AS bytes_received,
-       sumForEachMergeState(handshake_hist) AS handshake_hist,
-       sumForEachMergeState(duration_hist) AS duration_hist
-FROM blindspot.tcp_conn_fleet_1m
-GROUP BY hour, service, role;
+FROM blindspot.tcp_conn_{tier}
+GROUP BY {bucket}, service, role;
 
 DROP VIEW IF EXISTS blindspot.tcp_peers_1d_mv;
 
@@ -64,27 +53,15 @@ FROM blindspot.http_1m
 GROUP BY hour, host, service, service_version, side, route, status_class, gray_header, browser, protocol,
          grpc_status;
 
-DROP VIEW IF EXISTS blindspot.http_fleet_1m_mv;
+DROP VIEW IF EXISTS blindspot.http_fleet_{tier}_mv;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.http_fleet_1m_mv TO blindspot.http_fleet_1m AS
-SELECT minute, service, service_version, side, route, status_class, gray_header, browser, protocol, grpc_status,
+CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.http_fleet_{tier}_mv TO blindspot.http_fleet_{tier} AS
+SELECT {bucket}, service, service_version, side, route, status_class, gray_header, browser, protocol, grpc_status,
        sum(requests) AS requests, sum(errors) AS errors,
        sum(request_bytes) AS request_bytes, sum(response_bytes) AS response_bytes,
        sumForEachMergeState(latency_hist) AS latency_hist
-FROM blindspot.http_1m
-GROUP BY minute, service, service_version, side, route, status_class, gray_header, browser, protocol,
-         grpc_status;
-
-DROP VIEW IF EXISTS blindspot.http_fleet_1h_mv;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS blindspot.http_fleet_1h_mv TO blindspot.http_fleet_1h AS
-SELECT toStartOfHour(minute) AS hour,
-       service, service_version, side, route, status_class, gray_header, browser, protocol, grpc_status,
-       sum(requests) AS requests, sum(errors) AS errors,
-       sum(request_bytes) AS request_bytes, sum(response_bytes) AS response_bytes,
-       sumForEachMergeState(latency_hist) AS latency_hist
-FROM blindspot.http_fleet_1m
-GROUP BY hour, service, service_version, side, route, status_class, gray_header, browser, protocol,
+FROM blindspot.http_{tier}
+GROUP BY {bucket}, service, service_version, side, route, status_class, gray_header, browser, protocol,
          grpc_status;
 
 DROP VIEW IF EXISTS blindspot.http_peers_1d_mv;
