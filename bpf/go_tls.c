@@ -98,8 +98,8 @@ static __always_inline void read_addrs(struct tls_event *e, int fd)
 	e->flags |= BS_TLS_F_ADDR;
 }
 
-// One data record into the ring. Refused: full, or (6.15+) the ring's rqspinlock not taken; a second
-// try tells them apart and saves the record then.
+// One data record into the ring. Refused: full, or rarely with room to spare (seen on 6.18, see
+// bpf/tcp_lifecycle.c); a second try saves the record then.
 static __always_inline void output(void *e, __u64 size)
 {
 	long err = tls_events.ringbuf_output(e, size, 0);

@@ -95,8 +95,8 @@ static __always_inline void emit(struct conn_state *st, __u8 reason)
 	st->ev.end_reason = reason;
 	if (!st->ev.end_ns) // no response: it ended when the connection did (a handler panic, a reset)
 		st->ev.end_ns = bpf_ktime_get_ns();
-	// No wake-up: user space drains on a timer, never sleeps on this ring. Refused: full, or (6.15+)
-	// the ring's rqspinlock not taken; a second try tells them apart and saves the record then.
+	// No wake-up: user space drains on a timer, never sleeps on this ring. Refused: full, or rarely
+	// with room to spare (seen on 6.18, see bpf/tcp_lifecycle.c); a second try saves the record then.
 	long err = events.ringbuf_output(&st->ev, sizeof(st->ev), BPF_RB_NO_WAKEUP);
 	if (err) {
 		err = events.ringbuf_output(&st->ev, sizeof(st->ev), BPF_RB_NO_WAKEUP);

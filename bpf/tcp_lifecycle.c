@@ -71,7 +71,8 @@ static __always_inline void set_owner_from_current(struct tcp_event *c)
 }
 
 // Since 6.15 a hash map's bucket locks are rqspinlocks: taking one can fail (a timeout, a suspected
-// deadlock) where it used to wait. Such a refusal is retried once, and counted.
+// deadlock) where it used to wait. Such a refusal (any error but "no such entry") is retried once,
+// and counted.
 static __always_inline long delete_conn(__u64 sk)
 {
 	long err = conns.delete(&sk);
@@ -94,9 +95,9 @@ static __always_inline void emit_and_delete(__u64 sk, struct tcp_event *c)
 		c->end_ns = bpf_ktime_get_ns();
 		c->flags |= BS_F_CLOSED;
 	}
-	// A reservation is refused when the ring is full (user space fell behind), but also, rarely, with
-	// room to spare (seen under churn on 6.18; the ring's lock is an rqspinlock there, which may give up):
-	// then the record goes to the rescue ring, which has its own lock and space. Both refusing is a loss.
+	// A reservation is refused when the ring is full (user space fell behind), and was seen refused,
+	// rarely, with room to spare (under churn on 6.18; the cause is not pinned down): then the record
+	// goes to the rescue ring, which has its own lock and space. Both refusing is a loss.
 	int rescued = 0;
 	struct tcp_event *e = events.ringbuf_reserve(sizeof(struct tcp_event));
 	if (!e) {
