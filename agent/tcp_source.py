@@ -101,6 +101,7 @@ class TcpSource:
         self._last_drain = time.monotonic()
         self._ring_late = 0  # drains that found the ring RING_WARN_FILL full
         self._ring_late_logged = -60.0
+        self._drained = False  # the first drain comes after every other source has opened
         self._errors = SourceErrors(self.name, log)
 
     def open(self) -> None:
@@ -214,6 +215,11 @@ class TcpSource:
         fill = self._ring.pending_bytes() / self._ring.size
         if fill >= RING_WARN_FILL:
             self._ring_late += 1
+        if not self._drained and fill < RING_WARN_FILL:  # start-up: the other sources were opening
+            self._drained = True
+            log.info("first drain of the tcp ring buffer %.2f s after it opened (%.0f%% full)", gap, 100 * fill)
+            return
+        self._drained = True
         if (fill >= RING_WARN_FILL or gap >= RING_WARN_GAP_S) and now - self._ring_late_logged >= 60.0:
             self._ring_late_logged = now
             log.warning("tcp ring buffer %.0f%% full, %.2f s after the previous drain (it loses records when "

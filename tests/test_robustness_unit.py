@@ -429,3 +429,32 @@ def test_short_process_of_a_known_file_gone_before_its_exec_is_read_is_named_aft
     assert pid in src._gone and src._service(pid) == ("gray", "", "go1.26.8")
     assert src._exes.traced_at[pid] == 5 and src._exes.c["procs_traced_at_exec"] == 1
     assert src.bpf["pids"] == {} and src._execs == {} and src._exec_paths == {}
+
+
+def test_tcp_ring_fill_is_counted_and_warned_before_loss(caplog: pytest.LogCaptureFixture) -> None:
+    """Each drain checks how full the TCP ring is: the first drain (after the other sources opened) is
+    only noted; later, a drain that finds it half full is counted and warned of, with the time since
+    the previous drain, and so is a drain over 1 s late."""
+    from agent.tcp_source import TcpSource, TcpSourceConfig
+
+    class Ring:
+        size = 1000
+        pending = 0
+
+        def pending_bytes(self) -> int:
+            return self.pending
+
+    src = TcpSource(TcpSourceConfig(), lambda _kind, _t: None, host="h")
+    ring = src._ring = Ring()  # type: ignore[assignment]
+    src._last_drain -= 2.0  # the start-up gap
+    with caplog.at_level("INFO", logger="agent.tcp_source"):
+        src._check_ring()
+        ring.pending = 400
+        src._check_ring()
+        ring.pending = 600
+        src._check_ring()
+        src._check_ring()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "first drain" in caplog.records[0].getMessage() and len(warnings) == 1
+    assert warnings[0].startswith("tcp ring buffer 60% full")  # once a minute: the second is counted only
+    assert src._ring_late == 2  # ring_half_full:tcp in counters() once the source is open
