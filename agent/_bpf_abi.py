@@ -46,3 +46,19 @@ def load_bpf(attempts: int = 4, **kwargs: Any) -> Any:
             if "Resource temporarily unavailable" not in str(e) or attempt == attempts:
                 raise
     raise AssertionError("unreachable")
+
+
+def recursion_misses(bpf: Any, fdinfo_dir: Path = Path("/proc/self/fdinfo")) -> int:
+    """Events the kernel did not run our programs for (5.12+): a program already running on a CPU is
+    skipped when its tracepoint fires again there (a softirq interrupting it), and the event is gone.
+    Summed over ``bpf``'s loaded programs, from their fds' fdinfo (a few short reads)."""
+    total = 0
+    for fn in list(getattr(bpf, "funcs", {}).values()):
+        try:
+            text = (fdinfo_dir / str(fn.fd)).read_text()[:4096]
+        except (OSError, AttributeError):
+            continue
+        m = re.search(r"^recursion_misses:\s*(\d+)", text, re.M)
+        if m:
+            total += int(m.group(1))
+    return total

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from agent import _tcp_event as ev
 from agent import packet_drops, procfs
-from agent._bpf_abi import load_bpf
+from agent._bpf_abi import load_bpf, recursion_misses
 from agent.bpf_maps import lookup_batch
 from agent.btf import BTFUnavailable, FieldRef, offset_of
 from agent.clock import system_clock
@@ -329,6 +329,9 @@ class TcpSource:
             # (bpf/tcp_lifecycle.c): records saved, not lost
             "source_errors:tcp:kernel_ringbuf_rescued": per_slot[ev.STAT_RINGBUF_RESCUED],
             "source_errors:tcp:kernel_map_refused": per_slot[ev.STAT_MAP_REFUSED],
+            # events the kernel skipped, a program already running on that CPU (a state change, a
+            # socket's end, a drop): their connections may be recorded wrong, or not at all
+            "source_errors:tcp:kernel_events_missed": recursion_misses(self._bpf),
             "decoded": self.decoded,
             "ring_half_full:tcp": self._ring_late,
         }

@@ -42,7 +42,8 @@ WHERE (local_port = {p:UInt16} OR remote_port = {p:UInt16}) AND end_time >= from
 # Every counter of a closed connection's record lost on the way: in the kernel, in decoding or encoding
 # (agent/tcp_source.py), between the pipeline and the store (agent/pipeline.py).
 LOST_COUNTERS = ("lost_ringbuf", "lost_map_full", "source_errors:tcp:event", "source_errors:tcp:event_kind",
-                 "source_errors:tcp:encode", "dropped_queue_full", "dropped_sink", "dropped_write_error")
+                 "source_errors:tcp:encode", "source_errors:tcp:kernel_events_missed", "dropped_queue_full",
+                 "dropped_sink", "dropped_write_error")
 LOSS_SQL = f"""SELECT toUInt64(sumIf(value, counter IN {LOST_COUNTERS})) AS lost,
        toUInt64(sumIf(value, counter = 'lost_ringbuf')) AS ringbuf,
        toUInt64(sumIf(value, counter = 'source_errors:tcp:kernel_ringbuf_rescued')) AS rescued

@@ -458,3 +458,19 @@ def test_tcp_ring_fill_is_counted_and_warned_before_loss(caplog: pytest.LogCaptu
     assert "first drain" in caplog.records[0].getMessage() and len(warnings) == 1
     assert warnings[0].startswith("tcp ring buffer 60% full")  # once a minute: the second is counted only
     assert src._ring_late == 2  # ring_half_full:tcp in counters() once the source is open
+
+
+def test_recursion_misses_summed_from_fdinfo(tmp_path: Path) -> None:
+    """Events the kernel skipped because the program was already running on that CPU are read from
+    each program's fdinfo and summed; a program without the field (an older kernel) or an fd that is
+    gone counts nothing."""
+    from types import SimpleNamespace
+
+    from agent._bpf_abi import recursion_misses
+
+    (tmp_path / "7").write_text("pos:\t0\nprog_type:\t5\nprog_id:\t22148\nrun_cnt:\t9\nrecursion_misses:\t3\n")
+    (tmp_path / "8").write_text("pos:\t0\nprog_type:\t5\nrecursion_misses:\t1\n")
+    (tmp_path / "9").write_text("pos:\t0\nprog_type:\t5\n")
+    bpf = SimpleNamespace(funcs={n: SimpleNamespace(fd=fd) for n, fd in (("a", 7), ("b", 8), ("c", 9), ("d", 10))})
+    assert recursion_misses(bpf, tmp_path) == 4
+    assert recursion_misses(SimpleNamespace(), tmp_path) == 0

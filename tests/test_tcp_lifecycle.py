@@ -310,6 +310,11 @@ def test_sweep_sends_a_stale_closed_entry_once_and_never_one_already_sent() -> N
         left = {k.value for k, _ in src._walk(conns)} & set(fake)
         ours = [r["comm"] for r in emitted if r["comm"].startswith("bs-s")]
         assert ours == ["bs-stale"] and left == {0xB5000002}
+        # Events the kernel skips (a program already running on that CPU) are counted from each loaded
+        # program's fdinfo, which this kernel provides for all of them.
+        fds = [f.fd for f in src._bpf.funcs.values()]
+        assert fds and all("recursion_misses" in Path(f"/proc/self/fdinfo/{fd}").read_text() for fd in fds)
+        assert src.counters()["source_errors:tcp:kernel_events_missed"] >= 0
     finally:
         for sk in (0xB5000001, 0xB5000002):
             try:
