@@ -125,8 +125,9 @@ def apply_retention(service: ClickHouseService, retention_days: int) -> list[str
     return changed
 
 
-def migrate(service: ClickHouseService, *, retention_days: int = 30) -> list[Migration]:
-    """Apply pending migrations and the configured retention; return the migrations applied now."""
+def migrate(service: ClickHouseService, *, retention_days: int = 30, before: int | None = None) -> list[Migration]:
+    """Apply pending migrations and the configured retention; return the migrations applied now.
+    ``before``: only the versions below it, a store as an older release left it (upgrade tests, benches)."""
     if not isinstance(retention_days, int) or not 1 <= retention_days <= 36500:
         raise ValueError(f"retention_days must be an int in 1..36500, not {retention_days!r}")
     service.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
@@ -138,7 +139,7 @@ def migrate(service: ClickHouseService, *, retention_days: int = 30) -> list[Mig
     done = set(service.query_arrow(f"SELECT version FROM {DATABASE}.schema_migrations").to_pydict().get("version", []))
     applied = []
     for m in migrations():
-        if m.version in done:
+        if m.version in done or (before is not None and m.version >= before):
             continue
         log.info("applying migration %04d_%s", m.version, m.name)
         for stmt in m.statements(retention_days):
