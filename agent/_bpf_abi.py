@@ -5,6 +5,7 @@ ctypes fields one by one on the hot path)."""
 from __future__ import annotations
 
 import ctypes as C
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,33 @@ def recursion_misses(bpf: Any, fdinfo_dir: Path = Path("/proc/self/fdinfo")) -> 
         if m:
             total += int(m.group(1))
     return total
+
+
+class _TestRunAttr(C.Structure):
+    """The BPF_PROG_TEST_RUN part of ``union bpf_attr`` (include/uapi/linux/bpf.h)."""
+    _fields_ = [
+        ("prog_fd", C.c_uint32), ("retval", C.c_uint32), ("data_size_in", C.c_uint32),
+        ("data_size_out", C.c_uint32), ("data_in", C.c_uint64), ("data_out", C.c_uint64),
+        ("repeat", C.c_uint32), ("duration", C.c_uint32), ("ctx_size_in", C.c_uint32),
+        ("ctx_size_out", C.c_uint32), ("ctx_in", C.c_uint64), ("ctx_out", C.c_uint64),
+        ("flags", C.c_uint32), ("cpu", C.c_uint32), ("batch_size", C.c_uint32), ("_pad", C.c_uint32),
+    ]
+
+
+_SYS_BPF = 321  # x86-64, as the rest of the agent assumes
+_BPF_PROG_TEST_RUN = 10
+_libc: Any = None
+
+
+def run_raw_tracepoint(prog_fd: int, args: list[int]) -> int:
+    """Run a loaded raw-tracepoint program once, here and now, with ``args`` as its ``ctx->args``
+    (kernel 5.10+); return what it returned. Raises OSError when the kernel refuses."""
+    global _libc
+    if _libc is None:
+        _libc = C.CDLL(None, use_errno=True)
+    ctx = (C.c_uint64 * len(args))(*args)
+    attr = _TestRunAttr(prog_fd=prog_fd, ctx_size_in=C.sizeof(ctx), ctx_in=C.addressof(ctx))
+    if _libc.syscall(_SYS_BPF, _BPF_PROG_TEST_RUN, C.byref(attr), C.sizeof(attr)) != 0:
+        err = C.get_errno()
+        raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
+    return int(attr.retval)

@@ -44,7 +44,7 @@ assert DTYPE.itemsize == ev.TCP_EVENT_SIZE
 
 _TIME_LIMIT = np.uint64(1 << 62)  # below: mono + offset fits int64 for any offset the clock can have
 _M64 = np.uint64
-_CLOSE_FLAGS = ev.F_RST_RECEIVED | ev.F_RST_SENT | ev.F_ESTABLISHED  # all close_reason reads of flags
+_CLOSE_FLAGS = ev.F_RST_RECEIVED | ev.F_RST_SENT | ev.F_ESTABLISHED  # close_reason's flags (and F_CLOSE_UNSEEN)
 assert _CLOSE_FLAGS < 256
 _ROLE_TEXT = pa.array([ROLE_NAMES.get(i, "unknown") for i in range(256)], pa.string())
 _FAMILY = np.full(1 << 16, 6, np.uint8)
@@ -127,12 +127,14 @@ def _decode(r: np.ndarray, clock: Clock, host: str, boot_id: str, agent_start_ns
         keys[:, 2:] = r[field]
         return _per_value(keys, lambda k: address(int.from_bytes(k[:2], "little"), k[2:]))
 
+    # old_state: bits 0-7, the flags close_reason reads: 8-15, sk_err: 16-47, close unseen: 48
     reason_key = ((r["sk_err"].astype(np.int64) & 0xFFFFFFFF) << 16) | ((flags & _CLOSE_FLAGS).astype(np.int64) << 8) \
-        | r["old_state"].astype(np.int64)
+        | r["old_state"].astype(np.int64) | ((flags & ev.F_CLOSE_UNSEEN) != 0).astype(np.int64) << 48
 
     def reason(v: int) -> str:
         err = (v >> 16) & 0xFFFFFFFF
-        return close_reason(v & 0xFF, (v >> 8) & 0xFF, err - (1 << 32) if err >> 31 else err)
+        unseen = ev.F_CLOSE_UNSEEN if v >> 48 else 0
+        return close_reason(v & 0xFF, (v >> 8) & 0xFF | unseen, err - (1 << 32) if err >> 31 else err)
 
     drops = r["drops"]
     drop_key = np.where(drops != 0, r["drop_reason"].astype(np.int64), -1)

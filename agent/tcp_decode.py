@@ -54,7 +54,10 @@ def conn_id(boot_id: str, sk: int, start_ns: int) -> int:
 
 
 def close_reason(old_state: int, flags: int, sk_err: int) -> str:
-    """How a connection ended, from the state it left, the reset flags and the socket's error."""
+    """How a connection ended, from the state it left, the reset flags and the socket's error;
+    ``close_unseen`` when the kernel skipped its end and the agent found its socket gone later."""
+    if flags & ev.F_CLOSE_UNSEEN:
+        return "close_unseen"
     if old_state == TCP_SYN_SENT:
         if sk_err == errno.ECONNREFUSED or flags & ev.F_RST_RECEIVED:
             return "refused"

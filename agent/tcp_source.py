@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from agent import _tcp_event as ev
 from agent import packet_drops, procfs
-from agent._bpf_abi import load_bpf, recursion_misses
+from agent._bpf_abi import load_bpf, recursion_misses, run_raw_tracepoint
 from agent.bpf_maps import lookup_batch
 from agent.btf import BTFUnavailable, FieldRef, offset_of
 from agent.clock import system_clock
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 # loses records once full (a second's churn fills ~a quarter of the default ring).
 RING_WARN_FILL = 0.5
 RING_WARN_GAP_S = 1.0
+# Entries that looked open in two snapshots in a row are checked against the kernel's socket
+# (check_conn, ~4 us each): at most this many per snapshot, a random choice when there are more.
+MAX_OPEN_CHECKS = 20_000
 
 Emit = Callable[[str, pa.Table], None]  # (record kind, its rows): one record form, Arrow
 
@@ -45,6 +49,13 @@ KERNEL_FIELDS = {
     "BS_OFF_BYTES_ACKED": FieldRef("tcp_sock", "bytes_acked"),
     "BS_OFF_TOTAL_RETRANS": FieldRef("tcp_sock", "total_retrans"),
     "BS_OFF_SK_ERR": FieldRef("sock", "sk_err"),
+    # check_conn: is the socket at an entry's address still that connection?
+    "BS_OFF_SKC_STATE": FieldRef("sock_common", "skc_state"),
+    "BS_OFF_SKC_FAMILY": FieldRef("sock_common", "skc_family"),
+    "BS_OFF_SKC_NUM": FieldRef("sock_common", "skc_num"),
+    "BS_OFF_SKC_DPORT": FieldRef("sock_common", "skc_dport"),
+    "BS_OFF_SKC_DADDR": FieldRef("sock_common", "skc_daddr"),
+    "BS_OFF_SKC_V6_DADDR": FieldRef("sock_common", "skc_v6_daddr"),
 }
 
 
@@ -102,6 +113,8 @@ class TcpSource:
         self._ring_late = 0  # drains that found the ring RING_WARN_FILL full
         self._ring_late_logged = -60.0
         self._drained = False  # the first drain comes after every other source has opened
+        self._check_fd: int | None = None  # check_conn, loaded to be run on demand
+        self._open_before: dict[int, tuple[int, int, int]] = {}  # sk -> identity, at the last snapshot
         self._errors = SourceErrors(self.name, log)
 
     def open(self) -> None:
@@ -126,6 +139,10 @@ class TcpSource:
             self.drop_names = dict(drops[1].names)
             self._drop_tally = packet_drops.DropTally(self.drop_names)
         self._bpf = load_bpf(src_file=str(ev.BPF_DIR / "tcp_lifecycle.c").encode(), cflags=cflags)
+        try:
+            self._check_fd = self._bpf.load_func(b"check_conn", BPF.RAW_TRACEPOINT).fd
+        except Exception as e:  # bcc raises a bare Exception; the lifecycles work without it
+            log.warning("open connections will not be checked against the kernel's sockets: %s", e)
         self._seed_listeners()
         # Read in bulk straight from the ring's mmap (no callback per record): agent/ringbuf.py.
         self._ring = FixedRingReader(self._bpf["events"].map_fd, self.config.ringbuf_pages * mmap.PAGESIZE, DTYPE)
@@ -244,11 +261,13 @@ class TcpSource:
 
     def snapshot_open(self) -> int:
         """Emit one ``tcp_connections_open`` row per open connection; return how many. Also emits
-        connections closed longer than ``closed_grace_s`` ago whose owner still holds the fd."""
+        connections closed longer than ``closed_grace_s`` ago whose owner still holds the fd, and
+        those whose socket is gone although their entry still looks open (``_check_open``)."""
         now = time.time_ns()
         stale_before = time.monotonic_ns() - int(self.config.closed_grace_s * 1e9)
         conns = self._bpf["conns"]
-        open_rows: list[dict[str, Any]] = []
+        open_now: dict[int, tuple[int, int, int]] = {}
+        open_rows: list[tuple[int, dict[str, Any]]] = []
         for k, leaf in self._walk(conns):
             c = ev.unpack(bytes(leaf))
             if c.flags & ev.F_SENT:
@@ -266,6 +285,7 @@ class TcpSource:
                     except Exception as ex:
                         self._errors.record("event", ex, "one closed-connection record lost")
                 continue
+            open_now[c.sk] = (c.start_ns, c.established_ns, c.sport << 16 | c.dport)
             try:
                 row = decode_open(c, clock=self.clock, host=self.host, boot_id=self.boot_id,
                                   agent_start_ns=self.start_ns, snapshot_ns=now, drop_names=self.drop_names)
@@ -273,12 +293,37 @@ class TcpSource:
                 self._errors.record("snapshot", ex, "one open connection not reported")
                 continue
             if row is not None:
-                open_rows.append(row)
+                open_rows.append((c.sk, row))
+        gone = self._check_open({sk: i for sk, i in open_now.items() if self._open_before.get(sk) == i})
+        self._open_before = {sk: i for sk, i in open_now.items() if sk not in gone}
         self._emit_closed_rows()
-        if open_rows:
-            self._emit(TCP_OPEN_CONNECTION.name, rows_table(TCP_OPEN_CONNECTION, open_rows, self._errors))
+        rows = [row for sk, row in open_rows if sk not in gone]
+        if rows:
+            self._emit(TCP_OPEN_CONNECTION.name, rows_table(TCP_OPEN_CONNECTION, rows, self._errors))
         self.report_drops()
-        return len(open_rows)
+        return len(rows)
+
+    def _check_open(self, entries: dict[int, tuple[int, int, int]]) -> set[int]:
+        """Of ``entries`` (sk -> start_ns, established_ns, ports: unchanged since the last snapshot),
+        those whose socket the kernel has closed or reused: bpf/tcp_lifecycle.c's check_conn sent
+        them as closed (``close_unseen``), through the ring like any other end."""
+        if self._check_fd is None or not entries:
+            return set()
+        sks = list(entries)
+        if len(sks) > MAX_OPEN_CHECKS:  # bounded time per snapshot; every entry comes up in time
+            sks = random.sample(sks, MAX_OPEN_CHECKS)
+        gone: set[int] = set()
+        for sk in sks:
+            try:
+                answer = run_raw_tracepoint(self._check_fd, [sk, *entries[sk]])
+            except OSError as e:  # kernel before 5.10, or a refusal: not retried, so not repeated
+                self._errors.record("open_check", e, "open connections are no longer checked against the "
+                                    "kernel's sockets; an entry whose end the kernel skipped stays open")
+                self._check_fd = None
+                break
+            if answer == ev.CHECK_GONE:
+                gone.add(sk)
+        return gone
 
     def _walk(self, table: Any) -> Iterator[tuple[Any, Any]]:
         """The map's entries in batches (agent/bpf_maps.py: a key-by-key walk restarts whenever the
@@ -332,6 +377,8 @@ class TcpSource:
             # events the kernel skipped, a program already running on that CPU (a state change, a
             # socket's end, a drop): their connections may be recorded wrong, or not at all
             "source_errors:tcp:kernel_events_missed": recursion_misses(self._bpf),
+            # connections whose end the kernel skipped, found gone later and sent (close_unseen)
+            "source_errors:tcp:close_unseen": per_slot[ev.STAT_CLOSE_UNSEEN],
             "decoded": self.decoded,
             "ring_half_full:tcp": self._ring_late,
         }

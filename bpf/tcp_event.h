@@ -26,6 +26,7 @@
 #define BS_F_OWNER_LISTENER (1u << 5) /* pid/comm taken from the listening socket's owner */
 #define BS_F_CLOSED (1u << 6)         /* reached TCP_CLOSE; emitted when the socket is destroyed */
 #define BS_F_SENT (1u << 7)           /* its record is sent; left in the map only because its delete was refused */
+#define BS_F_CLOSE_UNSEEN (1u << 8)   /* looked open, but its socket was gone: end_ns is when that was found */
 
 /* stats array slots (per-CPU u64 counters, read by the agent) */
 #define BS_STAT_EMITTED 0       /* records submitted to the ring buffer */
@@ -35,7 +36,13 @@
 #define BS_STAT_DROP_KEYS_FULL 4 /* drop table full: a packet drop of a new (reason, netns) not counted */
 #define BS_STAT_RINGBUF_RESCUED 5 /* records the main ring refused and the rescue ring took: not lost */
 #define BS_STAT_MAP_REFUSED 6     /* a map update or delete refused although it could be made (6.15+ locks) */
-#define BS_STAT_N 7
+#define BS_STAT_CLOSE_UNSEEN 7    /* entries that looked open after their socket was gone, sent by check_conn */
+#define BS_STAT_N 8
+
+/* check_conn's answers (its return value under BPF_PROG_TEST_RUN) */
+#define BS_CHECK_NOT_OPEN 0 /* no such entry any more, another connection's now, or already closed */
+#define BS_CHECK_ALIVE 1    /* the socket is still this connection */
+#define BS_CHECK_GONE 2     /* the socket is gone: the entry was sent as closed (BS_F_CLOSE_UNSEEN) */
 
 struct tcp_event {
 	__u64 sk;             /* kernel address of struct sock: identity while open */

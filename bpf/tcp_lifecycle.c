@@ -13,7 +13,7 @@
 //   BS_RESCUE_RINGBUF_PAGES
 //   BS_OFF_SRTT_US, BS_OFF_BYTES_RECEIVED,       byte offsets into struct tcp_sock / struct sock,
 //   BS_OFF_BYTES_ACKED, BS_OFF_TOTAL_RETRANS,    read from the running kernel's BTF (the headers
-//   BS_OFF_SK_ERR                                bcc compiles against may be another kernel's)
+//   BS_OFF_SK_ERR, BS_OFF_SKC_*                  bcc compiles against may be another kernel's)
 //   BS_HAVE_SOCK_LENGTH                          attach the sock_*_length tracepoints
 //   BS_HAVE_DROP_REASON, BS_HAVE_RX_SK,          packet drops (skb:kfree_skb): its fields on this
 //   BS_DROP_FIRST, BS_DROP_NOT_SPECIFIED,        kernel, the enum skb_drop_reason numbers that
@@ -31,6 +31,12 @@
 #define BS_OFF_BYTES_ACKED offsetof(struct tcp_sock, bytes_acked)
 #define BS_OFF_TOTAL_RETRANS offsetof(struct tcp_sock, total_retrans)
 #define BS_OFF_SK_ERR offsetof(struct sock, sk_err)
+#define BS_OFF_SKC_STATE offsetof(struct sock_common, skc_state)
+#define BS_OFF_SKC_FAMILY offsetof(struct sock_common, skc_family)
+#define BS_OFF_SKC_NUM offsetof(struct sock_common, skc_num)
+#define BS_OFF_SKC_DPORT offsetof(struct sock_common, skc_dport)
+#define BS_OFF_SKC_DADDR offsetof(struct sock_common, skc_daddr)
+#define BS_OFF_SKC_V6_DADDR offsetof(struct sock_common, skc_v6_daddr)
 #endif
 
 // TCP states (include/net/tcp_states.h): stable numbers.
@@ -366,3 +372,44 @@ TRACEPOINT_PROBE(skb, kfree_skb)
 	return 0;
 }
 #endif
+
+// Not attached anywhere: the agent runs it on demand (BPF_PROG_TEST_RUN) for each entry that has
+// looked open for a whole snapshot interval, with args = {sk, start_ns, established_ns,
+// sport << 16 | dport} as it saw the entry. The kernel can skip a socket's close and its end
+// (nested events, counted in recursion_misses) and then the entry would look open forever. TCP
+// sockets live in a SLAB_TYPESAFE_BY_RCU cache, so the memory at `sk` is a struct sock still, live
+// or freed: if it is closed, listening, or another connection's, this connection is over. It is sent
+// then, as closed at an unknown time (now, an upper bound), by the same emit-and-delete as its end.
+int check_conn(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 sk = ctx->args[0];
+	struct tcp_event *c = conns.lookup(&sk);
+	if (!c || c->flags & (BS_F_CLOSED | BS_F_SENT) || c->start_ns != ctx->args[1] ||
+	    c->established_ns != ctx->args[2] || ((__u64)c->sport << 16 | c->dport) != ctx->args[3])
+		return BS_CHECK_NOT_OPEN;
+	const char *k = (const char *)sk;
+	__u8 state = 0;
+	bpf_probe_read_kernel(&state, sizeof(state), k + BS_OFF_SKC_STATE);
+	int gone = state == S_CLOSE || state == S_LISTEN;
+	if (!gone && c->family) { // ports and peer are known from ESTABLISHED on: still the same?
+		__u16 family = 0, num = 0;
+		__be16 dport = 0;
+		__u64 peer[2] = {}, ours[2];
+		bpf_probe_read_kernel(&family, sizeof(family), k + BS_OFF_SKC_FAMILY);
+		bpf_probe_read_kernel(&num, sizeof(num), k + BS_OFF_SKC_NUM); // host order
+		bpf_probe_read_kernel(&dport, sizeof(dport), k + BS_OFF_SKC_DPORT);
+		if (c->family == AF_INET) // c->daddr holds an IPv4 address in its first 4 bytes, zeros after
+			bpf_probe_read_kernel(peer, 4, k + BS_OFF_SKC_DADDR);
+		else
+			bpf_probe_read_kernel(peer, 16, k + BS_OFF_SKC_V6_DADDR);
+		__builtin_memcpy(ours, c->daddr, sizeof(ours));
+		gone = family != c->family || num != c->sport || ntohs(dport) != c->dport ||
+		       peer[0] != ours[0] || peer[1] != ours[1];
+	}
+	if (!gone)
+		return BS_CHECK_ALIVE;
+	c->flags |= BS_F_CLOSE_UNSEEN;
+	emit_and_delete(sk, c);
+	count(BS_STAT_CLOSE_UNSEEN);
+	return BS_CHECK_GONE;
+}

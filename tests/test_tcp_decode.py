@@ -29,6 +29,9 @@ ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, LAST_ACK = 1, 2, 3, 4, 5,
         (ESTABLISHED, ev.F_ESTABLISHED, errno.ETIMEDOUT, "timeout"),
         (LAST_ACK, ev.F_ESTABLISHED, 0, "closed"),
         (FIN_WAIT2, ev.F_ESTABLISHED, 0, "closed"),
+        # found gone by check_conn: whatever the entry said before, its end was not seen
+        (0, ev.F_ESTABLISHED | ev.F_CLOSE_UNSEEN, 0, "close_unseen"),
+        (SYN_SENT, ev.F_RST_RECEIVED | ev.F_CLOSE_UNSEEN, errno.ECONNREFUSED, "close_unseen"),
     ],
 )
 def test_close_reason(old_state: int, flags: int, sk_err: int, want: str) -> None:

@@ -322,3 +322,77 @@ def test_sweep_sends_a_stale_closed_entry_once_and_never_one_already_sent() -> N
             except KeyError:
                 pass
         src.close()
+
+
+def test_an_entry_left_open_after_its_socket_is_gone_is_sent_once_as_close_unseen() -> None:
+    """The kernel can skip a socket's close and its end (nested events, counted in recursion_misses);
+    its entry would look open forever. An entry open in two snapshots in a row is checked against the
+    socket at its address (bpf/tcp_lifecycle.c, check_conn): a live connection is left alone however
+    many times it is checked; an entry whose socket was closed and freed, or whose socket is now another
+    connection's, is sent once as closed (close_unseen) and counted. Both made here by writing into the
+    map what skipped events would have left: a copy of a closed connection's open entry, and an open
+    entry whose remote port is not its socket's."""
+    from agent import _tcp_event as tev
+    from agent.config import TcpSourceConfig
+    from agent.tcp_source import TcpSource
+    from contract.records import TCP_CONNECTION
+
+    emitted: list[dict[str, Any]] = []
+    src = TcpSource(TcpSourceConfig(), lambda kind, t: emitted.extend(t.to_pylist() if kind == TCP_CONNECTION.name
+                                                                       else []), host="h")
+    src.open()
+    conns = src._bpf["conns"]
+
+    def entries(port: int) -> dict[int, Any]:
+        return {k.value: type(v).from_buffer_copy(v) for k, v in src._walk(conns) if port in (v.sport, v.dport)}
+
+    def snapshot() -> list[dict[str, Any]]:
+        emitted.clear()
+        src.snapshot_open()
+        src.flush()
+        return [r for r in emitted if port in (r["local_port"], r["remote_port"])]
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        client = socket.create_connection(("127.0.0.1", port))
+        server, _ = listener.accept()
+        client.sendall(b"x" * 1000)
+        assert server.recv(4096) == b"x" * 1000
+        live = entries(port)
+        assert len(live) == 2 and all(v.flags & tev.F_ESTABLISHED for v in live.values())
+        for _ in range(3):  # checked from the second snapshot on: a live connection is never sent
+            assert snapshot() == []
+        assert set(entries(port)) == set(live)
+
+        # Closed and destroyed; then its client entry comes back as it was while open.
+        client_sk = next(sk for sk, v in live.items() if v.role == tev.ROLE_CLIENT)
+        client.close()
+        server.close()
+        deadline = time.monotonic() + 5
+        while entries(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert entries(port) == {}
+        src.flush()
+        conns[conns.Key(client_sk)] = live[client_sk]
+        rows = snapshot()  # the entry the last snapshot saw, unchanged: checked at once
+        assert [(r["role"], r["local_port"] != port, r["close_reason"], r["bytes_sent"]) for r in rows] == [
+            ("client", True, "close_unseen", 1000)]
+        assert entries(port) == {} and snapshot() == []
+
+        # An open entry whose socket is now another connection (same address, another peer port).
+        client = socket.create_connection(("127.0.0.1", port))
+        server, _ = listener.accept()
+        live = entries(port)
+        server_sk = next(sk for sk, v in live.items() if v.role == tev.ROLE_SERVER)
+        stale = live[server_sk]
+        stale.dport ^= 1
+        conns[conns.Key(server_sk)] = stale
+        assert snapshot() == []  # not the entry the last snapshot saw: checked from the next one on
+        assert [(r["role"], r["close_reason"]) for r in snapshot()] == [("server", "close_unseen")]
+        assert src.counters()["source_errors:tcp:close_unseen"] == 2
+        client.close()
+        server.close()
+    finally:
+        listener.close()
+        src.close()
