@@ -49,7 +49,12 @@ KERNEL_FIELDS = {
     "BS_OFF_BYTES_ACKED": FieldRef("tcp_sock", "bytes_acked"),
     "BS_OFF_TOTAL_RETRANS": FieldRef("tcp_sock", "total_retrans"),
     "BS_OFF_SK_ERR": FieldRef("sock", "sk_err"),
-    # check_conn: is the socket at an entry's address still that connection?
+    # what the classic inet_sock_set_state tracepoint would copy out (the programs attach raw), and what
+    # check_conn compares: is the socket at an entry's address still that connection?
+    "BS_OFF_SK_PROTOCOL": FieldRef("sock", "sk_protocol"),
+    "BS_OFF_INET_SPORT": FieldRef("inet_sock", "inet_sport"),
+    "BS_OFF_INET_SADDR": FieldRef("inet_sock", "inet_saddr"),
+    "BS_OFF_SKC_V6_RCV_SADDR": FieldRef("sock_common", "skc_v6_rcv_saddr"),
     "BS_OFF_SKC_STATE": FieldRef("sock_common", "skc_state"),
     "BS_OFF_SKC_FAMILY": FieldRef("sock_common", "skc_family"),
     "BS_OFF_SKC_NUM": FieldRef("sock_common", "skc_num"),

@@ -1,8 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-// TCP connection lifecycles from stable tracepoints only (no kprobes): the TCP state machine
-// (sock:inet_sock_set_state), resets and socket destruction (raw tcp_receive_reset, tcp_send_reset,
-// tcp_destroy_sock) and, where the kernel has them (6.3+), per-call byte counts in the owner's
-// process context (sock:sock_send_length, sock:sock_recv_length).
+// TCP connection lifecycles from stable tracepoints only (no kprobes), every one attached raw: the TCP
+// state machine (inet_sock_set_state), resets and socket destruction (tcp_receive_reset,
+// tcp_send_reset, tcp_destroy_sock), packet drops (kfree_skb) and, where the kernel has them (6.3+),
+// per-call byte counts in the owner's process context (sock_send_length, sock_recv_length).
+//
+// Why raw: the kernel runs a classic tracepoint's (or kprobe's, or uprobe's) program only if no such
+// program is running on that CPU already, any program of any tool: a softirq that changes a
+// socket's state while the HTTP source's syscall program runs on that CPU would be skipped. A raw
+// tracepoint's program is skipped only when that same program is running there. Raw programs also
+// skip the trace record the kernel fills for a classic one: they read the socket's fields themselves.
 //
 // Each connection lives in `conns` as a struct tcp_event from its first state change on. At TCP_CLOSE
 // its counters are frozen; when the socket is destroyed (the owner closed its fd, so nothing more can
@@ -11,11 +17,13 @@
 // Options come as -D defines from agent/tcp_source.py:
 //   BS_MAX_CONNS, BS_RINGBUF_PAGES,             sizes
 //   BS_RESCUE_RINGBUF_PAGES
-//   BS_OFF_SRTT_US, BS_OFF_BYTES_RECEIVED,       byte offsets into struct tcp_sock / struct sock,
-//   BS_OFF_BYTES_ACKED, BS_OFF_TOTAL_RETRANS,    read from the running kernel's BTF (the headers
-//   BS_OFF_SK_ERR, BS_OFF_SKC_*                  bcc compiles against may be another kernel's)
+//   BS_OFF_SRTT_US, BS_OFF_BYTES_RECEIVED,       byte offsets into struct tcp_sock / inet_sock /
+//   BS_OFF_BYTES_ACKED, BS_OFF_TOTAL_RETRANS,    sock / sock_common, read from the running kernel's
+//   BS_OFF_SK_ERR, BS_OFF_SK_PROTOCOL,           BTF (the headers bcc compiles against may be
+//   BS_OFF_INET_SPORT, BS_OFF_INET_SADDR,        another kernel's)
+//   BS_OFF_SKC_*
 //   BS_HAVE_SOCK_LENGTH                          attach the sock_*_length tracepoints
-//   BS_HAVE_DROP_REASON, BS_HAVE_RX_SK,          packet drops (skb:kfree_skb): its fields on this
+//   BS_HAVE_DROP_REASON, BS_HAVE_RX_SK,          packet drops (kfree_skb): its arguments on this
 //   BS_DROP_FIRST, BS_DROP_NOT_SPECIFIED,        kernel, the enum skb_drop_reason numbers that
 //   BS_MAX_DROP_KEYS, BS_OFF_SKB_SK, BS_OFF_SKB_DEV, bound what a drop is (bpf/drop_event.h), and
 //   BS_OFF_DEV_NET, BS_OFF_SK_NET, BS_OFF_NET_INUM   BTF offsets (agent/packet_drops.py)
@@ -31,6 +39,10 @@
 #define BS_OFF_BYTES_ACKED offsetof(struct tcp_sock, bytes_acked)
 #define BS_OFF_TOTAL_RETRANS offsetof(struct tcp_sock, total_retrans)
 #define BS_OFF_SK_ERR offsetof(struct sock, sk_err)
+#define BS_OFF_SK_PROTOCOL offsetof(struct sock, sk_protocol)
+#define BS_OFF_INET_SPORT offsetof(struct inet_sock, inet_sport)
+#define BS_OFF_INET_SADDR offsetof(struct inet_sock, inet_saddr)
+#define BS_OFF_SKC_V6_RCV_SADDR offsetof(struct sock_common, skc_v6_rcv_saddr)
 #define BS_OFF_SKC_STATE offsetof(struct sock_common, skc_state)
 #define BS_OFF_SKC_FAMILY offsetof(struct sock_common, skc_family)
 #define BS_OFF_SKC_NUM offsetof(struct sock_common, skc_num)
@@ -67,6 +79,19 @@ static __always_inline void count(int slot)
 	__u64 *v = stats.lookup(&slot);
 	if (v)
 		(*v)++;
+}
+
+// A field of the kernel object at `base`, `off` bytes in (a BTF offset); 0 if it cannot be read.
+#define KREAD(type, base, off)                                                                     \
+	({                                                                                         \
+		type _v = 0;                                                                       \
+		bpf_probe_read_kernel(&_v, sizeof(_v), (const char *)(base) + (off));             \
+		_v;                                                                                \
+	})
+
+static __always_inline int is_tcp(const char *sk)
+{
+	return KREAD(__u16, sk, BS_OFF_SK_PROTOCOL) == IPPROTO_TCP;
 }
 
 static __always_inline void set_owner_from_current(struct tcp_event *c)
@@ -163,13 +188,16 @@ static __always_inline struct tcp_event *new_conn(__u64 sk, __u8 role, __u32 fla
 	return conns.lookup(&sk);
 }
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+// Raw arguments: (struct sock *sk, int oldstate, int newstate). The fields the classic tracepoint
+// would have copied out (protocol, ports, family, addresses) are read from the socket, as it does.
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
-	if (args->protocol != IPPROTO_TCP)
+	const char *k = (const char *)ctx->args[0];
+	int os = (int)ctx->args[1], ns = (int)ctx->args[2];
+	if (!is_tcp(k))
 		return 0;
-	__u64 sk = (__u64)args->skaddr;
-	int ns = args->newstate, os = args->oldstate;
-	__u16 port = args->sport;
+	__u64 sk = (__u64)k;
+	__u16 port = ntohs(KREAD(__be16, k, BS_OFF_INET_SPORT));
 
 	if (ns == S_LISTEN) { // listen(): process context, so current is the owner
 		struct owner o = {.pid = bpf_get_current_pid_tgid() >> 32};
@@ -205,15 +233,16 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	if (!c)
 		return 0;
 	if (ns == S_ESTABLISHED || ns == S_CLOSE || (c->flags & BS_F_PREEXISTING && !c->family)) {
-		c->sport = args->sport;
-		c->dport = args->dport;
-		c->family = args->family;
-		if (args->family == AF_INET) {
-			__builtin_memcpy(c->saddr, args->saddr, 4);
-			__builtin_memcpy(c->daddr, args->daddr, 4);
+		// As the classic tracepoint reads them (TP_STORE_ADDRS): inet_saddr/inet_daddr for IPv4
+		c->sport = port;
+		c->dport = ntohs(KREAD(__be16, k, BS_OFF_SKC_DPORT));
+		c->family = KREAD(__u16, k, BS_OFF_SKC_FAMILY);
+		if (c->family == AF_INET) {
+			bpf_probe_read_kernel(c->saddr, 4, k + BS_OFF_INET_SADDR);
+			bpf_probe_read_kernel(c->daddr, 4, k + BS_OFF_SKC_DADDR);
 		} else {
-			__builtin_memcpy(c->saddr, args->saddr_v6, 16);
-			__builtin_memcpy(c->daddr, args->daddr_v6, 16);
+			bpf_probe_read_kernel(c->saddr, 16, k + BS_OFF_SKC_V6_RCV_SADDR);
+			bpf_probe_read_kernel(c->daddr, 16, k + BS_OFF_SKC_V6_DADDR);
 		}
 	}
 	if (ns == S_ESTABLISHED) {
@@ -235,7 +264,6 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 			set_owner_from_current(c);
 	} else if (ns == S_CLOSE) {
 		// Freeze the kernel's counters now: struct tcp_sock is still whole.
-		const char *k = (const char *)sk;
 		__u32 srtt8 = 0;
 		c->end_ns = bpf_ktime_get_ns();
 		c->old_state = os;
@@ -283,9 +311,10 @@ RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
 #ifdef BS_HAVE_SOCK_LENGTH
 // sendmsg/recvmsg return paths run in the caller's context: the exact owner of an accepted
 // socket, and payload byte counts (also for data read after TCP_CLOSE).
-static __always_inline void on_sock_io(__u64 sk, __u16 protocol, int ret, int sending)
+// Raw arguments: (struct sock *sk, int ret, int flags).
+static __always_inline void on_sock_io(__u64 sk, int ret, int sending)
 {
-	if (protocol != IPPROTO_TCP)
+	if (!is_tcp((const char *)sk))
 		return;
 	struct tcp_event *c = conns.lookup(&sk);
 	if (!c)
@@ -300,15 +329,15 @@ static __always_inline void on_sock_io(__u64 sk, __u16 protocol, int ret, int se
 	}
 }
 
-TRACEPOINT_PROBE(sock, sock_send_length)
+RAW_TRACEPOINT_PROBE(sock_send_length)
 {
-	on_sock_io((__u64)args->sk, args->protocol, args->ret, 1);
+	on_sock_io(ctx->args[0], (int)ctx->args[1], 1);
 	return 0;
 }
 
-TRACEPOINT_PROBE(sock, sock_recv_length)
+RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
-	on_sock_io((__u64)args->sk, args->protocol, args->ret, 0);
+	on_sock_io(ctx->args[0], (int)ctx->args[1], 0);
 	return 0;
 }
 #endif
@@ -318,15 +347,16 @@ BPF_PERCPU_HASH(drops, struct drop_key, struct drop_count, BS_MAX_DROP_KEYS);
 
 // Every packet the kernel frees with a reason. Counted in maps only: a drop storm costs a hash
 // update per packet, never a ring-buffer record or a wake-up of the agent.
-TRACEPOINT_PROBE(skb, kfree_skb)
+// Raw arguments: (struct sk_buff *skb, void *location, enum skb_drop_reason reason[, struct sock *rx_sk]).
+RAW_TRACEPOINT_PROBE(kfree_skb)
 {
-	__u32 reason = args->reason;
+	__u32 reason = (__u32)ctx->args[2];
 	if (reason < BS_DROP_FIRST) // SKB_NOT_DROPPED_YET, SKB_CONSUMED: freed, not dropped
 		return 0;
-	const char *skb = (const char *)args->skbaddr;
+	const char *skb = (const char *)ctx->args[0];
 	__u64 sk = 0;
 #ifdef BS_HAVE_RX_SK
-	sk = (__u64)args->rx_sk; // the receiving socket the kernel found (6.11+)
+	sk = ctx->args[3]; // the receiving socket the kernel found (6.11+)
 #endif
 	if (!sk) // the owning socket: the sender's on the way out, early demux's on the way in
 		bpf_probe_read_kernel(&sk, sizeof(sk), skb + BS_OFF_SKB_SK);
@@ -388,23 +418,17 @@ int check_conn(struct bpf_raw_tracepoint_args *ctx)
 	    c->established_ns != ctx->args[2] || ((__u64)c->sport << 16 | c->dport) != ctx->args[3])
 		return BS_CHECK_NOT_OPEN;
 	const char *k = (const char *)sk;
-	__u8 state = 0;
-	bpf_probe_read_kernel(&state, sizeof(state), k + BS_OFF_SKC_STATE);
+	__u8 state = KREAD(__u8, k, BS_OFF_SKC_STATE);
 	int gone = state == S_CLOSE || state == S_LISTEN;
 	if (!gone && c->family) { // ports and peer are known from ESTABLISHED on: still the same?
-		__u16 family = 0, num = 0;
-		__be16 dport = 0;
 		__u64 peer[2] = {}, ours[2];
-		bpf_probe_read_kernel(&family, sizeof(family), k + BS_OFF_SKC_FAMILY);
-		bpf_probe_read_kernel(&num, sizeof(num), k + BS_OFF_SKC_NUM); // host order
-		bpf_probe_read_kernel(&dport, sizeof(dport), k + BS_OFF_SKC_DPORT);
 		if (c->family == AF_INET) // c->daddr holds an IPv4 address in its first 4 bytes, zeros after
 			bpf_probe_read_kernel(peer, 4, k + BS_OFF_SKC_DADDR);
 		else
 			bpf_probe_read_kernel(peer, 16, k + BS_OFF_SKC_V6_DADDR);
 		__builtin_memcpy(ours, c->daddr, sizeof(ours));
-		gone = family != c->family || num != c->sport || ntohs(dport) != c->dport ||
-		       peer[0] != ours[0] || peer[1] != ours[1];
+		gone = KREAD(__u16, k, BS_OFF_SKC_FAMILY) != c->family || KREAD(__u16, k, BS_OFF_SKC_NUM) != c->sport ||
+		       ntohs(KREAD(__be16, k, BS_OFF_SKC_DPORT)) != c->dport || peer[0] != ours[0] || peer[1] != ours[1];
 	}
 	if (!gone)
 		return BS_CHECK_ALIVE;
