@@ -49,20 +49,27 @@ def load_bpf(attempts: int = 4, **kwargs: Any) -> Any:
     raise AssertionError("unreachable")
 
 
-def recursion_misses(bpf: Any, fdinfo_dir: Path = Path("/proc/self/fdinfo")) -> int:
-    """Events the kernel did not run our programs for (5.12+): a program already running on a CPU is
-    skipped when its tracepoint fires again there (a softirq interrupting it), and the event is gone.
-    Summed over ``bpf``'s loaded programs, from their fds' fdinfo (a few short reads)."""
-    total = 0
-    for fn in list(getattr(bpf, "funcs", {}).values()):
+def recursion_misses_by_program(bpf: Any, fdinfo_dir: Path = Path("/proc/self/fdinfo")) -> dict[str, int]:
+    """Events the kernel did not run each of ``bpf``'s loaded programs for (5.12+): a raw tracepoint's
+    program when it is already running on that CPU (a softirq interrupting it), a classic tracepoint's,
+    kprobe's or uprobe's when any such program is; the event is gone. From the programs' fdinfo (a few
+    short reads); programs without the field are left out."""
+    out: dict[str, int] = {}
+    for name, fn in list(getattr(bpf, "funcs", {}).items()):
         try:
             text = (fdinfo_dir / str(fn.fd)).read_text()[:4096]
         except (OSError, AttributeError):
             continue
         m = re.search(r"^recursion_misses:\s*(\d+)", text, re.M)
         if m:
-            total += int(m.group(1))
-    return total
+            key = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+            out[key] = out.get(key, 0) + int(m.group(1))
+    return out
+
+
+def recursion_misses(bpf: Any, fdinfo_dir: Path = Path("/proc/self/fdinfo")) -> int:
+    """The sum of ``recursion_misses_by_program``."""
+    return sum(recursion_misses_by_program(bpf, fdinfo_dir).values())
 
 
 class _TestRunAttr(C.Structure):

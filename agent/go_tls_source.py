@@ -31,7 +31,7 @@ import pyarrow as pa
 from agent import _go_tls_event as tev
 from agent import _http_event as ev
 from agent import go_procs, go_tls_binary, grpc_link_binary, h2_decode
-from agent._bpf_abi import load_bpf
+from agent._bpf_abi import load_bpf, recursion_misses
 from agent.bpf_maps import all_keys
 from agent.clock import system_clock
 from agent.config import HttpConfig
@@ -352,6 +352,9 @@ class GoTlsSource:
                 "source_errors:go_tls:kernel_aux_map_full": tot[tev.STAT_AUX_FULL],
                 # saved by a second try (bpf/go_tls.c output): not lost
                 "source_errors:go_tls:kernel_ringbuf_retried": tot[tev.STAT_RINGBUF_RETRIED],
+                # events the kernel did not run our programs for (another probe program running on that
+                # CPU): a request or response missed, or recorded without its end
+                "source_errors:go_tls:kernel_events_missed": recursion_misses(self.bpf),
                 "h2c_conns_seen": tot[tev.STAT_H2C_CONNS],
                 # a connection that began before the agent: its HPACK state is unknown, it is not decoded
                 "h2c_untracked_frames": tot[tev.STAT_H2C_UNTRACKED],

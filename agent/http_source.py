@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from agent import _http_event as ev
 from agent import btf, go_binary, go_procs, http_parse
-from agent._bpf_abi import load_bpf
+from agent._bpf_abi import load_bpf, recursion_misses
 from agent.bpf_maps import all_keys
 from agent.clock import system_clock
 from agent.config import HttpConfig
@@ -236,6 +236,9 @@ class HttpSource:
                 "source_errors:http:kernel_pids_map_full": tot[ev.STAT_PIDS_FULL],
                 # saved by a second try (bpf/http_trace.c): not lost
                 "source_errors:http:kernel_ringbuf_retried": tot[ev.STAT_RINGBUF_RETRIED],
+                # events the kernel did not run our programs for (another probe program running on that
+                # CPU): a request or response missed, or recorded without its end
+                "source_errors:http:kernel_events_missed": recursion_misses(self.bpf),
             }
         exes = self._exes.c if self._exes is not None else {}
         return {**self._c, **self._kernel, "procs_traced": len(self.procs), **exes, **self._errors.counters(),

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from agent import _tcp_event as ev
 from agent import packet_drops, procfs
-from agent._bpf_abi import load_bpf, recursion_misses, run_raw_tracepoint
+from agent._bpf_abi import load_bpf, recursion_misses_by_program, run_raw_tracepoint
 from agent.bpf_maps import lookup_batch
 from agent.btf import BTFUnavailable, FieldRef, offset_of
 from agent.clock import system_clock
@@ -120,6 +120,7 @@ class TcpSource:
         self._drained = False  # the first drain comes after every other source has opened
         self._check_fd: int | None = None  # check_conn, loaded to be run on demand
         self._open_before: dict[int, tuple[int, int, int]] = {}  # sk -> identity, at the last snapshot
+        self._missed: dict[str, int] = {}  # events the kernel skipped, per program, as last read
         self._errors = SourceErrors(self.name, log)
 
     def open(self) -> None:
@@ -381,13 +382,24 @@ class TcpSource:
             "source_errors:tcp:kernel_map_refused": per_slot[ev.STAT_MAP_REFUSED],
             # events the kernel skipped, a program already running on that CPU (a state change, a
             # socket's end, a drop): their connections may be recorded wrong, or not at all
-            "source_errors:tcp:kernel_events_missed": recursion_misses(self._bpf),
+            "source_errors:tcp:kernel_events_missed": self._events_missed(),
             # connections whose end the kernel skipped, found gone later and sent (close_unseen)
             "source_errors:tcp:close_unseen": per_slot[ev.STAT_CLOSE_UNSEEN],
             "decoded": self.decoded,
             "ring_half_full:tcp": self._ring_late,
         }
         return {**self._last_counters, **self._errors.counters(), **drops}
+
+    def _events_missed(self) -> int:
+        """Events the kernel skipped, summed over the programs; which programs, logged as they grow."""
+        now = recursion_misses_by_program(self._bpf)
+        grew = {name: n - self._missed.get(name, 0) for name, n in now.items() if n > self._missed.get(name, 0)}
+        if grew:
+            log.warning("the kernel skipped %s of the tcp source's events (a program already running on that "
+                        "CPU); their connections may be recorded without that step", ", ".join(
+                            f"{n} {name.removeprefix('raw_tracepoint__')}" for name, n in sorted(grew.items())))
+            self._missed = now
+        return sum(now.values())
 
     def close(self) -> None:
         if self._bpf is not None:

@@ -113,6 +113,11 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
         loss = agent.rows(LOSS_SQL)[0]
         r["lost"], r["lost_ringbuf"], r["rescued"] = int(loss["lost"]), int(loss["ringbuf"]), int(loss["rescued"])
         r["exact"] = r["rows"] == want and r["lost"] == 0 and r["failed"] == 0
+        if r["lost"]:  # which of the loss counters, and (in the agent's log) which kernel programs
+            r["lost_by"] = {c["counter"]: int(c["n"]) for c in agent.rows(COUNTERS_SQL)
+                            if c["counter"] in LOST_COUNTERS and int(c["n"])}
+            r["missed_log"] = [ln.split("WARNING", 1)[1].strip() for ln in agent.log().splitlines()
+                               if "the kernel skipped" in ln]
         r["whole"] = r["exact"]  # every connection stored, no loss counted: at once, or after the sweep
         if r["rows"] < want and r["lost"] == 0:
             # Rows missing and no loss counted: late (a socket its owner has not closed yet is emitted by
@@ -179,6 +184,8 @@ def line(rnd: int, mode: str, r: dict, base: float) -> str:
             out += f"  rescued: {r['rescued']}"
         if r.get("slow"):
             out += "  " + " ".join(f"{k}={v}" for k, v in r["slow"].items())
+        if "lost_by" in r:
+            out += f"\n    lost: {r['lost_by']} {r['missed_log']}"
         if "missing" in r:
             out += f"\n    missing: {r['missing']}"
         for warning in r.get("late_drain", []):

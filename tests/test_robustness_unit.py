@@ -466,11 +466,12 @@ def test_recursion_misses_summed_from_fdinfo(tmp_path: Path) -> None:
     gone counts nothing."""
     from types import SimpleNamespace
 
-    from agent._bpf_abi import recursion_misses
+    from agent._bpf_abi import recursion_misses, recursion_misses_by_program
 
     (tmp_path / "7").write_text("pos:\t0\nprog_type:\t5\nprog_id:\t22148\nrun_cnt:\t9\nrecursion_misses:\t3\n")
     (tmp_path / "8").write_text("pos:\t0\nprog_type:\t5\nrecursion_misses:\t1\n")
     (tmp_path / "9").write_text("pos:\t0\nprog_type:\t5\n")
-    bpf = SimpleNamespace(funcs={n: SimpleNamespace(fd=fd) for n, fd in (("a", 7), ("b", 8), ("c", 9), ("d", 10))})
+    bpf = SimpleNamespace(funcs={n: SimpleNamespace(fd=fd) for n, fd in ((b"a", 7), (b"b", 8), (b"c", 9), (b"d", 10))})
     assert recursion_misses(bpf, tmp_path) == 4
+    assert recursion_misses_by_program(bpf, tmp_path) == {"a": 3, "b": 1}
     assert recursion_misses(SimpleNamespace(), tmp_path) == 0
