@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import os
 import random
 import time
 from collections import Counter
@@ -119,8 +120,10 @@ class TcpSource:
         self._ring_late_logged = -60.0
         self._drained = False  # the first drain comes after every other source has opened
         self._check_fd: int | None = None  # check_conn, loaded to be run on demand
+        self._twin_links: list[int] = []  # on_*_nested attached beside their programs (bcc attaches one per tracepoint)
         self._open_before: dict[int, tuple[int, int, int]] = {}  # sk -> identity, at the last snapshot
         self._missed: dict[str, int] = {}  # events the kernel skipped, per program, as last read
+        self._missed_total = 0  # of which no twin took: lost
         self._errors = SourceErrors(self.name, log)
 
     def open(self) -> None:
@@ -149,12 +152,34 @@ class TcpSource:
             self._check_fd = self._bpf.load_func(b"check_conn", BPF.RAW_TRACEPOINT).fd
         except Exception as e:  # bcc raises a bare Exception; the lifecycles work without it
             log.warning("open connections will not be checked against the kernel's sockets: %s", e)
+        self._attach_twins(BPF)
         self._seed_listeners()
         # Read in bulk straight from the ring's mmap (no callback per record): agent/ringbuf.py.
         self._ring = FixedRingReader(self._bpf["events"].map_fd, self.config.ringbuf_pages * mmap.PAGESIZE, DTYPE)
         self._rescue = FixedRingReader(self._bpf["events_rescue"].map_fd,
                                        self.config.rescue_ringbuf_pages * mmap.PAGESIZE, DTYPE)
         self._last_drain = time.monotonic()  # recording from here: the sources opened after us take time too
+
+    def _attach_twins(self, bpf_cls: Any) -> None:
+        """Attach each on_*_nested program beside its tracepoint's own (bpf/tcp_lifecycle.c: they take
+        the events the kernel skips for a program mid-run on that CPU)."""
+        from bcc import lib
+
+        twins = [(b"on_state_nested", b"inet_sock_set_state")]
+        if self.drop_names:
+            twins.append((b"on_drop_nested", b"kfree_skb"))
+        for fn, tp in twins:
+            try:
+                fd = lib.bpf_attach_raw_tracepoint(self._bpf.load_func(fn, bpf_cls.RAW_TRACEPOINT).fd, tp)
+            except Exception as e:  # bcc raises a bare Exception
+                fd, err = -1, str(e)
+            else:
+                err = "attach refused"
+            if fd < 0:
+                log.warning("%s not attached (%s): its events the kernel skips stay skipped (counted)",
+                            fn.decode(), err)
+                continue
+            self._twin_links.append(fd)
 
     def _seed_listeners(self) -> None:
         listeners = self._bpf["listeners"]
@@ -382,7 +407,8 @@ class TcpSource:
             "source_errors:tcp:kernel_map_refused": per_slot[ev.STAT_MAP_REFUSED],
             # events the kernel skipped, a program already running on that CPU (a state change, a
             # socket's end, a drop): their connections may be recorded wrong, or not at all
-            "source_errors:tcp:kernel_events_missed": self._events_missed(),
+            "source_errors:tcp:kernel_events_missed": self._events_missed(per_slot[ev.STAT_NESTED_HANDLED]),
+            "source_errors:tcp:kernel_events_nested": per_slot[ev.STAT_NESTED_HANDLED],
             # connections whose end the kernel skipped, found gone later and sent (close_unseen)
             "source_errors:tcp:close_unseen": per_slot[ev.STAT_CLOSE_UNSEEN],
             "decoded": self.decoded,
@@ -390,16 +416,18 @@ class TcpSource:
         }
         return {**self._last_counters, **self._errors.counters(), **drops}
 
-    def _events_missed(self) -> int:
-        """Events the kernel skipped, summed over the programs; which programs, logged as they grow."""
-        now = recursion_misses_by_program(self._bpf)
-        grew = {name: n - self._missed.get(name, 0) for name, n in now.items() if n > self._missed.get(name, 0)}
-        if grew:
-            log.warning("the kernel skipped %s of the tcp source's events (a program already running on that "
-                        "CPU); their connections may be recorded without that step", ", ".join(
-                            f"{n} {name.removeprefix('raw_tracepoint__')}" for name, n in sorted(grew.items())))
-            self._missed = now
-        return sum(now.values())
+    def _events_missed(self, handled: int) -> int:
+        """Events the kernel skipped, summed over the programs, less those their twins handled (a twin
+        skipped itself is no event lost: its program took that event); logged, by program, as it grows."""
+        now = {k: n for k, n in recursion_misses_by_program(self._bpf).items() if not k.endswith("_nested")}
+        missed = max(sum(now.values()) - handled, 0)
+        if missed > self._missed_total:
+            grew = {k: n - self._missed.get(k, 0) for k, n in now.items() if n > self._missed.get(k, 0)}
+            log.warning("the kernel skipped %d more of the tcp source's events (%s; a program already running on "
+                        "that CPU): their connections may be recorded without that step", missed - self._missed_total,
+                        ", ".join(f"{name.removeprefix('raw_tracepoint__')} {n}" for name, n in sorted(grew.items())))
+        self._missed, self._missed_total = now, missed
+        return missed
 
     def close(self) -> None:
         if self._bpf is not None:
@@ -410,5 +438,8 @@ class TcpSource:
                 if ring is not None:
                     ring.close()
             self._ring = self._rescue = None
+            for fd in self._twin_links:
+                os.close(fd)
+            self._twin_links = []
             self._bpf.cleanup()
             self._bpf = None

@@ -356,6 +356,11 @@ int uprobe_grpc_newstream_ret(struct pt_regs *ctx)
 		return 0;
 	}
 	struct grpc_link_event *r = tls_events.ringbuf_reserve(sizeof(struct grpc_link_event));
+	if (!r) { // refused (seen with room to spare, 6.18): once more before it is a loss
+		r = tls_events.ringbuf_reserve(sizeof(struct grpc_link_event));
+		if (r)
+			count(BS_TLS_STAT_RINGBUF_RETRIED);
+	}
 	if (!r) {
 		count(BS_TLS_STAT_LOST_RINGBUF);
 		return 0;
@@ -382,6 +387,11 @@ int uprobe_grpc_newstream_ret(struct pt_regs *ctx)
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
 	struct tls_proc_event *r = tls_procs.ringbuf_reserve(sizeof(struct tls_proc_event));
+	if (!r) { // refused (seen with room to spare, 6.18): once more before it is a loss
+		r = tls_procs.ringbuf_reserve(sizeof(struct tls_proc_event));
+		if (r)
+			count(BS_TLS_STAT_RINGBUF_RETRIED);
+	}
 	if (!r) {
 		count(BS_TLS_STAT_LOST_RINGBUF);
 		return 0;

@@ -40,7 +40,7 @@
 #define BS_TLS_STAT_GRPC_INBOUND 7 /* handleStream entries: an inbound gRPC stream's handler goroutine */
 #define BS_TLS_STAT_GRPC_NO_HANDLER 8 /* outbound gRPC streams opened on a goroutine no handleStream began */
 #define BS_TLS_STAT_GRPC_LINKS 9 /* link records submitted */
-#define BS_TLS_STAT_RINGBUF_RETRIED 10 /* an output refused once, made by the second try */
+#define BS_TLS_STAT_RINGBUF_RETRIED 10 /* an output or reservation refused once, made by the second try */
 #define BS_TLS_STAT_N 11
 
 struct tls_event {

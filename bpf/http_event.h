@@ -44,7 +44,7 @@
 #define BS_HTTP_STAT_UPROBE_HITS 3  /* Go uprobe hits */
 #define BS_HTTP_STAT_AUX_MAP_FULL 4 /* syscall-in-flight or Go client mark table full: an exchange may be missed */
 #define BS_HTTP_STAT_PIDS_FULL 5    /* traced-process table full at exec: a process is traced late or not at all */
-#define BS_HTTP_STAT_RINGBUF_RETRIED 6 /* an output refused once, made by the second try */
+#define BS_HTTP_STAT_RINGBUF_RETRIED 6 /* an output or reservation refused once, made by the second try */
 #define BS_HTTP_STAT_N 7
 
 struct http_event {

@@ -375,6 +375,11 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 		pids.delete(&tgid); // a traced process that exec'd another program: the old offsets are wrong
 	}
 	struct http_proc *r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
+	if (!r) { // refused (seen with room to spare, 6.18): once more before it is a loss
+		r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
+		if (r)
+			count(BS_HTTP_STAT_RINGBUF_RETRIED);
+	}
 	if (!r) {
 		count(BS_HTTP_STAT_LOST_RINGBUF);
 		return 0;
@@ -404,6 +409,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	if ((__u32)id != tgid)
 		return 0; // a thread: only the group leader's exit ends the process
 	struct http_proc *r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
+	if (!r) { // refused (seen with room to spare, 6.18): once more before it is a loss
+		r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
+		if (r)
+			count(BS_HTTP_STAT_RINGBUF_RETRIED);
+	}
 	if (!r) {
 		count(BS_HTTP_STAT_LOST_RINGBUF);
 		return 0;

@@ -69,7 +69,12 @@ struct owner {
 BPF_HASH(conns, __u64, struct tcp_event, BS_MAX_CONNS); // sk -> the connection's record so far
 BPF_HASH(listeners, __u16, struct owner, 4096);         // local port -> owner of the listening socket
 BPF_PERCPU_ARRAY(stats, __u64, BS_STAT_N);
-BPF_PERCPU_ARRAY(scratch, struct tcp_event, 1); // a zeroed record, too big for the 512-byte stack
+// A zeroed record, too big for the 512-byte stack: one per nesting level (see on_state_nested).
+BPF_PERCPU_ARRAY(scratch, struct tcp_event, 2);
+// Bits of the programs that are mid-run on this CPU (BS_RUN_*): what on_*_nested look at.
+BPF_PERCPU_ARRAY(running, __u32, 1);
+#define BS_RUN_STATE 1
+#define BS_RUN_DROP 2
 BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES);
 // Where a record goes when `events` refuses it: a ring with a lock of its own (see emit_and_delete).
 BPF_RINGBUF_OUTPUT(events_rescue, BS_RESCUE_RINGBUF_PAGES);
@@ -77,8 +82,8 @@ BPF_RINGBUF_OUTPUT(events_rescue, BS_RESCUE_RINGBUF_PAGES);
 static __always_inline void count(int slot)
 {
 	__u64 *v = stats.lookup(&slot);
-	if (v)
-		(*v)++;
+	if (v) // this CPU's slot, yet atomic: a nested program (on_*_nested) can interrupt the increment
+		__sync_fetch_and_add(v, 1);
 }
 
 // A field of the kernel object at `base`, `off` bytes in (a BTF offset); 0 if it cannot be read.
@@ -160,15 +165,14 @@ static __always_inline void emit_and_delete(__u64 sk, struct tcp_event *c)
 }
 
 // A new record for `sk` in the map; NULL (and counted) if the map is full.
-static __always_inline struct tcp_event *new_conn(__u64 sk, __u8 role, __u32 flags)
+static __always_inline struct tcp_event *new_conn(__u64 sk, __u8 role, __u32 flags, int level)
 {
 	// The socket connects again after a failed attempt (that attempt was a connection too), or a
 	// destroyed socket's address is reused while its entry stayed (its delete was refused).
 	struct tcp_event *prev = conns.lookup(&sk);
 	if (prev)
 		emit_and_delete(sk, prev);
-	int zero = 0;
-	struct tcp_event *tmpl = scratch.lookup(&zero);
+	struct tcp_event *tmpl = scratch.lookup(&level);
 	if (!tmpl)
 		return 0;
 	__builtin_memset(tmpl, 0, sizeof(*tmpl));
@@ -188,9 +192,22 @@ static __always_inline struct tcp_event *new_conn(__u64 sk, __u8 role, __u32 fla
 	return conns.lookup(&sk);
 }
 
+// The kernel skips a raw tracepoint's program while that program is running on the same CPU: a
+// softirq changing a socket's state (an ACK, a FIN) that interrupts inet_sock_set_state's program
+// mid-run in process context (connect, close) would be lost. A second program attached to the same
+// tracepoint (by agent/tcp_source.py) runs for every event and acts only when it finds the first
+// one mid-run on its CPU, which is exactly when the kernel skipped that one: then it handles the
+// event itself. `running` says who is mid-run; each level has its own scratch record. The same for
+// packet drops. (Preemption is off in tracepoints: only an interrupt can come between.)
+static __always_inline __u32 *running_bits(void)
+{
+	int zero = 0;
+	return running.lookup(&zero);
+}
+
 // Raw arguments: (struct sock *sk, int oldstate, int newstate). The fields the classic tracepoint
 // would have copied out (protocol, ports, family, addresses) are read from the socket, as it does.
-RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+static __always_inline int on_state(struct bpf_raw_tracepoint_args *ctx, int level)
 {
 	const char *k = (const char *)ctx->args[0];
 	int os = (int)ctx->args[1], ns = (int)ctx->args[2];
@@ -207,7 +224,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 		return 0;
 	}
 	if (ns == S_SYN_RECV) { // child cloned from the listener (LISTEN->SYN_RECV) in softirq
-		struct tcp_event *c = new_conn(sk, BS_ROLE_SERVER, 0);
+		struct tcp_event *c = new_conn(sk, BS_ROLE_SERVER, 0, level);
 		struct owner *o = listeners.lookup(&port);
 		if (c && o) { // current is not the owner here: take the listener's until a syscall says better
 			c->pid = o->pid;
@@ -221,7 +238,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 		return 0;
 	}
 	if (ns == S_SYN_SENT) { // connect(): process context
-		struct tcp_event *c = new_conn(sk, BS_ROLE_CLIENT, 0);
+		struct tcp_event *c = new_conn(sk, BS_ROLE_CLIENT, 0, level);
 		if (c)
 			set_owner_from_current(c);
 		return 0;
@@ -229,7 +246,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 
 	struct tcp_event *c = conns.lookup(&sk);
 	if (!c) // first seen mid-life: the connection predates the agent
-		c = new_conn(sk, BS_ROLE_UNKNOWN, BS_F_PREEXISTING);
+		c = new_conn(sk, BS_ROLE_UNKNOWN, BS_F_PREEXISTING, level);
 	if (!c)
 		return 0;
 	if (ns == S_ESTABLISHED || ns == S_CLOSE || (c->flags & BS_F_PREEXISTING && !c->family)) {
@@ -276,6 +293,28 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 		bpf_probe_read_kernel(&c->sk_err, sizeof(c->sk_err), k + BS_OFF_SK_ERR);
 	}
 	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+	__u32 *run = running_bits();
+	if (run)
+		*run |= BS_RUN_STATE;
+	on_state(ctx, 0);
+	if (run)
+		*run &= ~BS_RUN_STATE;
+	return 0;
+}
+
+// Attached to inet_sock_set_state beside the program above (agent/tcp_source.py).
+int on_state_nested(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 *run = running_bits();
+	if (!run || !(*run & BS_RUN_STATE))
+		return 0; // the program above runs for this event
+	count(BS_STAT_NESTED_HANDLED);
+	on_state(ctx, 1);
+	return 1; // (what BPF_PROG_TEST_RUN reports: tests/test_tcp_lifecycle.py)
 }
 
 // Raw tracepoints: argument 0 is the socket on every kernel version, and no generated args struct
@@ -348,7 +387,7 @@ BPF_PERCPU_HASH(drops, struct drop_key, struct drop_count, BS_MAX_DROP_KEYS);
 // Every packet the kernel frees with a reason. Counted in maps only: a drop storm costs a hash
 // update per packet, never a ring-buffer record or a wake-up of the agent.
 // Raw arguments: (struct sk_buff *skb, void *location, enum skb_drop_reason reason[, struct sock *rx_sk]).
-RAW_TRACEPOINT_PROBE(kfree_skb)
+static __always_inline int on_drop(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 reason = (__u32)ctx->args[2];
 	if (reason < BS_DROP_FIRST) // SKB_NOT_DROPPED_YET, SKB_CONSUMED: freed, not dropped
@@ -397,9 +436,32 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 		count(BS_STAT_DROP_KEYS_FULL);
 		return 0;
 	}
-	v->drops++; // this CPU's slot: no atomics needed
-	v->conn_drops += attributed;
+	// This CPU's slot, yet atomic: a nested drop (on_drop_nested) can interrupt the increment.
+	__sync_fetch_and_add(&v->drops, 1);
+	__sync_fetch_and_add(&v->conn_drops, attributed);
 	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(kfree_skb)
+{
+	__u32 *run = running_bits();
+	if (run)
+		*run |= BS_RUN_DROP;
+	on_drop(ctx);
+	if (run)
+		*run &= ~BS_RUN_DROP;
+	return 0;
+}
+
+// Attached to kfree_skb beside the program above (agent/tcp_source.py).
+int on_drop_nested(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 *run = running_bits();
+	if (!run || !(*run & BS_RUN_DROP))
+		return 0;
+	count(BS_STAT_NESTED_HANDLED);
+	on_drop(ctx);
+	return 1;
 }
 #endif
 

@@ -396,3 +396,57 @@ def test_an_entry_left_open_after_its_socket_is_gone_is_sent_once_as_close_unsee
     finally:
         listener.close()
         src.close()
+
+
+def test_an_event_the_kernel_skips_for_a_program_mid_run_is_taken_by_its_twin() -> None:
+    """The kernel skips inet_sock_set_state's program when a softirq's state change interrupts it mid-run
+    on the same CPU. Its twin (on_state_nested, attached to the same tracepoint) runs for every event and
+    takes one only when it finds the program mid-run on its CPU, exactly when the kernel skipped it. The
+    interruption cannot be caused on demand: here the twin is run by hand (BPF_PROG_TEST_RUN) on one CPU
+    with a live connection's close as its event, once with the program marked mid-run there (it takes
+    the close: the entry is closed, counted as nested, not as missed) and once without (nothing)."""
+    import os
+
+    from bcc import BPF
+
+    from agent import _tcp_event as tev
+    from agent._bpf_abi import run_raw_tracepoint
+    from agent.config import TcpSourceConfig
+    from agent.tcp_source import TcpSource
+
+    src = TcpSource(TcpSourceConfig(), lambda kind, t: None, host="h")
+    src.open()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        assert len(src._twin_links) == 2  # state changes, and drops (this kernel names drop reasons)
+        client = socket.create_connection(("127.0.0.1", port))
+        server, _ = listener.accept()
+        conns, running = src._bpf["conns"], src._bpf["running"]
+        sk = next(k.value for k, v in src._walk(conns) if v.role == tev.ROLE_CLIENT and v.dport == port)
+        twin = src._bpf.load_func(b"on_state_nested", BPF.RAW_TRACEPOINT).fd  # loaded already: the same one
+        ESTABLISHED, CLOSE, ncpu = 1, 7, len(running[running.Key(0)])
+        cpu = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(cpu)})
+        try:
+            assert run_raw_tracepoint(twin, [sk, ESTABLISHED, CLOSE]) == 0  # the program is not mid-run
+            assert not conns[conns.Key(sk)].flags & tev.F_CLOSED
+            for _ in range(20):  # the program itself clears the bit when it runs on that CPU meanwhile
+                running[running.Key(0)] = running.Leaf(*([1] * ncpu))  # BS_RUN_STATE on every CPU
+                if run_raw_tracepoint(twin, [sk, ESTABLISHED, CLOSE]) == 1:
+                    break
+            else:
+                pytest.fail("the twin never found the program marked mid-run")
+        finally:
+            running[running.Key(0)] = running.Leaf()
+            os.sched_setaffinity(0, cpu)
+        entry = conns[conns.Key(sk)]
+        assert entry.flags & tev.F_CLOSED and entry.old_state == ESTABLISHED and entry.end_ns > 0
+        counters = src.counters()
+        assert counters["source_errors:tcp:kernel_events_nested"] == 1
+        assert counters["source_errors:tcp:kernel_events_missed"] == 0  # the kernel skipped nothing here
+        client.close()
+        server.close()
+    finally:
+        listener.close()
+        src.close()
