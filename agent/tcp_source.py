@@ -54,7 +54,7 @@ KERNEL_FIELDS = {
     # check_conn compares: is the socket at an entry's address still that connection?
     "BS_OFF_SK_PROTOCOL": FieldRef("sock", "sk_protocol"),
     "BS_OFF_INET_SPORT": FieldRef("inet_sock", "inet_sport"),
-    "BS_OFF_INET_SADDR": FieldRef("inet_sock", "inet_saddr"),
+    "BS_OFF_SKC_RCV_SADDR": FieldRef("sock_common", "skc_rcv_saddr"),
     "BS_OFF_SKC_V6_RCV_SADDR": FieldRef("sock_common", "skc_v6_rcv_saddr"),
     "BS_OFF_SKC_STATE": FieldRef("sock_common", "skc_state"),
     "BS_OFF_SKC_FAMILY": FieldRef("sock_common", "skc_family"),
