@@ -165,7 +165,7 @@ class TcpSource:
         the events the kernel skips for a program mid-run on that CPU)."""
         from bcc import lib
 
-        twins = [(b"on_state_nested", b"inet_sock_set_state")]
+        twins = [(b"on_state_nested", b"inet_sock_set_state"), (b"on_destroy_nested", b"tcp_destroy_sock")]
         if self.drop_names:
             twins.append((b"on_drop_nested", b"kfree_skb"))
         for fn, tp in twins:

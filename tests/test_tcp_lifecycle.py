@@ -419,7 +419,7 @@ def test_an_event_the_kernel_skips_for_a_program_mid_run_is_taken_by_its_twin() 
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     try:
-        assert len(src._twin_links) == 2  # state changes, and drops (this kernel names drop reasons)
+        assert len(src._twin_links) == 3  # state changes, ends, and drops (this kernel names drop reasons)
         client = socket.create_connection(("127.0.0.1", port))
         server, _ = listener.accept()
         conns, running = src._bpf["conns"], src._bpf["running"]
