@@ -208,10 +208,31 @@ static __always_inline struct tcp_event *new_conn(__u64 sk, __u8 role, __u32 fla
 // one mid-run on its CPU, which is exactly when the kernel skipped that one: then it handles the
 // event itself. `running` says who is mid-run; each level has its own scratch record. The same for
 // sockets' ends and packet drops. (Preemption is off in tracepoints: only an interrupt comes between.)
-static __always_inline __u32 *running_bits(void)
+static __always_inline __u32 *mark_running(__u32 bit)
 {
 	int zero = 0;
-	return running.lookup(&zero);
+	__u32 *run = running.lookup(&zero);
+	if (run)
+		*run |= bit;
+	return run;
+}
+
+static __always_inline void unmark_running(__u32 *run, __u32 bit)
+{
+	if (run)
+		*run &= ~bit;
+}
+
+// In a twin: is the program of `bit` mid-run on this CPU, so that the kernel skipped it for this
+// event? Counted when so.
+static __always_inline int skipped_for(__u32 bit)
+{
+	int zero = 0;
+	__u32 *run = running.lookup(&zero);
+	if (!run || !(*run & bit))
+		return 0;
+	count(BS_STAT_NESTED_HANDLED);
+	return 1;
 }
 
 // Raw arguments: (struct sock *sk, int oldstate, int newstate). The fields the classic tracepoint
@@ -311,22 +332,17 @@ static __always_inline int on_state(struct bpf_raw_tracepoint_args *ctx, int lev
 
 RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
-	__u32 *run = running_bits();
-	if (run)
-		*run |= BS_RUN_STATE;
+	__u32 *run = mark_running(BS_RUN_STATE);
 	on_state(ctx, 0);
-	if (run)
-		*run &= ~BS_RUN_STATE;
+	unmark_running(run, BS_RUN_STATE);
 	return 0;
 }
 
 // Attached to inet_sock_set_state beside the program above (agent/tcp_source.py).
 int on_state_nested(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 *run = running_bits();
-	if (!run || !(*run & BS_RUN_STATE))
+	if (!skipped_for(BS_RUN_STATE))
 		return 0; // the program above runs for this event
-	count(BS_STAT_NESTED_HANDLED);
 	on_state(ctx, 1);
 	return 1; // (what BPF_PROG_TEST_RUN reports: tests/test_tcp_lifecycle.py)
 }
@@ -363,24 +379,19 @@ static __always_inline void on_destroy(__u64 sk)
 // and a softirq's end of another socket can interrupt it: a twin, as for state changes.
 RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
 {
-	__u32 *run = running_bits();
-	if (run)
-		*run |= BS_RUN_DESTROY;
+	__u32 *run = mark_running(BS_RUN_DESTROY);
 	on_destroy(ctx->args[0]);
-	if (run)
-		*run &= ~BS_RUN_DESTROY;
+	unmark_running(run, BS_RUN_DESTROY);
 	return 0;
 }
 
 // Attached to tcp_destroy_sock beside the program above (agent/tcp_source.py).
 int on_destroy_nested(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 *run = running_bits();
-	if (!run || !(*run & BS_RUN_DESTROY))
-		return 0;
-	count(BS_STAT_NESTED_HANDLED);
+	if (!skipped_for(BS_RUN_DESTROY))
+		return 0; // the program above runs for this event
 	on_destroy(ctx->args[0]);
-	return 1;
+	return 1; // (what BPF_PROG_TEST_RUN reports: tests/test_tcp_lifecycle.py)
 }
 
 #ifdef BS_HAVE_SOCK_LENGTH
@@ -480,24 +491,19 @@ static __always_inline int on_drop(struct bpf_raw_tracepoint_args *ctx)
 
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
-	__u32 *run = running_bits();
-	if (run)
-		*run |= BS_RUN_DROP;
+	__u32 *run = mark_running(BS_RUN_DROP);
 	on_drop(ctx);
-	if (run)
-		*run &= ~BS_RUN_DROP;
+	unmark_running(run, BS_RUN_DROP);
 	return 0;
 }
 
 // Attached to kfree_skb beside the program above (agent/tcp_source.py).
 int on_drop_nested(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 *run = running_bits();
-	if (!run || !(*run & BS_RUN_DROP))
-		return 0;
-	count(BS_STAT_NESTED_HANDLED);
+	if (!skipped_for(BS_RUN_DROP))
+		return 0; // the program above runs for this event
 	on_drop(ctx);
-	return 1;
+	return 1; // (what BPF_PROG_TEST_RUN reports: tests/test_tcp_lifecycle.py)
 }
 #endif
 

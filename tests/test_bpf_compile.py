@@ -23,14 +23,18 @@ def test_program_loads(use_btf: bool) -> None:
         assert len(cflags) == 5 + len(KERNEL_FIELDS)
     b = BPF(src_file=str(ev.BPF_DIR / "tcp_lifecycle.c").encode(), cflags=cflags)
     try:
-        assert b.num_open_tracepoints() >= 3  # bcc attached the TRACEPOINT_PROBEs
+        # bcc attached every RAW_TRACEPOINT_PROBE (the twins are attached by agent/tcp_source.py), and no
+        # classic tracepoint: the kernel would skip those whenever another probe program runs on the CPU
+        assert sorted(b.raw_tracepoint_fds) == [b"inet_sock_set_state", b"sock_recv_length", b"sock_send_length",
+                                                b"tcp_destroy_sock", b"tcp_receive_reset", b"tcp_send_reset"]
+        assert b.num_open_tracepoints() == 0
     finally:
         b.cleanup()
 
 
 def test_btf_offsets_are_inside_their_structs() -> None:
-    for ref in KERNEL_FIELDS.values():
-        assert 0 < offset_of(ref) < struct_size(ref.struct)
+    for ref in KERNEL_FIELDS.values():  # (skc_daddr is the first field of struct sock_common)
+        assert 0 <= offset_of(ref) < struct_size(ref.struct)
     # Named in the field notes for this machine's kernel; a different kernel may differ.
     assert offset_of(FieldRef("tcp_sock", "srtt_us")) % 4 == 0
 
