@@ -99,6 +99,13 @@ static __always_inline int is_tcp(const char *sk)
 	return KREAD(__u16, sk, BS_OFF_SK_PROTOCOL) == IPPROTO_TCP;
 }
 
+// Host order, from inet_sport as the classic tracepoint takes it: at TCP_CLOSE the kernel has released
+// the port (skc_num is 0 by then), inet_sport stays. A child's is its listener's from the clone on.
+static __always_inline __u16 local_port(const char *sk)
+{
+	return ntohs(KREAD(__be16, sk, BS_OFF_INET_SPORT));
+}
+
 // The head of struct sock_common holds the IPv4 peer and local address, the ports, the family and the
 // state: what the classic tracepoint's record carried, in one probe read instead of one per field.
 #define BS_HEAD_LEN 24
@@ -241,52 +248,50 @@ static __always_inline int on_state(struct bpf_raw_tracepoint_args *ctx, int lev
 {
 	const char *k = (const char *)ctx->args[0];
 	int os = (int)ctx->args[1], ns = (int)ctx->args[2];
-	if (!is_tcp(k))
-		return 0;
 	__u64 sk = (__u64)k;
-	// The local port from inet_sport, as the classic tracepoint takes it: at TCP_CLOSE the kernel has
-	// released the port (skc_num is 0 by then), inet_sport stays. A child's is its listener's.
-	__u16 port = ntohs(KREAD(__be16, k, BS_OFF_INET_SPORT));
 
-	if (ns == S_LISTEN) { // listen(): process context, so current is the owner
-		struct owner o = {.pid = bpf_get_current_pid_tgid() >> 32};
-		bpf_get_current_comm(&o.comm, sizeof(o.comm));
-		if (listeners.update(&port, &o))
-			count(BS_STAT_LISTENERS_FULL);
-		return 0;
-	}
-	if (ns == S_SYN_RECV) { // child cloned from the listener (LISTEN->SYN_RECV) in softirq
-		struct tcp_event *c = new_conn(sk, BS_ROLE_SERVER, 0, level);
-		struct owner *o = listeners.lookup(&port);
-		if (c && o) { // current is not the owner here: take the listener's until a syscall says better
-			c->pid = o->pid;
-			__builtin_memcpy(c->comm, o->comm, BS_COMM_LEN);
-			c->flags |= BS_F_OWNER_LISTENER;
+	if (ns == S_LISTEN || ns == S_SYN_RECV || os == S_LISTEN || ns == S_SYN_SENT) {
+		if (!is_tcp(k))
+			return 0;
+		__u16 port = local_port(k);
+		if (ns == S_LISTEN) { // listen(): process context, so current is the owner
+			struct owner o = {.pid = bpf_get_current_pid_tgid() >> 32};
+			bpf_get_current_comm(&o.comm, sizeof(o.comm));
+			if (listeners.update(&port, &o))
+				count(BS_STAT_LISTENERS_FULL);
+		} else if (ns == S_SYN_RECV) { // child cloned from the listener (LISTEN->SYN_RECV) in softirq
+			struct tcp_event *c = new_conn(sk, BS_ROLE_SERVER, 0, level);
+			struct owner *o = listeners.lookup(&port);
+			if (c && o) { // current is not the owner here: the listener's, until a syscall says better
+				c->pid = o->pid;
+				__builtin_memcpy(c->comm, o->comm, BS_COMM_LEN);
+				c->flags |= BS_F_OWNER_LISTENER;
+			}
+		} else if (os == S_LISTEN) { // listener closed; it was never a connection
+			listeners.delete(&port);
+		} else { // SYN_SENT: connect(), process context
+			struct tcp_event *c = new_conn(sk, BS_ROLE_CLIENT, 0, level);
+			if (c)
+				set_owner_from_current(c);
 		}
 		return 0;
 	}
-	if (os == S_LISTEN) { // listener closed; it was never a connection
-		listeners.delete(&port);
-		return 0;
-	}
-	if (ns == S_SYN_SENT) { // connect(): process context
-		struct tcp_event *c = new_conn(sk, BS_ROLE_CLIENT, 0, level);
-		if (c)
-			set_owner_from_current(c);
-		return 0;
-	}
 
+	// Every other change: only TCP sockets get an entry, so one found needs no protocol check.
 	struct tcp_event *c = conns.lookup(&sk);
-	if (!c) // first seen mid-life: the connection predates the agent
-		c = new_conn(sk, BS_ROLE_UNKNOWN, BS_F_PREEXISTING, level);
-	if (!c)
-		return 0;
+	if (!c) {
+		if (!is_tcp(k))
+			return 0;
+		c = new_conn(sk, BS_ROLE_UNKNOWN, BS_F_PREEXISTING, level); // first seen mid-life: older than us
+		if (!c)
+			return 0;
+	}
 	if (ns == S_ESTABLISHED || ns == S_CLOSE || (c->flags & BS_F_PREEXISTING && !c->family)) {
 		// The local IPv4 address as sock_diag (ss) reports it: skc_rcv_saddr, equal to inet_saddr
 		// (what the classic tracepoint reads) once the socket is connected
 		__u64 head[BS_HEAD_LEN / 8] = {};
 		bpf_probe_read_kernel(head, sizeof(head), k);
-		c->sport = port;
+		c->sport = local_port(k);
 		c->dport = ntohs(HEAD(__be16, head, BS_OFF_SKC_DPORT));
 		c->family = HEAD(__u16, head, BS_OFF_SKC_FAMILY);
 		if (c->family == AF_INET) {
