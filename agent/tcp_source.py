@@ -152,7 +152,7 @@ class TcpSource:
             self._check_fd = self._bpf.load_func(b"check_conn", BPF.RAW_TRACEPOINT).fd
         except Exception as e:  # bcc raises a bare Exception; the lifecycles work without it
             log.warning("open connections will not be checked against the kernel's sockets: %s", e)
-        self._attach_twins(BPF)
+        self._attach_twins()
         self._seed_listeners()
         # Read in bulk straight from the ring's mmap (no callback per record): agent/ringbuf.py.
         self._ring = FixedRingReader(self._bpf["events"].map_fd, self.config.ringbuf_pages * mmap.PAGESIZE, DTYPE)
@@ -160,26 +160,24 @@ class TcpSource:
                                        self.config.rescue_ringbuf_pages * mmap.PAGESIZE, DTYPE)
         self._last_drain = time.monotonic()  # recording from here: the sources opened after us take time too
 
-    def _attach_twins(self, bpf_cls: Any) -> None:
+    def _attach_twins(self) -> None:
         """Attach each on_*_nested program beside its tracepoint's own (bpf/tcp_lifecycle.c: they take
         the events the kernel skips for a program mid-run on that CPU)."""
-        from bcc import lib
+        from bcc import BPF, lib
 
         twins = [(b"on_state_nested", b"inet_sock_set_state"), (b"on_destroy_nested", b"tcp_destroy_sock")]
         if self.drop_names:
             twins.append((b"on_drop_nested", b"kfree_skb"))
         for fn, tp in twins:
             try:
-                fd = lib.bpf_attach_raw_tracepoint(self._bpf.load_func(fn, bpf_cls.RAW_TRACEPOINT).fd, tp)
+                fd, why = lib.bpf_attach_raw_tracepoint(self._bpf.load_func(fn, BPF.RAW_TRACEPOINT).fd, tp), "refused"
             except Exception as e:  # bcc raises a bare Exception
-                fd, err = -1, str(e)
-            else:
-                err = "attach refused"
+                fd, why = -1, str(e)
             if fd < 0:
                 log.warning("%s not attached (%s): its events the kernel skips stay skipped (counted)",
-                            fn.decode(), err)
-                continue
-            self._twin_links.append(fd)
+                            fn.decode(), why)
+            else:
+                self._twin_links.append(fd)
 
     def _seed_listeners(self) -> None:
         listeners = self._bpf["listeners"]

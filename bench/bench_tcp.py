@@ -118,7 +118,6 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
                             if c["counter"] in LOST_COUNTERS and int(c["n"])}
             r["missed_log"] = [ln.split("WARNING", 1)[1].strip() for ln in agent.log().splitlines()
                                if "the kernel skipped" in ln]
-        r["whole"] = r["exact"]  # every connection stored, no loss counted: at once, or after the sweep
         if r["rows"] < want and r["lost"] == 0:
             # Rows missing and no loss counted: late (a socket its owner has not closed yet is emitted by
             # the 30 s sweep) or lost in silence, which would be a defect. Counted again past the sweep;
@@ -128,12 +127,13 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
                                                         timeout_s=40, p=port, t=t0)[0]["n"])
             # entries left open after their socket was gone, found by the snapshots' check and sent
             r["close_unseen"] = int(agent.rows(LOSS_SQL)[0]["unseen"])
-            r["whole"] = r["rows_after_sweep"] == want and r["lost"] == 0 and r["failed"] == 0
             if r["rows_after_sweep"] < want:  # where it went missing: which end, and the agent's own counts
                 r["missing"] = {
                     "by_role": agent.rows(ROLE_SQL, p=port, t=t0),
                     "open_now": agent.rows(OPEN_SQL, p=port)[0]["n"],
                     "counters": {c["counter"]: int(c["n"]) for c in agent.rows(COUNTERS_SQL)}}
+        # every connection stored with no loss counted: at once (exact), or after the sweep
+        r["whole"] = r.get("rows_after_sweep", r["rows"]) == want and r["lost"] == 0 and r["failed"] == 0
         # loop steps over 1 s (agent/pipeline.py SLOW_STEP_S): no ring was drained meanwhile; drains that
         # found the TCP ring half full (agent/tcp_source.py)
         r["slow"] = {s["counter"]: int(s["n"]) for s in agent.rows(SLOW_SQL)}

@@ -332,6 +332,26 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 	return 0;
 }
 
+// A process record reserved in `proc_events` with its kind, pid and time; NULL (counted lost) when the
+// ring refuses twice (refused with room to spare was seen on 6.18: the second try saves it then).
+static __always_inline struct http_proc *new_proc_event(__u32 kind, __u32 pid)
+{
+	struct http_proc *r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
+	if (!r) {
+		r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
+		if (r)
+			count(BS_HTTP_STAT_RINGBUF_RETRIED);
+	}
+	if (!r) {
+		count(BS_HTTP_STAT_LOST_RINGBUF);
+		return 0;
+	}
+	r->kind = kind;
+	r->pid = pid;
+	r->ts_ns = bpf_ktime_get_ns();
+	return r;
+}
+
 // Every exec. A Go executable user space has read before is traced here, from the exec on, with its
 // offsets; one not read yet is traced at once too (pending: its requests are captured, user space
 // reads the file and then fills the offsets or stops tracing it); one known not to be ours is not.
@@ -374,19 +394,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	} else {
 		pids.delete(&tgid); // a traced process that exec'd another program: the old offsets are wrong
 	}
-	struct http_proc *r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
-	if (!r) { // refused (seen with room to spare, 6.18): once more before it is a loss
-		r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
-		if (r)
-			count(BS_HTTP_STAT_RINGBUF_RETRIED);
-	}
-	if (!r) {
-		count(BS_HTTP_STAT_LOST_RINGBUF);
+	struct http_proc *r = new_proc_event(BS_HTTP_PROC_EXEC, tgid);
+	if (!r)
 		return 0;
-	}
-	r->kind = BS_HTTP_PROC_EXEC;
-	r->pid = tgid;
-	r->ts_ns = bpf_ktime_get_ns();
 	r->dev = key.dev;
 	r->ino = key.ino;
 	r->flags = flags;
@@ -408,19 +418,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		return 0;
 	if ((__u32)id != tgid)
 		return 0; // a thread: only the group leader's exit ends the process
-	struct http_proc *r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
-	if (!r) { // refused (seen with room to spare, 6.18): once more before it is a loss
-		r = proc_events.ringbuf_reserve(sizeof(struct http_proc));
-		if (r)
-			count(BS_HTTP_STAT_RINGBUF_RETRIED);
-	}
-	if (!r) {
-		count(BS_HTTP_STAT_LOST_RINGBUF);
+	struct http_proc *r = new_proc_event(BS_HTTP_PROC_EXIT, tgid);
+	if (!r)
 		return 0;
-	}
-	r->kind = BS_HTTP_PROC_EXIT;
-	r->pid = tgid;
-	r->ts_ns = bpf_ktime_get_ns();
 	r->dev = 0;
 	r->ino = 0;
 	r->flags = 0;
