@@ -8,6 +8,9 @@ Interleaved rounds (A B C D, A B C D, ...) of connection churn from the Go load 
   tcplife    bcc's tcplife-bpfcc (Debian bpfcc-tools), printing one line per connection to a file
   no-http    `blindspot run --no-http` (the TCP source alone)
   default    `blindspot run` as installed (the HTTP source traces the load tool: it is a Go program)
+  floor-kernel, floor-no-store (not in the default set): default's BPF programs with every record thrown
+             away unread, and default's whole pipeline into a sink that keeps nothing (bench/tracer_floor.py):
+             the ratio if user space, or the embedded engine, cost nothing
 Each round prints connections/s, the ratio to the same round's untraced rate, the tracer's CPU per
 1,000 connections (/proc/<pid>/stat over the load), and for blindspot whether every connection was
 stored exactly (2 rows: client and server) with no kernel loss. The summary gives the medians and the
@@ -22,9 +25,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -96,6 +101,25 @@ def tcplife(out: Path) -> Iterator[subprocess.Popen]:
         proc.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def floor(what: str, out: Path) -> Iterator[subprocess.Popen]:
+    """bench/tracer_floor.py, its programs attached before the load starts."""
+    env = {k: v for k, v in {**os.environ, **AGENT_ENV}.items() if v is not None}
+    with out.open("wb") as f:
+        proc = spawn([sys.executable, "-m", "bench.tracer_floor", what], stdout=f, stderr=subprocess.STDOUT,
+                     env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while b"ready" not in out.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tracer_floor did not start: {out.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent | None) -> dict:
     pid = pid_of()
     k0 = bpf_times(pid) if BPF_STATS else {}
@@ -154,6 +178,9 @@ def run_mode(mode: str, tool: str, port: int, seconds: float, tmp: Path, rnd: in
         return load(tool, port, seconds)
     if mode == "tcplife":
         with tcplife(tmp / f"tcplife{rnd}.txt") as proc:
+            return traced_round(tool, port, seconds, lambda: proc.pid, None)
+    if mode.startswith("floor-"):
+        with floor(mode.removeprefix("floor-"), tmp / f"{mode}{rnd}.txt") as proc:
             return traced_round(tool, port, seconds, lambda: proc.pid, None)
     name, _, age = mode.partition("@")  # "default@5": that mode with a batch age of 5 s
     env = {**AGENT_ENV, "BLINDSPOT_HTTP_ENABLED": "0" if name == "no-http" else "1"}
