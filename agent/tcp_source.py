@@ -161,8 +161,9 @@ class TcpSource:
         self._last_drain = time.monotonic()  # recording from here: the sources opened after us take time too
 
     def _attach_twins(self) -> None:
-        """Attach each on_*_nested program beside its tracepoint's own (bpf/tcp_lifecycle.c: they take
-        the events the kernel skips for a program mid-run on that CPU)."""
+        """Attach each on_*_nested program after its tracepoint's own, which bcc attached at load
+        (bpf/tcp_lifecycle.c: a twin takes the events its program did not finish, which it knows by
+        running after it: a tracepoint runs its programs in the order they were attached)."""
         from bcc import BPF, lib
 
         twins = [(b"on_state_nested", b"inet_sock_set_state"), (b"on_destroy_nested", b"tcp_destroy_sock")]

@@ -52,7 +52,8 @@ LOST_COUNTERS = ("lost_ringbuf", "lost_map_full", "source_errors:tcp:event", "so
 LOSS_SQL = f"""SELECT toUInt64(sumIf(value, counter IN {LOST_COUNTERS})) AS lost,
        toUInt64(sumIf(value, counter = 'lost_ringbuf')) AS ringbuf,
        toUInt64(sumIf(value, counter = 'source_errors:tcp:kernel_ringbuf_rescued')) AS rescued,
-       toUInt64(sumIf(value, counter = 'source_errors:tcp:close_unseen')) AS unseen
+       toUInt64(sumIf(value, counter = 'source_errors:tcp:close_unseen')) AS unseen,
+       toUInt64(sumIf(value, counter = 'source_errors:tcp:kernel_events_nested')) AS nested
 FROM blindspot.pipeline_counters"""
 SLOW_SQL = """SELECT counter, toUInt64(sum(value)) AS n FROM blindspot.pipeline_counters
 WHERE counter LIKE 'slow_loop_steps:%' OR counter LIKE 'ring_half_full:%'
@@ -136,6 +137,7 @@ def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent
         r["rows"], r["want_rows"] = int(rows), want
         loss = agent.rows(LOSS_SQL)[0]
         r["lost"], r["lost_ringbuf"], r["rescued"] = int(loss["lost"]), int(loss["ringbuf"]), int(loss["rescued"])
+        r["nested"] = int(loss["nested"])  # events the kernel skipped for a program, which its twin took
         r["exact"] = r["rows"] == want and r["lost"] == 0 and r["failed"] == 0
         if r["lost"]:  # which of the loss counters, and (in the agent's log) which kernel programs
             r["lost_by"] = {c["counter"]: int(c["n"]) for c in agent.rows(COUNTERS_SQL)
@@ -209,6 +211,8 @@ def line(rnd: int, mode: str, r: dict, base: float) -> str:
             out += f"  close_unseen: {r['close_unseen']}"
         if r.get("rescued"):  # records the main ring refused and the rescue ring took
             out += f"  rescued: {r['rescued']}"
+        if r.get("nested"):
+            out += f"  taken by twins: {r['nested']}"
         if r.get("slow"):
             out += "  " + " ".join(f"{k}={v}" for k, v in r["slow"].items())
         if "lost_by" in r:

@@ -37,7 +37,7 @@
 #define BS_STAT_RINGBUF_RESCUED 5 /* records the main ring refused and the rescue ring took: not lost */
 #define BS_STAT_MAP_REFUSED 6     /* a map update or delete refused although it could be made (6.15+ locks) */
 #define BS_STAT_CLOSE_UNSEEN 7    /* entries that looked open after their socket was gone, sent by check_conn */
-#define BS_STAT_NESTED_HANDLED 8  /* events the kernel skipped for a program mid-run on that CPU, handled by its *_nested twin */
+#define BS_STAT_NESTED_HANDLED 8  /* events the kernel skipped for a program (mid-run on that CPU), handled by its *_nested twin */
 #define BS_STAT_N 9
 
 /* check_conn's answers (its return value under BPF_PROG_TEST_RUN) */

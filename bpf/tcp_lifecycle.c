@@ -70,11 +70,22 @@ BPF_HASH(listeners, __u16, struct owner, 4096);         // local port -> owner o
 BPF_PERCPU_ARRAY(stats, __u64, BS_STAT_N);
 // A zeroed record, too big for the 512-byte stack: one per nesting level (see on_state_nested).
 BPF_PERCPU_ARRAY(scratch, struct tcp_event, 2);
-// Bits of the programs that are mid-run on this CPU (BS_RUN_*): what on_*_nested look at.
-BPF_PERCPU_ARRAY(running, __u32, 1);
-#define BS_RUN_STATE 1
-#define BS_RUN_DROP 2
-#define BS_RUN_DESTROY 4
+// The events each program finished on this CPU, for its twin to find (see finished / skipped_for).
+struct done_key {
+	__u64 obj;  // the socket or the packet
+	__u64 what; // BS_DONE_* of the tracepoint, and the event's other arguments
+};
+#define BS_DONE_SLOTS 8 // a power of two; more than events can nest on one CPU
+struct done_ring {
+	__u32 next;
+	__u32 _pad;
+	struct done_key slot[BS_DONE_SLOTS];
+};
+_Static_assert(sizeof(struct done_ring) == 8 + 16 * BS_DONE_SLOTS, "done_ring layout");
+BPF_PERCPU_ARRAY(done, struct done_ring, 1);
+#define BS_DONE_STATE 1
+#define BS_DONE_DESTROY 2
+#define BS_DONE_DROP 3
 BPF_RINGBUF_OUTPUT(events, BS_RINGBUF_PAGES);
 // Where a record goes when `events` refuses it: a ring with a lock of its own (see emit_and_delete).
 BPF_RINGBUF_OUTPUT(events_rescue, BS_RESCUE_RINGBUF_PAGES);
@@ -210,34 +221,43 @@ static __always_inline struct tcp_event *new_conn(__u64 sk, __u8 role, __u32 fla
 
 // The kernel skips a raw tracepoint's program while that program is running on the same CPU: a
 // softirq changing a socket's state (an ACK, a FIN) that interrupts inet_sock_set_state's program
-// mid-run in process context (connect, close) would be lost. A second program attached to the same
-// tracepoint (by agent/tcp_source.py) runs for every event and acts only when it finds the first
-// one mid-run on its CPU, which is exactly when the kernel skipped that one: then it handles the
-// event itself. `running` says who is mid-run; each level has its own scratch record. The same for
-// sockets' ends and packet drops. (Preemption is off in tracepoints: only an interrupt comes between.)
-static __always_inline __u32 *mark_running(__u32 bit)
+// mid-run in process context (connect, close) would be lost. A twin program attached to the same
+// tracepoint after it (agent/tcp_source.py; a tracepoint runs its programs in the order they were
+// attached) runs for every event and handles those its program did not finish: the program notes
+// each event it finished in a small per-CPU ring, and the twin, running next for the same event,
+// finds it there (and clears it) or else handles the event itself. This covers the instructions the
+// kernel runs around a program while it counts as mid-run, which a "mid-run" flag set by the program
+// itself cannot. Events nest (an interrupt runs to its end before the interrupted program goes on),
+// so a note waits at most for the events nested into it; a twin skipped in turn (interrupted mid-run)
+// leaves its program's note behind, overwritten later. The same for sockets' ends and packet drops.
+// (Preemption is off in tracepoints: only an interrupt comes between.)
+static __always_inline void finished(__u64 obj, __u64 what)
 {
 	int zero = 0;
-	__u32 *run = running.lookup(&zero);
-	if (run)
-		*run |= bit;
-	return run;
+	struct done_ring *d = done.lookup(&zero);
+	if (!d)
+		return;
+	// Not atomic: an event nested here writes and clears its own note before this goes on.
+	__u32 i = d->next++ & (BS_DONE_SLOTS - 1);
+	d->slot[i].obj = obj;
+	d->slot[i].what = what;
 }
 
-static __always_inline void unmark_running(__u32 *run, __u32 bit)
-{
-	if (run)
-		*run &= ~bit;
-}
-
-// In a twin: is the program of `bit` mid-run on this CPU, so that the kernel skipped it for this
-// event? Counted when so.
-static __always_inline int skipped_for(__u32 bit)
+// In a twin: did its program not finish this event (the kernel skipped it)? Counted when so.
+static __always_inline int skipped_for(__u64 obj, __u64 what)
 {
 	int zero = 0;
-	__u32 *run = running.lookup(&zero);
-	if (!run || !(*run & bit))
+	struct done_ring *d = done.lookup(&zero);
+	if (!d)
 		return 0;
+#pragma unroll
+	for (int i = 0; i < BS_DONE_SLOTS; i++) {
+		if (d->slot[i].obj == obj && d->slot[i].what == what) {
+			d->slot[i].obj = 0;
+			d->slot[i].what = 0;
+			return 0;
+		}
+	}
 	count(BS_STAT_NESTED_HANDLED);
 	return 1;
 }
@@ -335,19 +355,21 @@ static __always_inline int on_state(struct bpf_raw_tracepoint_args *ctx, int lev
 	return 0;
 }
 
+// The event as a done_key: the socket, and the change (old state, new state).
+#define STATE_DONE(ctx) (ctx)->args[0], BS_DONE_STATE | ((ctx)->args[1] & 0xff) << 8 | ((ctx)->args[2] & 0xff) << 16
+
 RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
-	__u32 *run = mark_running(BS_RUN_STATE);
 	on_state(ctx, 0);
-	unmark_running(run, BS_RUN_STATE);
+	finished(STATE_DONE(ctx));
 	return 0;
 }
 
-// Attached to inet_sock_set_state beside the program above (agent/tcp_source.py).
+// Attached to inet_sock_set_state after the program above (agent/tcp_source.py).
 int on_state_nested(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (!skipped_for(BS_RUN_STATE))
-		return 0; // the program above runs for this event
+	if (!skipped_for(STATE_DONE(ctx)))
+		return 0; // the program above finished this event
 	on_state(ctx, 1);
 	return 1; // (what BPF_PROG_TEST_RUN reports: tests/test_tcp_lifecycle.py)
 }
@@ -384,17 +406,16 @@ static __always_inline void on_destroy(__u64 sk)
 // and a softirq's end of another socket can interrupt it: a twin, as for state changes.
 RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
 {
-	__u32 *run = mark_running(BS_RUN_DESTROY);
 	on_destroy(ctx->args[0]);
-	unmark_running(run, BS_RUN_DESTROY);
+	finished(ctx->args[0], BS_DONE_DESTROY);
 	return 0;
 }
 
-// Attached to tcp_destroy_sock beside the program above (agent/tcp_source.py).
+// Attached to tcp_destroy_sock after the program above (agent/tcp_source.py).
 int on_destroy_nested(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (!skipped_for(BS_RUN_DESTROY))
-		return 0; // the program above runs for this event
+	if (!skipped_for(ctx->args[0], BS_DONE_DESTROY))
+		return 0; // the program above finished this event
 	on_destroy(ctx->args[0]);
 	return 1; // (what BPF_PROG_TEST_RUN reports: tests/test_tcp_lifecycle.py)
 }
@@ -494,19 +515,23 @@ static __always_inline int on_drop(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+// The event as a done_key: the packet, and the reason it is freed with.
+#define DROP_DONE(ctx) (ctx)->args[0], BS_DONE_DROP | ((ctx)->args[2] & 0xffffffff) << 8
+
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
-	__u32 *run = mark_running(BS_RUN_DROP);
+	if ((__u32)ctx->args[2] < BS_DROP_FIRST) // freed, not dropped: nothing to do, nothing to note
+		return 0;
 	on_drop(ctx);
-	unmark_running(run, BS_RUN_DROP);
+	finished(DROP_DONE(ctx));
 	return 0;
 }
 
-// Attached to kfree_skb beside the program above (agent/tcp_source.py).
+// Attached to kfree_skb after the program above (agent/tcp_source.py).
 int on_drop_nested(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (!skipped_for(BS_RUN_DROP))
-		return 0; // the program above runs for this event
+	if ((__u32)ctx->args[2] < BS_DROP_FIRST || !skipped_for(DROP_DONE(ctx)))
+		return 0; // the program above finished this event
 	on_drop(ctx);
 	return 1; // (what BPF_PROG_TEST_RUN reports: tests/test_tcp_lifecycle.py)
 }
