@@ -4,8 +4,10 @@ be if those parts cost nothing.
     .venv/bin/python -m bench.tracer_floor kernel|no-store
 
   kernel    the default configuration's BPF programs (TCP and HTTP sources, attached as `blindspot run`
-            attaches them), their rings read on the pipeline's timer, every record thrown away unread:
-            the floor under any user space that records what these programs record
+            attaches them), the TCP ring read on the pipeline's timer and every record thrown away
+            unread (the HTTP source runs as in `blindspot run`: bench_tcp's load carries no HTTP, so
+            it only notes the load tool's start): the floor under any user space that records what
+            these programs record
   no-store  the whole pipeline (decoding, batching, open-connection snapshots, counters) into a sink
             that throws each batch away: `blindspot run` without the embedded engine
 
