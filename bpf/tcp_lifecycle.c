@@ -520,8 +520,6 @@ static __always_inline int on_drop(struct bpf_raw_tracepoint_args *ctx)
 
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
-	if ((__u32)ctx->args[2] < BS_DROP_FIRST) // freed, not dropped: nothing to do, nothing to note
-		return 0;
 	on_drop(ctx);
 	finished(DROP_DONE(ctx));
 	return 0;
@@ -530,7 +528,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 // Attached to kfree_skb after the program above (agent/tcp_source.py).
 int on_drop_nested(struct bpf_raw_tracepoint_args *ctx)
 {
-	if ((__u32)ctx->args[2] < BS_DROP_FIRST || !skipped_for(DROP_DONE(ctx)))
+	if (!skipped_for(DROP_DONE(ctx)))
 		return 0; // the program above finished this event
 	on_drop(ctx);
 	return 1; // (what BPF_PROG_TEST_RUN reports: tests/test_tcp_lifecycle.py)
