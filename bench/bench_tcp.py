@@ -83,42 +83,35 @@ def load(tool: str, port: int, seconds: float, rate: int = 0) -> dict:
 
 
 @contextlib.contextmanager
-def tcplife(out: Path) -> Iterator[subprocess.Popen]:
+def tracer(cmd: list[str], out: Path, ready: bytes, **kw: Any) -> Iterator[subprocess.Popen]:
+    """A tracer writing to ``out``, once it has printed ``ready`` (its programs attached) and until the
+    block ends."""
+    with out.open("wb") as f:
+        proc = spawn(cmd, stdout=f, stderr=subprocess.STDOUT, **kw)
+    try:
+        deadline = time.monotonic() + 120
+        while ready not in out.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd} did not start: {out.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def tcplife(out: Path) -> contextlib.AbstractContextManager[subprocess.Popen]:
     """bcc's tcplife, attached (its header line printed) before the load starts."""
     exe = shutil.which("tcplife-bpfcc")
     if exe is None:
         raise SystemExit("tcplife-bpfcc not found: apt-get install -y bpfcc-tools")
-    with out.open("wb") as f:
-        proc = spawn([exe], stdout=f, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while b"PID" not in out.read_bytes()[:200]:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"tcplife did not start: {out.read_text(errors='replace')[:500]}")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return tracer([exe], out, b"PID")
 
 
-@contextlib.contextmanager
-def floor(what: str, out: Path) -> Iterator[subprocess.Popen]:
+def floor(what: str, out: Path) -> contextlib.AbstractContextManager[subprocess.Popen]:
     """bench/tracer_floor.py, its programs attached before the load starts."""
     env = {k: v for k, v in {**os.environ, **AGENT_ENV}.items() if v is not None}
-    with out.open("wb") as f:
-        proc = spawn([sys.executable, "-m", "bench.tracer_floor", what], stdout=f, stderr=subprocess.STDOUT,
-                     env=env, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 120
-        while b"ready" not in out.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"tracer_floor did not start: {out.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return tracer([sys.executable, "-m", "bench.tracer_floor", what], out, b"ready", env=env, cwd=REPO)
 
 
 def traced_round(tool: str, port: int, seconds: float, pid_of: Any, agent: Agent | None) -> dict:
