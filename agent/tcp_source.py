@@ -120,7 +120,7 @@ class TcpSource:
         self._ring_late_logged = -60.0
         self._drained = False  # the first drain comes after every other source has opened
         self._check_fd: int | None = None  # check_conn, loaded to be run on demand
-        self._twin_links: list[int] = []  # on_*_nested attached beside their programs (bcc attaches one per tracepoint)
+        self._twin_links: list[int] = []  # on_*_nested, attached after their programs (bcc attaches one per tracepoint)
         self._open_before: dict[int, tuple[int, int, int]] = {}  # sk -> identity, at the last snapshot
         self._missed: dict[str, int] = {}  # events the kernel skipped, per program, as last read
         self._missed_total = 0  # of which no twin took: lost
